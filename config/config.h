@@ -1,0 +1,95 @@
+/* config.h - regmesh's configuration: YAML file -> validated struct.
+ *
+ * Every field has a default (config_init), so the minimal file of the README
+ * works as it stands, and so does no file at all (`make run`). Errors name
+ * the place: "file:line:col: key: why".
+ *
+ * Ownership: a struct config owns every string and array it points to;
+ * config_free releases them.
+ */
+#ifndef REGMESH_CONFIG_CONFIG_H
+#define REGMESH_CONFIG_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CONFIG_MAX_UPSTREAMS 64
+
+struct config_upstream {
+  char *host;       /* registry name clients use: "docker.io", "ghcr.io" */
+  char *url;        /* base URL, no trailing slash: "https://ghcr.io" */
+  int is_default;   /* default upstream for listeners without their own */
+  char *listen;     /* optional "host:port" listener owned by this upstream */
+  uint64_t tag_ttl_ms;      /* tag cache lifetime (default 60 s) */
+  uint64_t tags_list_ttl_ms; /* tags/list cache lifetime (default 30 s) */
+  char *username;     /* optional credentials (basic, or for the token realm) */
+  char *password;     /* literal password (discouraged), or ... */
+  char *password_env; /* ... the name of an environment variable holding it */
+  int tls_verify;     /* default 1 */
+  char *ca_file;      /* optional CA bundle for this upstream */
+  uint64_t connect_timeout_ms; /* default 10 s */
+  uint64_t low_speed_time_ms;  /* abort when below 1 KiB/s this long (30 s) */
+  unsigned max_retries;        /* for idempotent requests (default 3) */
+};
+
+struct config_storage {
+  char *root;        /* default "./regmesh-data" */
+  uint64_t max_size; /* bytes; 0 = unlimited. "20GiB", "500MB", "1048576" */
+};
+
+struct config_http {
+  size_t max_header_bytes;     /* whole request head (default 16 KiB) */
+  unsigned max_headers;        /* header count (default 100) */
+  uint64_t header_timeout_ms;  /* time to receive a request head (10 s) */
+  uint64_t idle_timeout_ms;    /* keep-alive idle (60 s) */
+  uint64_t send_timeout_ms;    /* client made no progress reading (60 s) */
+  unsigned max_connections;    /* default 4096 */
+};
+
+struct config {
+  char *path;   /* file it was read from, or NULL for the built-in default */
+  char *listen; /* main listener "host:port" (default "127.0.0.1:5000") */
+  char *admin_listen; /* optional separate listener for /metrics etc. */
+  char *log_level;    /* "debug" | "info" | "warn" | "error" (info) */
+  int access_log;     /* default 1 */
+  struct config_storage storage;
+  struct config_http http;
+  struct config_upstream *upstreams; /* n_upstreams entries, owned */
+  size_t n_upstreams;
+};
+
+/* config_init fills every default, with no upstreams. */
+void config_init(struct config *cfg);
+
+/* config_default_builtin: what `regmesh serve` runs without --config:
+ * listen 127.0.0.1:5000, storage ./regmesh-data, upstreams docker.io
+ * (default), ghcr.io, quay.io. Returns 0 or UV_ENOMEM. */
+int config_default_builtin(struct config *cfg);
+
+/* config_load_file parses and validates a YAML file into cfg (which it
+ * initialises). On error returns RM_ECONFIG (or a UV_E* for I/O) and writes a
+ * one-line message "file:line:col: key: why" into err. cfg is left empty
+ * (config_free is still safe). */
+int config_load_file(struct config *cfg, const char *path, char *err,
+                     size_t errlen);
+
+/* config_load_string: the same from memory; `name` stands in for the path
+ * in messages. */
+int config_load_string(struct config *cfg, const char *yaml, size_t len,
+                       const char *name, char *err, size_t errlen);
+
+/* config_parse_size: "20GiB", "512MiB", "500MB", "1.5G", "1024" -> bytes. */
+int config_parse_size(const char *s, uint64_t *out);
+/* config_parse_duration: "60s", "500ms", "5m", "1h", "30" (seconds) -> ms. */
+int config_parse_duration(const char *s, uint64_t *out_ms);
+
+/* config_upstream_find returns the upstream whose host equals `host`
+ * (docker.io, index.docker.io and registry-1.docker.io are one), or NULL. */
+const struct config_upstream *config_upstream_find(const struct config *cfg,
+                                                   const char *host,
+                                                   size_t len);
+const struct config_upstream *config_upstream_default(const struct config *cfg);
+
+void config_free(struct config *cfg);
+
+#endif

@@ -1,0 +1,135 @@
+/* http_server.h - HTTP/1.1 server on libuv with http-parser.
+ *
+ * The server parses requests and hands each one to a single handler; the
+ * handler answers with the http_respond_* calls, possibly much later and in
+ * several steps (status and headers first, then body pieces as they arrive).
+ * One request per connection is in service at a time; pipelined requests
+ * wait. Keep-alive, limits on the request head (size, header count), and
+ * timeouts for slow heads, idle keep-alive and stalled sends are enforced
+ * here. A connection whose first byte is a TLS handshake (0x16) gets a quick
+ * 400 and is closed (skopeo probes TLS on every start).
+ *
+ * Lifetime: a struct http_request is owned by the server and stays valid
+ * until the handler calls http_respond_end or http_respond_abort - even if
+ * the client went away meanwhile (then writes fail with a negative status and
+ * the close callback, if set, is called once). The handler must always end
+ * or abort every request it was given.
+ */
+#ifndef REGMESH_NODE_HTTP_SERVER_H
+#define REGMESH_NODE_HTTP_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct http_server;
+struct http_conn;
+
+struct http_header {
+  const char *name;
+  size_t name_len;
+  const char *value;
+  size_t value_len;
+};
+
+struct http_request {
+  int method;          /* enum http_method from http_parser.h */
+  const char *path;    /* raw path, NUL-terminated, no query */
+  size_t path_len;
+  const char *query;   /* raw query without '?', NUL-terminated, or NULL */
+  size_t query_len;
+  const struct http_header *headers; /* values NUL-terminated */
+  size_t n_headers;
+  int listener_id;     /* the id given to http_server_listen */
+  char remote[64];     /* "ip:port" of the client */
+  uint64_t start_ms;   /* uv_now when the head was complete */
+  uint64_t id;         /* request id for logs */
+  /* Set by the handler, read by the access log: where the response came
+   * from ("local", "upstream", "inflight", ...), a static string. */
+  const char *log_source;
+  void *handler_data;  /* free for the handler's use */
+};
+
+/* Called once per request; must eventually lead to end or abort. */
+typedef void (*http_handler_cb)(struct http_request *req, void *ud);
+/* Write completion: status 0 once the bytes are handed to the kernel, or a
+ * negative error when the connection failed. */
+typedef void (*http_write_cb)(struct http_request *req, int status, void *ud);
+/* The client connection closed before the response ended. */
+typedef void (*http_close_cb)(struct http_request *req, void *ud);
+
+struct http_server_limits {
+  size_t max_header_bytes;    /* request line + headers */
+  unsigned max_headers;
+  uint64_t header_timeout_ms; /* to receive a full request head */
+  uint64_t idle_timeout_ms;   /* keep-alive idle */
+  uint64_t send_timeout_ms;   /* no write progress for this long: close */
+  unsigned max_connections;   /* beyond this, new connections are closed */
+};
+
+/* http_server_new: server on loop; handler gets every request. */
+int http_server_new(struct http_server **out, uv_loop_t *loop,
+                    const struct http_server_limits *limits,
+                    http_handler_cb handler, void *ud);
+/* http_server_listen binds "host:port" (IPv4, [IPv6]) and tags its requests
+ * with listener_id. Returns 0 or a negative error (UV_EADDRINUSE ...). */
+int http_server_listen(struct http_server *srv, const char *addr,
+                       int listener_id);
+/* http_server_close stops listening, closes every connection (in-service
+ * requests get their close callback) and frees the server once all handles
+ * are closed; cb (optional) is called then. */
+void http_server_close(struct http_server *srv, void (*cb)(void *ud), void *ud);
+
+/* Request helpers. http_request_header returns the first header named
+ * `name` (case-insensitive) or NULL; http_request_header_next the next one
+ * after `prev` (for repeated headers like Accept). */
+const struct http_header *http_request_header(const struct http_request *req,
+                                              const char *name);
+const struct http_header *http_request_header_next(
+    const struct http_request *req, const char *name,
+    const struct http_header *prev);
+
+/* http_respond_start sends the status line and headers. The server adds
+ * Date, Content-Length (when content_length >= 0) and Connection. With
+ * content_length < 0 the body is chunked (or close-delimited for HTTP/1.0).
+ * For a HEAD request no body is sent: call http_respond_end next. The header
+ * bytes are copied. Returns 0 or a negative error. */
+int http_respond_start(struct http_request *req, int status,
+                       const struct http_header *headers, size_t n_headers,
+                       int64_t content_length);
+/* http_respond_write queues body bytes (copied); cb (optional) once they
+ * are written - use it for flow control. */
+int http_respond_write(struct http_request *req, const void *data, size_t len,
+                       http_write_cb cb, void *ud);
+/* http_respond_sendfile sends len bytes of fd from offset with sendfile(2)
+ * as the socket accepts them; cb once all are sent or the connection failed.
+ * fd stays the caller's. At most one write or sendfile may be pending. */
+int http_respond_sendfile(struct http_request *req, int fd, uint64_t offset,
+                          uint64_t len, http_write_cb cb, void *ud);
+/* http_respond_end finishes the response (after pending writes flush); the
+ * connection is kept alive or closed. req is invalid afterwards. */
+void http_respond_end(struct http_request *req);
+/* http_respond_abort closes the connection at once (a response that cannot
+ * be completed, e.g. the source failed mid-body). req is invalid afterwards. */
+void http_respond_abort(struct http_request *req);
+/* http_request_on_close: cb is called once if the client connection closes
+ * before the handler ended the request. */
+void http_request_on_close(struct http_request *req, http_close_cb cb, void *ud);
+
+/* http_respond_simple: start + whole body + end. */
+int http_respond_simple(struct http_request *req, int status,
+                        const struct http_header *headers, size_t n_headers,
+                        const void *body, size_t len);
+
+/* Figures for /metrics. */
+struct http_server_stats {
+  uint64_t connections_open;
+  uint64_t connections_total;
+  uint64_t requests_total;
+  uint64_t tls_rejected;
+  uint64_t timeouts;
+  uint64_t bad_requests;
+};
+void http_server_get_stats(struct http_server *srv, struct http_server_stats *st);
+
+#endif

@@ -1,0 +1,1 @@
+/* reference.c - placeholder until written. */

@@ -1,0 +1,104 @@
+/* upstream.h - HTTP client for upstream registries (and, later, peers).
+ *
+ * libcurl's multi interface driven by the libuv loop: one loop, no thread
+ * per request. An upstream is one configured registry; it owns its token
+ * cache, its one-time /v2/ ping state and its rate-limit view. Auth, redirects
+ * and retries are invisible to the caller:
+ *   - 401 -> WWW-Authenticate: Bearer (realm/service/scope, anonymous or with
+ *     credentials, tokens cached per scope until shortly before expiry) or
+ *     Basic; then the request is redone once.
+ *   - redirects are followed without sending Authorization to the new host.
+ *   - idempotent requests are retried with backoff on connect errors, 5xx
+ *     and 429 (Retry-After honoured) before any body byte was delivered.
+ *   - a resumable (content-addressed) body that breaks mid-way is resumed
+ *     with Range from the bytes already delivered; the caller sees one
+ *     continuous stream.
+ *
+ * Ownership: upclient and upstream belong to the node; a request belongs to
+ * the upstream until on_done has been called.
+ */
+#ifndef REGMESH_NODE_UPSTREAM_H
+#define REGMESH_NODE_UPSTREAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct config_upstream;
+struct upclient;
+struct upstream;
+struct upstream_req;
+
+enum upstream_method { UPSTREAM_GET = 0, UPSTREAM_HEAD = 1 };
+
+struct upstream_response {
+  int status;                /* final status after auth and redirects */
+  int64_t content_length;    /* -1 when unknown */
+  const char *content_type;  /* parameters stripped; NULL when absent */
+  const char *digest;        /* Docker-Content-Digest, or NULL */
+  const char *link;          /* Link header, or NULL */
+  const char *retry_after;   /* Retry-After, or NULL */
+  const char *ratelimit_remaining; /* raw header value, or NULL */
+  int64_t range_start;       /* 206: first byte; else 0 */
+  int64_t total_size;        /* 206: size from Content-Range; else content_length */
+};
+
+struct upstream_cbs {
+  /* The final response's status and headers, once. Return 0 to receive the
+   * body, or a negative code to cancel (on_done then gets that code). */
+  int (*on_headers)(void *ud, const struct upstream_response *resp);
+  /* Body bytes in order (a resume is invisible). Return 0, or a negative
+   * code to cancel. */
+  int (*on_data)(void *ud, const char *p, size_t n);
+  /* Exactly once, last: 0 when the whole body arrived; otherwise
+   * RM_EUNREACH (no connection), UV_ETIMEDOUT, RM_EUPSTREAM (bad status
+   * after headers were given), RM_ESIZE (body shorter than announced),
+   * UV_ECANCELED, or the code returned by a callback. */
+  void (*on_done)(void *ud, int err);
+};
+
+struct upstream_fetch_opts {
+  enum upstream_method method;
+  const char *path;     /* "/v2/<name>/blobs/<digest>", may carry a query */
+  const char *repo;     /* repository for the token scope "repository:R:pull" */
+  const char *accept;   /* Accept header value, or NULL */
+  const char *kind;     /* metrics label: "manifest", "blob", "tags", ... */
+  uint64_t range_start; /* > 0: ask for bytes from here (expects 206) */
+  int resumable;        /* content-addressed body: may resume with Range */
+  size_t max_body;      /* > 0: cancel with RM_ETOOBIG past this many bytes */
+};
+
+/* upclient_new creates the shared curl multi handle on loop. */
+int upclient_new(struct upclient **out, uv_loop_t *loop);
+/* upclient_free cancels every request (their on_done gets UV_ECANCELED
+ * synchronously) and frees the client once its handles closed. */
+void upclient_free(struct upclient *c);
+
+/* upstream_new: one registry from its config (credentials resolved from
+ * password_env here; a missing variable is an error). */
+int upstream_new(struct upstream **out, struct upclient *c,
+                 const struct config_upstream *cfg);
+void upstream_free(struct upstream *u);
+const struct config_upstream *upstream_config(const struct upstream *u);
+
+/* upstream_fetch starts a request. Returns 0 (then on_done is called exactly
+ * once, never from within this call) or a negative error (then no callback
+ * is ever called). *out (optional) can be used to cancel. */
+int upstream_fetch(struct upstream *u, const struct upstream_fetch_opts *o,
+                   const struct upstream_cbs *cbs, void *ud,
+                   struct upstream_req **out);
+/* upstream_req_cancel: no on_headers/on_data after this; on_done(UV_ECANCELED)
+ * follows on a later loop iteration unless it already ran. */
+void upstream_req_cancel(struct upstream_req *r);
+
+/* Rate limit last seen on this upstream (ratelimit-limit / -remaining, "N;w=S").
+ * Fields are -1 when never seen. */
+struct upstream_ratelimit {
+  int64_t limit;
+  int64_t remaining;
+  int64_t window_s;
+  uint64_t seen_at_ms;
+};
+void upstream_get_ratelimit(const struct upstream *u, struct upstream_ratelimit *rl);
+
+#endif

@@ -1,0 +1,1 @@
+/* upstream_auth.c - placeholder until written. */
