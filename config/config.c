@@ -1,1 +1,1059 @@
-/* placeholder */
+/* config.c - the configuration schema and the walk that applies it.
+ *
+ * The YAML document is first read into a small tree (config_tree.c); this
+ * file then walks it against the schema. The schema is data: each section is
+ * a table of keys, each key names a setter for its type (string, listen
+ * address, size, duration, ...), the offset of the field it fills, and its
+ * bounds. One generic function applies a table to a mapping: it rejects
+ * unknown keys (suggesting the nearest known one), duplicate keys and
+ * missing required keys, and then runs the section's cross-key check. A new
+ * section (the coming `cluster:`) is a struct, a table, and one row in
+ * top_keys.
+ *
+ * Checks that span sections run last, in top_check: the default upstream,
+ * and listeners that would collide at bind time. Every error stops the walk
+ * and is reported once, as "file:line:col: key.path: why", with the position
+ * of the offending node.
+ *
+ * String defaults set by config_init point at static storage so that
+ * config_init cannot fail; str_free knows them. A loaded configuration
+ * replaces them with heap copies, so after a load every string is owned.
+ */
+#include "config.h"
+#include "config_internal.h"
+
+#include "errors.h"
+#include "log.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+#include <uv.h>
+
+static const char default_listen[] = "127.0.0.1:5000";
+static const char default_root[] = "./regmesh-data";
+static const char default_log_level[] = "info";
+
+static int is_static(const char *s) {
+  return s == default_listen || s == default_root || s == default_log_level;
+}
+
+static void str_free(char *s) {
+  if (!is_static(s))
+    free(s);
+}
+
+/* str_set replaces *field with a copy of (s, len). */
+static int str_set(char **field, const char *s, size_t len) {
+  char *copy = malloc(len + 1);
+  if (copy == NULL)
+    return UV_ENOMEM;
+  memcpy(copy, s, len);
+  copy[len] = '\0';
+  str_free(*field);
+  *field = copy;
+  return 0;
+}
+
+static int str_own(char **field) {
+  if (*field == NULL || !is_static(*field))
+    return 0;
+  return str_set(field, *field, strlen(*field));
+}
+
+/* ---- walk state and messages ---- */
+
+struct walk {
+  struct config *cfg;
+  const char *name;
+  char *err;
+  size_t errlen;
+  char path[256]; /* "upstreams[1].url" of the node being applied */
+};
+
+static size_t path_push_key(struct walk *w, const char *key, size_t len) {
+  size_t old = strlen(w->path);
+  snprintf(w->path + old, sizeof w->path - old, "%s%.*s", old ? "." : "",
+           (int)len, key);
+  return old;
+}
+
+static size_t path_push_index(struct walk *w, size_t i) {
+  size_t old = strlen(w->path);
+  snprintf(w->path + old, sizeof w->path - old, "[%zu]", i);
+  return old;
+}
+
+static void path_pop(struct walk *w, size_t old) { w->path[old] = '\0'; }
+
+static int fail(struct walk *w, const struct config__node *at, const char *fmt,
+                ...) __attribute__((format(printf, 3, 4)));
+
+static int fail(struct walk *w, const struct config__node *at, const char *fmt,
+                ...) {
+  char why[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(why, sizeof why, fmt, ap);
+  va_end(ap);
+  config__error(w->err, w->errlen, w->name, at ? at->line : 1, at ? at->col : 1,
+                w->path, "%s", why);
+  return RM_ECONFIG;
+}
+
+static int fail_nomem(struct walk *w) {
+  config__error(w->err, w->errlen, w->name, 1, 1, NULL, "out of memory");
+  return UV_ENOMEM;
+}
+
+static const char *kind_name(const struct config__node *n) {
+  switch (n->kind) {
+  case CONFIG__SEQUENCE:
+    return "a sequence";
+  case CONFIG__MAPPING:
+    return "a mapping";
+  case CONFIG__ALIAS:
+    return "an alias";
+  default:
+    return n->is_null ? "an empty value" : "a scalar";
+  }
+}
+
+static int check_plain(struct walk *w, const struct config__node *n) {
+  if (n->kind == CONFIG__ALIAS || n->has_anchor)
+    return fail(w, n, "anchors and aliases are not supported");
+  return 0;
+}
+
+/* scalar_text: the text of a non-empty scalar, or an error. */
+static int scalar_text(struct walk *w, const struct config__node *n,
+                       const char **out) {
+  int rc;
+  if ((rc = check_plain(w, n)) != 0)
+    return rc;
+  if (n->kind != CONFIG__SCALAR)
+    return fail(w, n, "expected a scalar, got %s", kind_name(n));
+  if (n->is_null || n->len == 0)
+    return fail(w, n, "value is empty");
+  if (strlen(n->text) != n->len)
+    return fail(w, n, "value contains a NUL byte");
+  *out = n->text;
+  return 0;
+}
+
+#define Q(buf, s) config__quote((buf), sizeof(buf), (s), strlen(s))
+
+/* ---- the schema ---- */
+
+struct key_spec;
+
+struct section_spec {
+  const struct key_spec *keys;
+  size_t n_keys;
+  /* check runs after every key of one mapping was applied: vals[i] is the
+   * value node of keys[i], or NULL when the key is absent. */
+  int (*check)(struct walk *w, const struct config__node *map,
+               const struct config__node *const *vals, void *base);
+};
+
+struct key_spec {
+  const char *name;
+  /* set validates v and fills the field at base + offset */
+  int (*set)(struct walk *w, const struct config__node *v, void *field,
+             const struct key_spec *k);
+  size_t offset;
+  uint64_t min, max; /* bounds for numbers, sizes, durations; max 0: none */
+  int required;
+  const struct section_spec *section; /* for set_section */
+};
+
+#define SECTION_MAX_KEYS 32
+
+static int apply_section(struct walk *w, const struct config__node *map,
+                         const struct section_spec *sec, void *base);
+
+/* ---- setters, one per value type ---- */
+
+static int set_string(struct walk *w, const struct config__node *v, void *field,
+                      const struct key_spec *k) {
+  const char *s;
+  int rc;
+  (void)k;
+  if ((rc = scalar_text(w, v, &s)) != 0)
+    return rc;
+  return str_set(field, s, v->len) ? fail_nomem(w) : 0;
+}
+
+static int set_listen(struct walk *w, const struct config__node *v, void *field,
+                      const struct key_spec *k) {
+  const char *s, *why = NULL;
+  struct config__addr addr;
+  char q[CONFIG__QUOTE_MAX];
+  int rc;
+  (void)k;
+  if ((rc = scalar_text(w, v, &s)) != 0)
+    return rc;
+  if (config__parse_listen(s, &addr, &why) != 0)
+    return fail(w, v, "invalid address \"%s\": %s", Q(q, s), why);
+  return str_set(field, s, v->len) ? fail_nomem(w) : 0;
+}
+
+static int set_bool(struct walk *w, const struct config__node *v, void *field,
+                    const struct key_spec *k) {
+  const char *s;
+  char q[CONFIG__QUOTE_MAX];
+  int rc;
+  (void)k;
+  if ((rc = scalar_text(w, v, &s)) != 0)
+    return rc;
+  if (config__parse_bool(s, field) != 0)
+    return fail(w, v, "expected true or false, got \"%s\"", Q(q, s));
+  return 0;
+}
+
+static int check_bounds(struct walk *w, const struct config__node *v,
+                        uint64_t x, const struct key_spec *k,
+                        const char *unit) {
+  if (x < k->min)
+    return fail(w, v, "must be at least %llu%s", (unsigned long long)k->min,
+                unit);
+  if (k->max != 0 && x > k->max)
+    return fail(w, v, "must be at most %llu%s", (unsigned long long)k->max,
+                unit);
+  return 0;
+}
+
+/* set_uint fills an unsigned. */
+static int set_uint(struct walk *w, const struct config__node *v, void *field,
+                    const struct key_spec *k) {
+  const char *s;
+  char q[CONFIG__QUOTE_MAX];
+  uint64_t x;
+  int rc;
+  if ((rc = scalar_text(w, v, &s)) != 0)
+    return rc;
+  rc = config__parse_uint(s, &x);
+  if (rc == RM_ETOOBIG || (rc == 0 && x > UINT_MAX))
+    return fail(w, v, "number \"%s\" is too large", Q(q, s));
+  if (rc != 0)
+    return fail(w, v, "expected a whole number, got \"%s\"", Q(q, s));
+  if ((rc = check_bounds(w, v, x, k, "")) != 0)
+    return rc;
+  *(unsigned *)field = (unsigned)x;
+  return 0;
+}
+
+static int parse_size_node(struct walk *w, const struct config__node *v,
+                           const struct key_spec *k, uint64_t *x) {
+  const char *s;
+  char q[CONFIG__QUOTE_MAX];
+  int rc;
+  if ((rc = scalar_text(w, v, &s)) != 0)
+    return rc;
+  rc = config_parse_size(s, x);
+  if (rc == RM_ETOOBIG)
+    return fail(w, v, "size \"%s\" is too large", Q(q, s));
+  if (rc != 0)
+    return fail(w, v, "invalid size \"%s\" (examples: 512MiB, 20GiB, 1048576)",
+                Q(q, s));
+  return check_bounds(w, v, *x, k, " bytes");
+}
+
+/* set_size fills a uint64_t; set_size_t a size_t. */
+static int set_size(struct walk *w, const struct config__node *v, void *field,
+                    const struct key_spec *k) {
+  uint64_t x;
+  int rc = parse_size_node(w, v, k, &x);
+  if (rc == 0)
+    *(uint64_t *)field = x;
+  return rc;
+}
+
+static int set_size_t(struct walk *w, const struct config__node *v, void *field,
+                      const struct key_spec *k) {
+  uint64_t x;
+  int rc = parse_size_node(w, v, k, &x);
+  if (rc == 0)
+    *(size_t *)field = (size_t)x;
+  return rc;
+}
+
+/* set_duration fills a uint64_t in milliseconds. */
+static int set_duration(struct walk *w, const struct config__node *v,
+                        void *field, const struct key_spec *k) {
+  const char *s;
+  char q[CONFIG__QUOTE_MAX];
+  uint64_t x;
+  int rc;
+  if ((rc = scalar_text(w, v, &s)) != 0)
+    return rc;
+  rc = config_parse_duration(s, &x);
+  if (rc == RM_ETOOBIG)
+    return fail(w, v, "duration \"%s\" is too large", Q(q, s));
+  if (rc != 0)
+    return fail(w, v, "invalid duration \"%s\" (examples: 500ms, 10s, 5m, 1h)",
+                Q(q, s));
+  if ((rc = check_bounds(w, v, x, k, " ms")) != 0)
+    return rc;
+  *(uint64_t *)field = x;
+  return 0;
+}
+
+static int set_log_level(struct walk *w, const struct config__node *v,
+                         void *field, const struct key_spec *k) {
+  static const char *names[] = {"debug", "info", "warn", "error"};
+  const char *s;
+  char q[CONFIG__QUOTE_MAX];
+  enum log_level level;
+  int rc;
+  (void)k;
+  if ((rc = scalar_text(w, v, &s)) != 0)
+    return rc;
+  if (log_level_parse(s, &level) != 0 || (unsigned)level > 3)
+    return fail(w, v, "expected debug, info, warn or error, got \"%s\"",
+                Q(q, s));
+  const char *canon = names[level];
+  return str_set(field, canon, strlen(canon)) ? fail_nomem(w) : 0;
+}
+
+/* set_host stores the registry host in lower case: it names the upstream in
+ * tag keys and metrics, where "GHCR.io" and "ghcr.io" must be one. */
+static int set_host(struct walk *w, const struct config__node *v, void *field,
+                    const struct key_spec *k) {
+  const char *s, *why = NULL;
+  char q[CONFIG__QUOTE_MAX];
+  int rc;
+  (void)k;
+  if ((rc = scalar_text(w, v, &s)) != 0)
+    return rc;
+  if (config__check_registry_host(s, &why) != 0)
+    return fail(w, v, "invalid registry host \"%s\": %s", Q(q, s), why);
+  if (str_set(field, s, v->len) != 0)
+    return fail_nomem(w);
+  for (char *p = *(char **)field; *p; p++)
+    *p = (char)tolower((unsigned char)*p);
+  return 0;
+}
+
+static int set_url(struct walk *w, const struct config__node *v, void *field,
+                   const struct key_spec *k) {
+  const char *s, *why = NULL;
+  char q[CONFIG__QUOTE_MAX];
+  int rc;
+  (void)k;
+  if ((rc = scalar_text(w, v, &s)) != 0)
+    return rc;
+  int len = config__check_url(s, &why);
+  if (len < 0)
+    return fail(w, v, "invalid URL \"%s\": %s", Q(q, s), why);
+  return str_set(field, s, (size_t)len) ? fail_nomem(w) : 0;
+}
+
+static int set_env_name(struct walk *w, const struct config__node *v,
+                        void *field, const struct key_spec *k) {
+  const char *s;
+  char q[CONFIG__QUOTE_MAX];
+  int rc;
+  (void)k;
+  if ((rc = scalar_text(w, v, &s)) != 0)
+    return rc;
+  if (config__check_env_name(s) != 0)
+    return fail(w, v,
+                "invalid environment variable name \"%s\" (letters, digits "
+                "and _, not starting with a digit)",
+                Q(q, s));
+  return str_set(field, s, v->len) ? fail_nomem(w) : 0;
+}
+
+static int set_section(struct walk *w, const struct config__node *v,
+                       void *field, const struct key_spec *k) {
+  return apply_section(w, v, k->section, field);
+}
+
+static int set_upstreams(struct walk *w, const struct config__node *v,
+                         void *field, const struct key_spec *k);
+
+/* ---- sections ---- */
+
+#define FIELD(type, member) .offset = offsetof(type, member)
+#define HOUR_MS UINT64_C(3600000)
+
+static const struct key_spec storage_keys[] = {
+    {.name = "root", .set = set_string, FIELD(struct config_storage, root)},
+    {.name = "max_size",
+     .set = set_size,
+     FIELD(struct config_storage, max_size)},
+};
+
+static const struct section_spec storage_section = {
+    storage_keys, sizeof storage_keys / sizeof storage_keys[0], NULL};
+
+static const struct key_spec http_keys[] = {
+    {.name = "max_header_bytes",
+     .set = set_size_t,
+     FIELD(struct config_http, max_header_bytes),
+     .min = 1024,
+     .max = 1024 * 1024},
+    {.name = "max_headers",
+     .set = set_uint,
+     FIELD(struct config_http, max_headers),
+     .min = 1,
+     .max = 10000},
+    {.name = "header_timeout",
+     .set = set_duration,
+     FIELD(struct config_http, header_timeout_ms),
+     .min = 1,
+     .max = 24 * HOUR_MS},
+    {.name = "idle_timeout",
+     .set = set_duration,
+     FIELD(struct config_http, idle_timeout_ms),
+     .min = 1,
+     .max = 24 * HOUR_MS},
+    {.name = "send_timeout",
+     .set = set_duration,
+     FIELD(struct config_http, send_timeout_ms),
+     .min = 1,
+     .max = 24 * HOUR_MS},
+    {.name = "max_connections",
+     .set = set_uint,
+     FIELD(struct config_http, max_connections),
+     .min = 1,
+     .max = 1000000},
+};
+
+static const struct section_spec http_section = {
+    http_keys, sizeof http_keys / sizeof http_keys[0], NULL};
+
+enum {
+  UP_HOST,
+  UP_URL,
+  UP_DEFAULT,
+  UP_LISTEN,
+  UP_TAG_TTL,
+  UP_TAGS_LIST_TTL,
+  UP_USERNAME,
+  UP_PASSWORD,
+  UP_PASSWORD_ENV,
+  UP_TLS_VERIFY,
+  UP_CA_FILE,
+  UP_CONNECT_TIMEOUT,
+  UP_LOW_SPEED_TIME,
+  UP_MAX_RETRIES,
+};
+
+/* indexed by the enum above, which upstream_check relies on */
+static const struct key_spec upstream_keys[] = {
+    [UP_HOST] = {.name = "host",
+                 .set = set_host,
+                 FIELD(struct config_upstream, host),
+                 .required = 1},
+    [UP_URL] = {.name = "url",
+                .set = set_url,
+                FIELD(struct config_upstream, url),
+                .required = 1},
+    [UP_DEFAULT] = {.name = "default",
+                    .set = set_bool,
+                    FIELD(struct config_upstream, is_default)},
+    [UP_LISTEN] = {.name = "listen",
+                   .set = set_listen,
+                   FIELD(struct config_upstream, listen)},
+    [UP_TAG_TTL] = {.name = "tag_ttl",
+                    .set = set_duration,
+                    FIELD(struct config_upstream, tag_ttl_ms),
+                    .min = 0,
+                    .max = 365 * 24 * HOUR_MS},
+    [UP_TAGS_LIST_TTL] = {.name = "tags_list_ttl",
+                          .set = set_duration,
+                          FIELD(struct config_upstream, tags_list_ttl_ms),
+                          .min = 0,
+                          .max = 365 * 24 * HOUR_MS},
+    [UP_USERNAME] = {.name = "username",
+                     .set = set_string,
+                     FIELD(struct config_upstream, username)},
+    [UP_PASSWORD] = {.name = "password",
+                     .set = set_string,
+                     FIELD(struct config_upstream, password)},
+    [UP_PASSWORD_ENV] = {.name = "password_env",
+                         .set = set_env_name,
+                         FIELD(struct config_upstream, password_env)},
+    [UP_TLS_VERIFY] = {.name = "tls_verify",
+                       .set = set_bool,
+                       FIELD(struct config_upstream, tls_verify)},
+    [UP_CA_FILE] = {.name = "ca_file",
+                    .set = set_string,
+                    FIELD(struct config_upstream, ca_file)},
+    [UP_CONNECT_TIMEOUT] = {.name = "connect_timeout",
+                            .set = set_duration,
+                            FIELD(struct config_upstream, connect_timeout_ms),
+                            .min = 1,
+                            .max = 24 * HOUR_MS},
+    [UP_LOW_SPEED_TIME] = {.name = "low_speed_time",
+                           .set = set_duration,
+                           FIELD(struct config_upstream, low_speed_time_ms),
+                           .min = 1,
+                           .max = 24 * HOUR_MS},
+    [UP_MAX_RETRIES] = {.name = "max_retries",
+                        .set = set_uint,
+                        FIELD(struct config_upstream, max_retries),
+                        .min = 0,
+                        .max = 100},
+};
+
+static int upstream_check(struct walk *w, const struct config__node *map,
+                          const struct config__node *const *vals, void *base) {
+  (void)map;
+  (void)base;
+  const struct config__node *pw = vals[UP_PASSWORD];
+  const struct config__node *env = vals[UP_PASSWORD_ENV];
+  if (pw != NULL && env != NULL) {
+    /* blame whichever came second: that is the line the user just added */
+    int env_later =
+        env->line > pw->line || (env->line == pw->line && env->col > pw->col);
+    const char *key = env_later ? "password_env" : "password";
+    size_t old = path_push_key(w, key, strlen(key));
+    int rc = fail(w, env_later ? env : pw,
+                  "password and password_env cannot both be set");
+    path_pop(w, old);
+    return rc;
+  }
+  return 0;
+}
+
+static const struct section_spec upstream_section = {
+    upstream_keys, sizeof upstream_keys / sizeof upstream_keys[0],
+    upstream_check};
+
+enum {
+  TOP_LISTEN,
+  TOP_ADMIN_LISTEN,
+  TOP_LOG_LEVEL,
+  TOP_ACCESS_LOG,
+  TOP_STORAGE,
+  TOP_HTTP,
+  TOP_UPSTREAMS
+};
+
+static int top_check(struct walk *w, const struct config__node *map,
+                     const struct config__node *const *vals, void *base);
+
+static const struct key_spec top_keys[] = {
+    [TOP_LISTEN] = {.name = "listen",
+                    .set = set_listen,
+                    FIELD(struct config, listen)},
+    [TOP_ADMIN_LISTEN] = {.name = "admin_listen",
+                          .set = set_listen,
+                          FIELD(struct config, admin_listen)},
+    [TOP_LOG_LEVEL] = {.name = "log_level",
+                       .set = set_log_level,
+                       FIELD(struct config, log_level)},
+    [TOP_ACCESS_LOG] = {.name = "access_log",
+                        .set = set_bool,
+                        FIELD(struct config, access_log)},
+    [TOP_STORAGE] = {.name = "storage",
+                     .set = set_section,
+                     FIELD(struct config, storage),
+                     .section = &storage_section},
+    [TOP_HTTP] = {.name = "http",
+                  .set = set_section,
+                  FIELD(struct config, http),
+                  .section = &http_section},
+    [TOP_UPSTREAMS] = {.name = "upstreams",
+                       .set = set_upstreams,
+                       FIELD(struct config, upstreams)},
+};
+
+static const struct section_spec top_section = {
+    top_keys, sizeof top_keys / sizeof top_keys[0], top_check};
+
+/* ---- the generic walk ---- */
+
+static int unknown_key(struct walk *w, const struct config__node *key,
+                       const struct section_spec *sec) {
+  const char *best = NULL;
+  size_t best_d = 3;
+  char q[CONFIG__QUOTE_MAX];
+  for (size_t i = 0; i < sec->n_keys; i++) {
+    const char *name = sec->keys[i].name;
+    size_t d = config__edit_distance(key->text, key->len, name, strlen(name));
+    if (d < best_d) {
+      best_d = d;
+      best = name;
+    }
+  }
+  config__quote(q, sizeof q, key->text, key->len);
+  size_t old = path_push_key(w, q, strlen(q));
+  int rc = best ? fail(w, key, "unknown key (did you mean %s?)", best)
+                : fail(w, key, "unknown key");
+  path_pop(w, old);
+  return rc;
+}
+
+static const struct config__node *map_get(const struct config__node *map,
+                                          const char *key) {
+  if (map == NULL || map->kind != CONFIG__MAPPING)
+    return NULL;
+  size_t len = strlen(key);
+  for (const struct config__node *k = map->child; k && k->next;
+       k = k->next->next)
+    if (k->kind == CONFIG__SCALAR && k->len == len &&
+        memcmp(k->text, key, len) == 0)
+      return k->next;
+  return NULL;
+}
+
+static int apply_section(struct walk *w, const struct config__node *map,
+                         const struct section_spec *sec, void *base) {
+  const struct config__node *vals[SECTION_MAX_KEYS] = {0};
+  const struct config__node *keys[SECTION_MAX_KEYS] = {0};
+  int rc;
+
+  if (sec->n_keys > SECTION_MAX_KEYS)
+    abort(); /* a schema bug, caught by the first test run */
+  if ((rc = check_plain(w, map)) != 0)
+    return rc;
+  /* "storage:" with every child commented out means "all defaults" */
+  if (map->kind == CONFIG__SCALAR && map->is_null)
+    goto required;
+  if (map->kind != CONFIG__MAPPING)
+    return fail(w, map, "expected a mapping, got %s", kind_name(map));
+
+  for (const struct config__node *k = map->child; k && k->next;
+       k = k->next->next) {
+    const struct config__node *v = k->next;
+    if ((rc = check_plain(w, k)) != 0)
+      return rc;
+    if (k->kind != CONFIG__SCALAR)
+      return fail(w, k, "keys must be scalars, got %s", kind_name(k));
+    size_t i;
+    for (i = 0; i < sec->n_keys; i++)
+      if (strlen(sec->keys[i].name) == k->len &&
+          memcmp(sec->keys[i].name, k->text, k->len) == 0)
+        break;
+    if (i == sec->n_keys)
+      return unknown_key(w, k, sec);
+    const struct key_spec *spec = &sec->keys[i];
+    size_t old = path_push_key(w, spec->name, strlen(spec->name));
+    if (vals[i] != NULL) {
+      rc = fail(w, k, "duplicate key (first at %u:%u)", keys[i]->line,
+                keys[i]->col);
+    } else {
+      vals[i] = v;
+      keys[i] = k;
+      rc = spec->set(w, v, (char *)base + spec->offset, spec);
+    }
+    path_pop(w, old);
+    if (rc != 0)
+      return rc;
+  }
+
+required:
+  for (size_t i = 0; i < sec->n_keys; i++) {
+    if (sec->keys[i].required && vals[i] == NULL) {
+      size_t old =
+          path_push_key(w, sec->keys[i].name, strlen(sec->keys[i].name));
+      rc = fail(w, map, "required key is missing");
+      path_pop(w, old);
+      return rc;
+    }
+  }
+  return sec->check ? sec->check(w, map, vals, base) : 0;
+}
+
+static void upstream_init(struct config_upstream *u) {
+  memset(u, 0, sizeof *u);
+  u->tag_ttl_ms = 60 * 1000;
+  u->tags_list_ttl_ms = 30 * 1000;
+  u->tls_verify = 1;
+  u->connect_timeout_ms = 10 * 1000;
+  u->low_speed_time_ms = 30 * 1000;
+  u->max_retries = 3;
+}
+
+static void upstream_free(struct config_upstream *u) {
+  free(u->host);
+  free(u->url);
+  free(u->listen);
+  free(u->username);
+  free(u->password);
+  free(u->password_env);
+  free(u->ca_file);
+  memset(u, 0, sizeof *u);
+}
+
+static int same_host(const char *a, const char *b) {
+  size_t alen = strlen(a), blen = strlen(b);
+  if (config__is_docker_hub(a, alen) && config__is_docker_hub(b, blen))
+    return 1;
+  return alen == blen && strcasecmp(a, b) == 0;
+}
+
+/* set_upstreams fills cfg->upstreams item by item; n_upstreams counts the
+ * initialised ones so config_free is right at any point of failure. */
+static int set_upstreams(struct walk *w, const struct config__node *v,
+                         void *field, const struct key_spec *k) {
+  struct config *cfg = w->cfg;
+  int rc;
+  (void)field;
+  (void)k;
+  if ((rc = check_plain(w, v)) != 0)
+    return rc;
+  if (v->kind == CONFIG__SCALAR && v->is_null)
+    return fail(w, v, "at least one upstream is required");
+  if (v->kind != CONFIG__SEQUENCE)
+    return fail(w, v, "expected a sequence, got %s", kind_name(v));
+  if (v->n_children == 0)
+    return fail(w, v, "at least one upstream is required");
+  if (v->n_children > CONFIG_MAX_UPSTREAMS)
+    return fail(w, v, "too many upstreams (%zu, at most %d)", v->n_children,
+                CONFIG_MAX_UPSTREAMS);
+  cfg->upstreams = calloc(v->n_children, sizeof *cfg->upstreams);
+  if (cfg->upstreams == NULL)
+    return fail_nomem(w);
+
+  size_t i = 0;
+  for (const struct config__node *item = v->child; item;
+       item = item->next, i++) {
+    struct config_upstream *u = &cfg->upstreams[i];
+    upstream_init(u);
+    cfg->n_upstreams = i + 1;
+    size_t old = path_push_index(w, i);
+    rc = apply_section(w, item, &upstream_section, u);
+    for (size_t j = 0; rc == 0 && j < i; j++) {
+      const struct config_upstream *o = &cfg->upstreams[j];
+      if (same_host(u->host, o->host)) {
+        size_t o2 = path_push_key(w, "host", 4);
+        rc = fail(w, map_get(item, "host"),
+                  "duplicate upstream: %s is already upstreams[%zu] (%s)",
+                  u->host, j, o->host);
+        path_pop(w, o2);
+      } else if (u->is_default && o->is_default) {
+        size_t o2 = path_push_key(w, "default", 7);
+        rc = fail(w, map_get(item, "default"),
+                  "only one upstream can be the default (upstreams[%zu] "
+                  "already is)",
+                  j);
+        path_pop(w, o2);
+      }
+    }
+    path_pop(w, old);
+    if (rc != 0)
+      return rc;
+  }
+  return 0;
+}
+
+/* One listener for the collision check; node NULL for a default value. */
+struct listener {
+  const char *addr;
+  const struct config__node *node;
+  char label[48];
+};
+
+static int node_after(const struct config__node *a,
+                      const struct config__node *b) {
+  if (a == NULL)
+    return 0;
+  if (b == NULL)
+    return 1;
+  return a->line > b->line || (a->line == b->line && a->col > b->col);
+}
+
+static int check_listeners(struct walk *w,
+                           const struct config__node *const *vals) {
+  struct listener ls[CONFIG_MAX_UPSTREAMS + 2];
+  const struct config__node *ups = vals[TOP_UPSTREAMS];
+  const struct config__node *item = ups ? ups->child : NULL;
+  size_t n = 0;
+  struct config *cfg = w->cfg;
+
+  ls[n] = (struct listener){cfg->listen, vals[TOP_LISTEN], "listen"};
+  if (vals[TOP_LISTEN] == NULL)
+    snprintf(ls[n].label, sizeof ls[n].label, "listen (default)");
+  n++;
+  if (cfg->admin_listen != NULL)
+    ls[n++] = (struct listener){cfg->admin_listen, vals[TOP_ADMIN_LISTEN],
+                                "admin_listen"};
+  for (size_t i = 0; i < cfg->n_upstreams; i++, item = item ? item->next : 0) {
+    if (cfg->upstreams[i].listen == NULL)
+      continue;
+    ls[n] = (struct listener){cfg->upstreams[i].listen, map_get(item, "listen"),
+                              ""};
+    snprintf(ls[n].label, sizeof ls[n].label, "upstreams[%zu].listen", i);
+    n++;
+  }
+
+  for (size_t i = 0; i < n; i++) {
+    for (size_t j = i + 1; j < n; j++) {
+      struct config__addr a, b;
+      const char *why;
+      /* every address was validated by its setter; the defaults are valid */
+      if (config__parse_listen(ls[i].addr, &a, &why) != 0 ||
+          config__parse_listen(ls[j].addr, &b, &why) != 0 || a.port != b.port)
+        continue;
+      int same = strcmp(a.host, b.host) == 0;
+      if (!same && !a.wildcard && !b.wildcard)
+        continue;
+      const struct listener *late =
+          node_after(ls[j].node, ls[i].node) ? &ls[j] : &ls[i];
+      const struct listener *early = late == &ls[j] ? &ls[i] : &ls[j];
+      snprintf(w->path, sizeof w->path, "%s", late->label);
+      if (same)
+        return fail(w, late->node, "address %s is already used by %s",
+                    late->addr, early->label);
+      return fail(w, late->node, "address %s overlaps %s (%s) on port %u",
+                  late->addr, early->label, early->addr, a.port);
+    }
+  }
+  return 0;
+}
+
+static int top_check(struct walk *w, const struct config__node *map,
+                     const struct config__node *const *vals, void *base) {
+  struct config *cfg = base;
+  if (vals[TOP_UPSTREAMS] == NULL) {
+    size_t old = path_push_key(w, "upstreams", 9);
+    int rc = fail(w, map, "at least one upstream is required");
+    path_pop(w, old);
+    return rc;
+  }
+  /* No explicit default: Docker Hub, because dockerd's registry-mirrors
+   * only ever asks for it; else the first listed. */
+  struct config_upstream *def = NULL;
+  for (size_t i = 0; i < cfg->n_upstreams && def == NULL; i++)
+    if (cfg->upstreams[i].is_default)
+      def = &cfg->upstreams[i];
+  for (size_t i = 0; i < cfg->n_upstreams && def == NULL; i++)
+    if (config__is_docker_hub(cfg->upstreams[i].host,
+                              strlen(cfg->upstreams[i].host)))
+      def = &cfg->upstreams[i];
+  if (def == NULL)
+    def = &cfg->upstreams[0];
+  def->is_default = 1;
+  return check_listeners(w, vals);
+}
+
+/* ---- public API ---- */
+
+void config_init(struct config *cfg) {
+  memset(cfg, 0, sizeof *cfg);
+  cfg->listen = (char *)default_listen;
+  cfg->log_level = (char *)default_log_level;
+  cfg->access_log = 1;
+  cfg->storage.root = (char *)default_root;
+  cfg->storage.max_size = 0;
+  cfg->http.max_header_bytes = 16 * 1024;
+  cfg->http.max_headers = 100;
+  cfg->http.header_timeout_ms = 10 * 1000;
+  cfg->http.idle_timeout_ms = 60 * 1000;
+  cfg->http.send_timeout_ms = 60 * 1000;
+  cfg->http.max_connections = 4096;
+}
+
+void config_free(struct config *cfg) {
+  if (cfg == NULL)
+    return;
+  for (size_t i = 0; i < cfg->n_upstreams; i++)
+    upstream_free(&cfg->upstreams[i]);
+  free(cfg->upstreams);
+  free(cfg->path);
+  str_free(cfg->listen);
+  free(cfg->admin_listen);
+  str_free(cfg->log_level);
+  str_free(cfg->storage.root);
+  memset(cfg, 0, sizeof *cfg);
+}
+
+/* own_strings turns the static defaults into heap copies. */
+static int own_strings(struct config *cfg) {
+  if (str_own(&cfg->listen) || str_own(&cfg->log_level) ||
+      str_own(&cfg->storage.root))
+    return UV_ENOMEM;
+  return 0;
+}
+
+int config_default_builtin(struct config *cfg) {
+  static const struct {
+    const char *host, *url;
+  } builtin[] = {
+      {"docker.io", "https://registry-1.docker.io"},
+      {"ghcr.io", "https://ghcr.io"},
+      {"quay.io", "https://quay.io"},
+  };
+  size_t n = sizeof builtin / sizeof builtin[0];
+  config_init(cfg);
+  cfg->storage.max_size = 20ULL << 30;
+  cfg->upstreams = calloc(n, sizeof *cfg->upstreams);
+  if (cfg->upstreams == NULL)
+    goto nomem;
+  for (size_t i = 0; i < n; i++) {
+    struct config_upstream *u = &cfg->upstreams[i];
+    upstream_init(u);
+    cfg->n_upstreams = i + 1;
+    u->host = strdup(builtin[i].host);
+    u->url = strdup(builtin[i].url);
+    if (u->host == NULL || u->url == NULL)
+      goto nomem;
+  }
+  cfg->upstreams[0].is_default = 1;
+  if (own_strings(cfg) != 0)
+    goto nomem;
+  return 0;
+nomem:
+  config_free(cfg);
+  config_init(cfg);
+  return UV_ENOMEM;
+}
+
+int config_load_string(struct config *cfg, const char *yaml, size_t len,
+                       const char *name, char *err, size_t errlen) {
+  struct config__tree tree = {0};
+  struct walk w;
+  int rc;
+
+  if (err != NULL && errlen > 0)
+    err[0] = '\0';
+  if (name == NULL)
+    name = "<string>";
+  config_init(cfg);
+  if (len > CONFIG_MAX_FILE_SIZE) {
+    config__error(err, errlen, name, 1, 1, NULL,
+                  "configuration is larger than %d bytes",
+                  CONFIG_MAX_FILE_SIZE);
+    return RM_ECONFIG;
+  }
+  if (yaml == NULL)
+    len = 0;
+  rc = config__tree_parse(&tree, yaml ? yaml : "", len, name, err, errlen);
+  if (rc != 0)
+    return rc;
+
+  const struct config__node *root = tree.root;
+  if (root == NULL ||
+      (root->kind == CONFIG__SCALAR && root->is_null && !root->has_anchor)) {
+    config__error(err, errlen, name, root ? root->line : 1,
+                  root ? root->col : 1, NULL, "no configuration");
+    rc = RM_ECONFIG;
+    goto out;
+  }
+  memset(&w, 0, sizeof w);
+  w.cfg = cfg;
+  w.name = name;
+  w.err = err;
+  w.errlen = errlen;
+  if (root->kind != CONFIG__MAPPING && root->kind != CONFIG__ALIAS) {
+    rc = fail(&w, root, "the configuration must be a mapping, got %s",
+              kind_name(root));
+    goto out;
+  }
+  rc = apply_section(&w, root, &top_section, cfg);
+  if (rc == 0 && (cfg->path = strdup(name)) == NULL)
+    rc = fail_nomem(&w);
+  if (rc == 0 && own_strings(cfg) != 0)
+    rc = fail_nomem(&w);
+
+out:
+  config__tree_free(&tree);
+  if (rc != 0) {
+    config_free(cfg);
+    config_init(cfg);
+  }
+  return rc;
+}
+
+int config_load_file(struct config *cfg, const char *path, char *err,
+                     size_t errlen) {
+  char ebuf[128];
+  size_t cap = 4096, len = 0;
+  char *buf = NULL;
+  int fd, rc;
+
+  config_init(cfg);
+  if (err != NULL && errlen > 0)
+    err[0] = '\0';
+  do
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+  while (fd < 0 && errno == EINTR);
+  if (fd < 0) {
+    rc = -errno;
+    goto io_error;
+  }
+  /* read at most one byte past the limit: enough to know it is too big,
+   * whatever the file is (a pipe, /dev/zero) */
+  for (;;) {
+    if (len == cap || buf == NULL) {
+      size_t ncap = buf == NULL ? cap : cap * 2;
+      if (ncap > (size_t)CONFIG_MAX_FILE_SIZE + 1)
+        ncap = (size_t)CONFIG_MAX_FILE_SIZE + 1;
+      char *nbuf = realloc(buf, ncap);
+      if (nbuf == NULL) {
+        free(buf);
+        close(fd);
+        config__error(err, errlen, path, 1, 1, NULL, "out of memory");
+        return UV_ENOMEM;
+      }
+      buf = nbuf;
+      cap = ncap;
+    }
+    ssize_t r = read(fd, buf + len, cap - len);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r < 0) {
+      rc = -errno;
+      free(buf);
+      close(fd);
+      goto io_error;
+    }
+    if (r == 0)
+      break;
+    len += (size_t)r;
+    if (len > CONFIG_MAX_FILE_SIZE) {
+      free(buf);
+      close(fd);
+      if (err != NULL && errlen > 0)
+        snprintf(err, errlen, "%s: file is larger than %d bytes", path,
+                 CONFIG_MAX_FILE_SIZE);
+      return RM_ECONFIG;
+    }
+  }
+  close(fd);
+  rc = config_load_string(cfg, buf, len, path, err, errlen);
+  free(buf);
+  return rc;
+
+io_error:
+  if (err != NULL && errlen > 0)
+    snprintf(err, errlen, "%s: %s", path, strerror_r(-rc, ebuf, sizeof ebuf));
+  return rc;
+}
+
+const struct config_upstream *
+config_upstream_find(const struct config *cfg, const char *host, size_t len) {
+  if (cfg == NULL || host == NULL)
+    return NULL;
+  int hub = config__is_docker_hub(host, len);
+  for (size_t i = 0; i < cfg->n_upstreams; i++) {
+    const char *h = cfg->upstreams[i].host;
+    size_t hlen = strlen(h);
+    if (hub ? config__is_docker_hub(h, hlen)
+            : hlen == len && strncasecmp(h, host, len) == 0)
+      return &cfg->upstreams[i];
+  }
+  return NULL;
+}
+
+const struct config_upstream *
+config_upstream_default(const struct config *cfg) {
+  if (cfg == NULL || cfg->n_upstreams == 0)
+    return NULL;
+  for (size_t i = 0; i < cfg->n_upstreams; i++)
+    if (cfg->upstreams[i].is_default)
+      return &cfg->upstreams[i];
+  return &cfg->upstreams[0];
+}

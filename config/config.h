@@ -14,6 +14,8 @@
 #include <stdint.h>
 
 #define CONFIG_MAX_UPSTREAMS 64
+/* Configuration files (and strings) larger than this are refused. */
+#define CONFIG_MAX_FILE_SIZE (1024 * 1024)
 
 struct config_upstream {
   char *host;       /* registry name clients use: "docker.io", "ghcr.io" */
@@ -58,7 +60,9 @@ struct config {
   size_t n_upstreams;
 };
 
-/* config_init fills every default, with no upstreams. */
+/* config_init fills every default, with no upstreams. It cannot fail: its
+ * string defaults point at static storage, which config_free recognises.
+ * A loaded or built-in configuration owns heap copies of every string. */
 void config_init(struct config *cfg);
 
 /* config_default_builtin: what `regmesh serve` runs without --config:
@@ -78,9 +82,13 @@ int config_load_file(struct config *cfg, const char *path, char *err,
 int config_load_string(struct config *cfg, const char *yaml, size_t len,
                        const char *name, char *err, size_t errlen);
 
-/* config_parse_size: "20GiB", "512MiB", "500MB", "1.5G", "1024" -> bytes. */
+/* config_parse_size: "20GiB", "512MiB", "500MB", "1.5G", "1024" -> bytes.
+ * Units B, KB/MB/GB/TB (1000), KiB/MiB/GiB/TiB and K/M/G/T (1024), any case.
+ * Returns 0, RM_EPARSE (malformed) or RM_ETOOBIG (over 64 bits); *out is
+ * written only on success. */
 int config_parse_size(const char *s, uint64_t *out);
-/* config_parse_duration: "60s", "500ms", "5m", "1h", "30" (seconds) -> ms. */
+/* config_parse_duration: "60s", "500ms", "5m", "1h", "30" (seconds) -> ms.
+ * "1.5s" is 1500 ms. Returns like config_parse_size. */
 int config_parse_duration(const char *s, uint64_t *out_ms);
 
 /* config_upstream_find returns the upstream whose host equals `host`

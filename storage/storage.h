@@ -2,7 +2,7 @@
  *
  *   <root>/blobs/sha256/<2 hex>/<64 hex>        exact bytes
  *   <root>/blobs/sha256/<2 hex>/<64 hex>.meta   media type (manifests only)
- *   <root>/tags/<upstream>/<name>/<tag>         tag record (text)
+ *   <root>/tags/<upstream>/<name>/_tags/<tag>   tag record (text)
  *   <root>/tmp/                                 downloads in progress
  *
  * A download goes to tmp/, is hashed while written, and on commit is checked

@@ -1,0 +1,836 @@
+/* test_config.c - config/: the YAML schema, its defaults and its errors.
+ *
+ * Errors are part of the interface (operators read them), so most cases
+ * assert the exact message, including line and column. The last tests feed
+ * garbage, truncations and mutations of a valid file and only ask that the
+ * loader answers 0 or RM_ECONFIG with a message, without crashing or
+ * leaking (run under ASan in CI).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+/* cmocka.h needs the four headers above first */
+#include <cmocka.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "config.h"
+#include "errors.h"
+
+static const char minimal_yaml[] = "listen: 127.0.0.1:5000\n"
+                                   "storage:\n"
+                                   "  root: ./regmesh-data\n"
+                                   "  max_size: 20GiB\n"
+                                   "upstreams:\n"
+                                   "  - host: docker.io\n"
+                                   "    url: https://registry-1.docker.io\n"
+                                   "    default: true\n"
+                                   "  - host: ghcr.io\n"
+                                   "    url: https://ghcr.io\n"
+                                   "    listen: 127.0.0.1:5002\n";
+
+static const char full_yaml[] =
+    "listen: 0.0.0.0:6000\n"
+    "admin_listen: 127.0.0.1:6001\n"
+    "log_level: debug\n"
+    "access_log: false\n"
+    "storage:\n"
+    "  root: /var/cache/regmesh\n"
+    "  max_size: 500MB\n"
+    "http:\n"
+    "  max_header_bytes: 32KiB\n"
+    "  max_headers: 64\n"
+    "  header_timeout: 5s\n"
+    "  idle_timeout: 2m\n"
+    "  send_timeout: 1500ms\n"
+    "  max_connections: 1000\n"
+    "upstreams:\n"
+    "  - host: docker.io\n"
+    "    url: https://registry-1.docker.io/\n"
+    "    listen: 127.0.0.1:6002\n"
+    "    tag_ttl: 1h\n"
+    "    tags_list_ttl: 45\n"
+    "    username: bob\n"
+    "    password_env: REGMESH_HUB_PASSWORD\n"
+    "    tls_verify: yes\n"
+    "    connect_timeout: 3s\n"
+    "    low_speed_time: 1m\n"
+    "    max_retries: 5\n"
+    "  - host: Registry.Example.com:8443\n"
+    "    url: http://registry.example.com:8443/mirror//\n"
+    "    default: on\n"
+    "    username: alice\n"
+    "    password: \"s3cret\"\n"
+    "    tls_verify: off\n"
+    "    ca_file: /etc/ssl/x.pem\n"
+    "    max_retries: 0\n"
+    "    tag_ttl: 0\n";
+
+/* load: config_load_string on a C string, named "t.yml" in messages. */
+static int load(struct config *cfg, const char *yaml, char *err, size_t n) {
+  return config_load_string(cfg, yaml, strlen(yaml), "t.yml", err, n);
+}
+
+static void test_minimal(void **state) {
+  (void)state;
+  struct config cfg;
+  char err[512];
+  int rc = load(&cfg, minimal_yaml, err, sizeof err);
+  assert_int_equal(rc, 0);
+  assert_string_equal(err, "");
+  assert_string_equal(cfg.path, "t.yml");
+  assert_string_equal(cfg.listen, "127.0.0.1:5000");
+  assert_null(cfg.admin_listen);
+  assert_string_equal(cfg.log_level, "info");
+  assert_int_equal(cfg.access_log, 1);
+  assert_string_equal(cfg.storage.root, "./regmesh-data");
+  assert_true(cfg.storage.max_size == 20ULL * 1024 * 1024 * 1024);
+  assert_int_equal(cfg.http.max_header_bytes, 16 * 1024);
+  assert_int_equal(cfg.http.max_headers, 100);
+  assert_int_equal(cfg.http.header_timeout_ms, 10000);
+  assert_int_equal(cfg.http.idle_timeout_ms, 60000);
+  assert_int_equal(cfg.http.send_timeout_ms, 60000);
+  assert_int_equal(cfg.http.max_connections, 4096);
+  assert_int_equal(cfg.n_upstreams, 2);
+
+  const struct config_upstream *hub = &cfg.upstreams[0];
+  assert_string_equal(hub->host, "docker.io");
+  assert_string_equal(hub->url, "https://registry-1.docker.io");
+  assert_int_equal(hub->is_default, 1);
+  assert_null(hub->listen);
+  assert_int_equal(hub->tag_ttl_ms, 60000);
+  assert_int_equal(hub->tags_list_ttl_ms, 30000);
+  assert_null(hub->username);
+  assert_null(hub->password);
+  assert_null(hub->password_env);
+  assert_int_equal(hub->tls_verify, 1);
+  assert_null(hub->ca_file);
+  assert_int_equal(hub->connect_timeout_ms, 10000);
+  assert_int_equal(hub->low_speed_time_ms, 30000);
+  assert_int_equal(hub->max_retries, 3);
+
+  const struct config_upstream *gh = &cfg.upstreams[1];
+  assert_string_equal(gh->host, "ghcr.io");
+  assert_string_equal(gh->url, "https://ghcr.io");
+  assert_int_equal(gh->is_default, 0);
+  assert_string_equal(gh->listen, "127.0.0.1:5002");
+  assert_ptr_equal(config_upstream_default(&cfg), hub);
+  config_free(&cfg);
+  config_free(&cfg); /* safe twice */
+}
+
+static void test_full(void **state) {
+  (void)state;
+  struct config cfg;
+  char err[512];
+  int rc = load(&cfg, full_yaml, err, sizeof err);
+  assert_string_equal(err, "");
+  assert_int_equal(rc, 0);
+  assert_string_equal(cfg.listen, "0.0.0.0:6000");
+  assert_string_equal(cfg.admin_listen, "127.0.0.1:6001");
+  assert_string_equal(cfg.log_level, "debug");
+  assert_int_equal(cfg.access_log, 0);
+  assert_string_equal(cfg.storage.root, "/var/cache/regmesh");
+  assert_int_equal(cfg.storage.max_size, 500000000);
+  assert_int_equal(cfg.http.max_header_bytes, 32768);
+  assert_int_equal(cfg.http.max_headers, 64);
+  assert_int_equal(cfg.http.header_timeout_ms, 5000);
+  assert_int_equal(cfg.http.idle_timeout_ms, 120000);
+  assert_int_equal(cfg.http.send_timeout_ms, 1500);
+  assert_int_equal(cfg.http.max_connections, 1000);
+  assert_int_equal(cfg.n_upstreams, 2);
+
+  const struct config_upstream *a = &cfg.upstreams[0];
+  assert_string_equal(a->host, "docker.io");
+  assert_string_equal(a->url, "https://registry-1.docker.io");
+  assert_string_equal(a->listen, "127.0.0.1:6002");
+  assert_int_equal(a->is_default, 0);
+  assert_int_equal(a->tag_ttl_ms, 3600000);
+  assert_int_equal(a->tags_list_ttl_ms, 45000);
+  assert_string_equal(a->username, "bob");
+  assert_null(a->password);
+  assert_string_equal(a->password_env, "REGMESH_HUB_PASSWORD");
+  assert_int_equal(a->tls_verify, 1);
+  assert_int_equal(a->connect_timeout_ms, 3000);
+  assert_int_equal(a->low_speed_time_ms, 60000);
+  assert_int_equal(a->max_retries, 5);
+
+  const struct config_upstream *b = &cfg.upstreams[1];
+  assert_string_equal(b->host, "registry.example.com:8443"); /* lower case */
+  assert_string_equal(b->url, "http://registry.example.com:8443/mirror");
+  assert_int_equal(b->is_default, 1); /* explicit default beats docker.io */
+  assert_null(b->listen);
+  assert_string_equal(b->username, "alice");
+  assert_string_equal(b->password, "s3cret");
+  assert_null(b->password_env);
+  assert_int_equal(b->tls_verify, 0);
+  assert_string_equal(b->ca_file, "/etc/ssl/x.pem");
+  assert_int_equal(b->max_retries, 0);
+  assert_int_equal(b->tag_ttl_ms, 0);
+  assert_int_equal(b->tags_list_ttl_ms, 30000);
+  assert_ptr_equal(config_upstream_default(&cfg), b);
+  config_free(&cfg);
+}
+
+static void test_builtin(void **state) {
+  (void)state;
+  struct config cfg;
+  assert_int_equal(config_default_builtin(&cfg), 0);
+  assert_null(cfg.path);
+  assert_string_equal(cfg.listen, "127.0.0.1:5000");
+  assert_string_equal(cfg.storage.root, "./regmesh-data");
+  assert_true(cfg.storage.max_size == 20ULL << 30);
+  assert_int_equal(cfg.n_upstreams, 3);
+  assert_string_equal(cfg.upstreams[0].host, "docker.io");
+  assert_string_equal(cfg.upstreams[0].url, "https://registry-1.docker.io");
+  assert_string_equal(cfg.upstreams[1].host, "ghcr.io");
+  assert_string_equal(cfg.upstreams[1].url, "https://ghcr.io");
+  assert_string_equal(cfg.upstreams[2].host, "quay.io");
+  assert_string_equal(cfg.upstreams[2].url, "https://quay.io");
+  assert_ptr_equal(config_upstream_default(&cfg), &cfg.upstreams[0]);
+  assert_int_equal(cfg.upstreams[1].is_default + cfg.upstreams[2].is_default,
+                   0);
+  assert_int_equal(cfg.upstreams[2].tag_ttl_ms, 60000);
+  /* every string is owned after a load: replacing one must be safe */
+  free(cfg.listen);
+  cfg.listen = strdup("127.0.0.1:7000");
+  config_free(&cfg);
+}
+
+static void test_init_defaults(void **state) {
+  (void)state;
+  struct config cfg;
+  config_init(&cfg);
+  assert_string_equal(cfg.listen, "127.0.0.1:5000");
+  assert_string_equal(cfg.log_level, "info");
+  assert_string_equal(cfg.storage.root, "./regmesh-data");
+  assert_int_equal(cfg.storage.max_size, 0);
+  assert_int_equal(cfg.n_upstreams, 0);
+  assert_null(config_upstream_default(&cfg));
+  config_free(&cfg); /* must not free the static defaults */
+}
+
+static void test_parse_size(void **state) {
+  (void)state;
+  static const struct {
+    const char *s;
+    int rc;
+    uint64_t v;
+  } cases[] = {
+      {"0", 0, 0},
+      {"1024", 0, 1024},
+      {"20GiB", 0, 20ULL << 30},
+      {"512MiB", 0, 512ULL << 20},
+      {"500MB", 0, 500000000ULL},
+      {"1.5G", 0, 3ULL << 29},
+      {"16KiB", 0, 16384},
+      {"16kib", 0, 16384},
+      {"2 TB", 0, 2000000000000ULL},
+      {"1T", 0, 1ULL << 40},
+      {"7B", 0, 7},
+      {"1KB", 0, 1000},
+      {"1K", 0, 1024},
+      {"0.5KiB", 0, 512},
+      {"18446744073709551615", 0, UINT64_MAX},
+      {"18446744073709551616", RM_ETOOBIG, 0},
+      {"99999999999999999999999999999999", RM_ETOOBIG, 0},
+      {"16777216TiB", RM_ETOOBIG, 0},
+      {"16777215.99TiB", 0, 18446742974197923840ULL + 1088516511498ULL},
+      {"", RM_EPARSE, 0},
+      {"GiB", RM_EPARSE, 0},
+      {"-1", RM_EPARSE, 0},
+      {"+1", RM_EPARSE, 0},
+      {"1.", RM_EPARSE, 0},
+      {".5G", RM_EPARSE, 0},
+      {"1.5", RM_EPARSE, 0},
+      {"1.5B", RM_EPARSE, 0},
+      {"10XB", RM_EPARSE, 0},
+      {"10 GiB extra", RM_EPARSE, 0},
+      {"0x10", RM_EPARSE, 0},
+      {" 10", RM_EPARSE, 0},
+      {"1e9", RM_EPARSE, 0},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    uint64_t v = 12345;
+    int rc = config_parse_size(cases[i].s, &v);
+    if (rc != cases[i].rc || (rc == 0 && v != cases[i].v))
+      fail_msg("size \"%s\": rc %d v %llu, want rc %d v %llu", cases[i].s, rc,
+               (unsigned long long)v, cases[i].rc,
+               (unsigned long long)cases[i].v);
+    if (rc != 0)
+      assert_true(v == 12345); /* untouched on error */
+  }
+  assert_int_equal(config_parse_size(NULL, NULL), RM_EPARSE);
+}
+
+static void test_parse_duration(void **state) {
+  (void)state;
+  static const struct {
+    const char *s;
+    int rc;
+    uint64_t v;
+  } cases[] = {
+      {"60s", 0, 60000},
+      {"500ms", 0, 500},
+      {"5m", 0, 300000},
+      {"1h", 0, 3600000},
+      {"30", 0, 30000},
+      {"0", 0, 0},
+      {"1.5s", 0, 1500},
+      {"0.25h", 0, 900000},
+      {"10S", 0, 10000},
+      {"18446744073709551615ms", 0, UINT64_MAX},
+      {"18446744073709551615s", RM_ETOOBIG, 0},
+      {"1.5ms", RM_EPARSE, 0},
+      {"10x", RM_EPARSE, 0},
+      {"1d", RM_EPARSE, 0},
+      {"s", RM_EPARSE, 0},
+      {"-5s", RM_EPARSE, 0},
+      {"5 s", 0, 5000},
+      {"5s ", RM_EPARSE, 0},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    uint64_t v = 0;
+    int rc = config_parse_duration(cases[i].s, &v);
+    if (rc != cases[i].rc || (rc == 0 && v != cases[i].v))
+      fail_msg("duration \"%s\": rc %d v %llu, want rc %d v %llu", cases[i].s,
+               rc, (unsigned long long)v, cases[i].rc,
+               (unsigned long long)cases[i].v);
+  }
+}
+
+/* Upstream list used by error cases that are about something else. */
+#define UP "upstreams:\n  - host: docker.io\n    url: https://r.io\n"
+
+static void test_errors(void **state) {
+  (void)state;
+  static const struct {
+    const char *yaml;
+    const char *want;
+  } cases[] = {
+      /* unknown keys, with and without a suggestion */
+      {"listne: 127.0.0.1:5000\n" UP,
+       "t.yml:1:1: listne: unknown key (did you mean listen?)"},
+      {UP "storage:\n  maxsize: 1G\n",
+       "t.yml:5:3: storage.maxsize: unknown key (did you mean max_size?)"},
+      {UP "    pasword: x\n",
+       "t.yml:4:5: upstreams[0].pasword: unknown key (did you mean "
+       "password?)"},
+      {UP "cluster:\n  bind: x\n", "t.yml:4:1: cluster: unknown key"},
+      {UP "Listen: 127.0.0.1:1\n",
+       "t.yml:4:1: Listen: unknown key (did you mean listen?)"},
+      /* types */
+      {"listen:\n  host: x\n" UP,
+       "t.yml:2:3: listen: expected a scalar, got a mapping"},
+      {UP "log_level: [debug]\n",
+       "t.yml:4:12: log_level: expected a scalar, got a sequence"},
+      {UP "storage: big\n",
+       "t.yml:4:10: storage: expected a mapping, got a scalar"},
+      {"upstreams:\n  host: docker.io\n",
+       "t.yml:2:3: upstreams: expected a sequence, got a mapping"},
+      {UP "access_log: maybe\n",
+       "t.yml:4:13: access_log: expected true or false, got \"maybe\""},
+      {UP "    tls_verify: 1\n",
+       "t.yml:4:17: upstreams[0].tls_verify: expected true or false, got "
+       "\"1\""},
+      {UP "log_level: verbose\n",
+       "t.yml:4:12: log_level: expected debug, info, warn or error, got "
+       "\"verbose\""},
+      /* empty values */
+      {UP "storage:\n  root: \"\"\n",
+       "t.yml:5:9: storage.root: value is empty"},
+      {UP "    username:\n",
+       "t.yml:4:14: upstreams[0].username: value is empty"},
+      {"listen: ~\n" UP, "t.yml:1:9: listen: value is empty"},
+      {UP "storage:\n  root: \"a\\0b\"\n",
+       "t.yml:5:9: storage.root: value contains a NUL byte"},
+      /* sizes, durations and numbers */
+      {UP "storage:\n  max_size: 20XB\n",
+       "t.yml:5:13: storage.max_size: invalid size \"20XB\" (examples: "
+       "512MiB, 20GiB, 1048576)"},
+      {UP "storage:\n  max_size: 99999999999999999999999\n",
+       "t.yml:5:13: storage.max_size: size \"99999999999999999999999\" is too "
+       "large"},
+      {UP "http:\n  max_header_bytes: 100\n",
+       "t.yml:5:21: http.max_header_bytes: must be at least 1024 bytes"},
+      {UP "http:\n  idle_timeout: 10 minutes\n",
+       "t.yml:5:17: http.idle_timeout: invalid duration \"10 minutes\" "
+       "(examples: 500ms, 10s, 5m, 1h)"},
+      {UP "http:\n  header_timeout: 0s\n",
+       "t.yml:5:19: http.header_timeout: must be at least 1 ms"},
+      {UP "http:\n  send_timeout: 99999999999999999999h\n",
+       "t.yml:5:17: http.send_timeout: duration \"99999999999999999999h\" is "
+       "too large"},
+      {UP "http:\n  max_headers: -3\n",
+       "t.yml:5:16: http.max_headers: expected a whole number, got \"-3\""},
+      {UP "http:\n  max_connections: 123456789012345678901234567890\n",
+       "t.yml:5:20: http.max_connections: number "
+       "\"123456789012345678901234567890\" is too large"},
+      {UP "http:\n  max_connections: 0\n",
+       "t.yml:5:20: http.max_connections: must be at least 1"},
+      {UP "    max_retries: 1000\n",
+       "t.yml:4:18: upstreams[0].max_retries: must be at most 100"},
+      /* listen addresses */
+      {"listen: 127.0.0.1\n" UP,
+       "t.yml:1:9: listen: invalid address \"127.0.0.1\": expected host:port "
+       "or [v6]:port"},
+      {"listen: 127.0.0.1:0\n" UP,
+       "t.yml:1:9: listen: invalid address \"127.0.0.1:0\": port must be a "
+       "number from 1 to 65535"},
+      {"listen: 127.0.0.1:65536\n" UP,
+       "t.yml:1:9: listen: invalid address \"127.0.0.1:65536\": port must be "
+       "a number from 1 to 65535"},
+      {"listen: \"::1:5000\"\n" UP,
+       "t.yml:1:9: listen: invalid address \"::1:5000\": IPv6 addresses need "
+       "brackets, as in [::1]:5000"},
+      {"listen: \"[::g]:5000\"\n" UP,
+       "t.yml:1:9: listen: invalid address \"[::g]:5000\": invalid IPv6 "
+       "address"},
+      {"listen: 300.1.1.1:80\n" UP,
+       "t.yml:1:9: listen: invalid address \"300.1.1.1:80\": invalid IPv4 "
+       "address"},
+      {"admin_listen: :9000\n" UP,
+       "t.yml:1:15: admin_listen: invalid address \":9000\": missing host "
+       "(use 0.0.0.0 for every address)"},
+      /* upstream host and url */
+      {"upstreams:\n  - host: https://ghcr.io\n    url: https://ghcr.io\n",
+       "t.yml:2:11: upstreams[0].host: invalid registry host "
+       "\"https://ghcr.io\": port must be a number from 1 to 65535"},
+      {"upstreams:\n  - host: ghcr_io\n    url: https://ghcr.io\n",
+       "t.yml:2:11: upstreams[0].host: invalid registry host \"ghcr_io\": "
+       "letters, digits, dots and dashes, with an optional :port"},
+      {"upstreams:\n  - host: ghcr.io\n    url: ftp://ghcr.io\n",
+       "t.yml:3:10: upstreams[0].url: invalid URL \"ftp://ghcr.io\": must "
+       "start with http:// or https://"},
+      {"upstreams:\n  - host: ghcr.io\n    url: https://ghcr.io/?x=1\n",
+       "t.yml:3:10: upstreams[0].url: invalid URL \"https://ghcr.io/?x=1\": "
+       "must not have a query or a fragment"},
+      {"upstreams:\n  - host: ghcr.io\n    url: https://ghcr.io#top\n",
+       "t.yml:3:10: upstreams[0].url: invalid URL \"https://ghcr.io#top\": "
+       "must not have a query or a fragment"},
+      {"upstreams:\n  - host: ghcr.io\n    url: https://u:p@ghcr.io\n",
+       "t.yml:3:10: upstreams[0].url: invalid URL \"https://u:p@ghcr.io\": "
+       "must not carry credentials; use username and password"},
+      {"upstreams:\n  - host: ghcr.io\n    url: https:///v2\n",
+       "t.yml:3:10: upstreams[0].url: invalid URL \"https:///v2\": invalid "
+       "host in URL"},
+      /* required keys, counts, duplicates */
+      {"upstreams:\n  - host: ghcr.io\n",
+       "t.yml:2:5: upstreams[0].url: required key is missing"},
+      {"upstreams:\n  - url: https://ghcr.io\n",
+       "t.yml:2:5: upstreams[0].host: required key is missing"},
+      {"listen: 127.0.0.1:5000\n",
+       "t.yml:1:1: upstreams: at least one upstream is required"},
+      {"upstreams: []\n",
+       "t.yml:1:12: upstreams: at least one upstream is required"},
+      {"upstreams:\n",
+       "t.yml:1:11: upstreams: at least one upstream is required"},
+      {UP "  - host: registry-1.docker.io\n    url: https://x.io\n",
+       "t.yml:4:11: upstreams[1].host: duplicate upstream: "
+       "registry-1.docker.io is already upstreams[0] (docker.io)"},
+      {UP "  - host: DOCKER.io\n    url: https://x.io\n",
+       "t.yml:4:11: upstreams[1].host: duplicate upstream: docker.io is "
+       "already upstreams[0] (docker.io)"},
+      {UP "    default: true\n  - host: ghcr.io\n    url: https://ghcr.io\n"
+          "    default: yes\n",
+       "t.yml:7:14: upstreams[1].default: only one upstream can be the "
+       "default (upstreams[0] already is)"},
+      {UP "    password: a\n    password_env: B\n",
+       "t.yml:5:19: upstreams[0].password_env: password and password_env "
+       "cannot both be set"},
+      {UP "    password_env: B\n    password: a\n",
+       "t.yml:5:15: upstreams[0].password: password and password_env cannot "
+       "both be set"},
+      {UP "    password_env: 9LIVES\n",
+       "t.yml:4:19: upstreams[0].password_env: invalid environment variable "
+       "name \"9LIVES\" (letters, digits and _, not starting with a digit)"},
+      {UP "storage:\n  root: a\n  root: b\n",
+       "t.yml:6:3: storage.root: duplicate key (first at 5:3)"},
+      {UP "upstreams: []\n",
+       "t.yml:4:1: upstreams: duplicate key (first at 1:1)"},
+      /* listeners */
+      {"listen: 127.0.0.1:5000\nadmin_listen: 127.0.0.1:5000\n" UP,
+       "t.yml:2:15: admin_listen: address 127.0.0.1:5000 is already used by "
+       "listen"},
+      {UP "    listen: 127.0.0.1:5000\n",
+       "t.yml:4:13: upstreams[0].listen: address 127.0.0.1:5000 is already "
+       "used by listen (default)"},
+      {UP "    listen: 127.0.0.1:5002\n"
+          "  - host: ghcr.io\n    url: https://ghcr.io\n"
+          "    listen: 127.0.0.1:5002\n",
+       "t.yml:7:13: upstreams[1].listen: address 127.0.0.1:5002 is already "
+       "used by upstreams[0].listen"},
+      {UP "    listen: 127.0.0.1:5002\nlisten: \"[::]:5002\"\n",
+       "t.yml:5:9: listen: address [::]:5002 overlaps upstreams[0].listen "
+       "(127.0.0.1:5002) on port 5002"},
+      {"admin_listen: \"[0:0::1]:5000\"\nlisten: \"[::1]:5000\"\n" UP,
+       "t.yml:2:9: listen: address [::1]:5000 is already used by "
+       "admin_listen"},
+      /* the document itself */
+      {"", "t.yml:1:1: no configuration"},
+      {"# only a comment\n", "t.yml:1:1: no configuration"},
+      {"---\n...\n", "t.yml:2:1: no configuration"},
+      {"- listen: 127.0.0.1:5000\n",
+       "t.yml:1:1: the configuration must be a mapping, got a sequence"},
+      {"hello\n", "t.yml:1:1: the configuration must be a mapping, got a "
+                  "scalar"},
+      {UP "---\nlisten: 127.0.0.1:5000\n",
+       "t.yml:4:1: more than one YAML document"},
+      {"listen: [127.0.0.1:5000\n" UP,
+       "t.yml:2:10: did not find expected ',' or ']' (while parsing a flow "
+       "sequence at 1:9)"},
+      {"storage:\n  root: a\n bad: b\n" UP,
+       "t.yml:3:2: did not find expected key (while parsing a block mapping "
+       "at 1:1)"},
+      {"listen: \"abc\n",
+       "t.yml:2:1: found unexpected end of stream (while scanning a quoted "
+       "scalar at 1:9)"},
+      {"listen: a\tb\x01\n",
+       "t.yml:1:12: control characters are not allowed (byte 0x01)"},
+      {"storage: &s\n  root: a\n" UP,
+       "t.yml:1:10: storage: anchors and aliases are not supported"},
+      {"x: &a 1\nlisten: *a\n" UP, "t.yml:1:1: x: unknown key"},
+      {"listen: &a 127.0.0.1:1\nadmin_listen: *a\n" UP,
+       "t.yml:1:9: listen: anchors and aliases are not supported"},
+      {UP "? [a, b]\n: c\n", "t.yml:4:3: keys must be scalars, got a sequence"},
+  };
+  int failed = 0;
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    struct config cfg;
+    char err[512];
+    int rc = load(&cfg, cases[i].yaml, err, sizeof err);
+    if (rc != RM_ECONFIG || strcmp(err, cases[i].want) != 0) {
+      print_error("case %zu: rc %d\n got: %s\nwant: %s\n", i, rc, err,
+                  cases[i].want);
+      failed++;
+    }
+    /* a failed load leaves a freeable, upstream-less config */
+    assert_int_equal(cfg.n_upstreams, 0);
+    assert_null(cfg.upstreams);
+    config_free(&cfg);
+  }
+  assert_int_equal(failed, 0);
+}
+
+static void test_too_many_upstreams(void **state) {
+  (void)state;
+  char *yaml = malloc(64 * 1024);
+  size_t n = (size_t)sprintf(yaml, "upstreams:\n");
+  for (int i = 0; i <= CONFIG_MAX_UPSTREAMS; i++)
+    n += (size_t)sprintf(yaml + n,
+                         "  - host: r%d.io\n    url: https://r%d.io\n", i, i);
+  struct config cfg;
+  char err[256];
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
+  assert_string_equal(err, "t.yml:2:3: upstreams: too many upstreams (65, at "
+                           "most 64)");
+  /* exactly the maximum loads */
+  char *last = strstr(yaml, "  - host: r64.io");
+  *last = '\0';
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), 0);
+  assert_int_equal(cfg.n_upstreams, CONFIG_MAX_UPSTREAMS);
+  assert_string_equal(cfg.upstreams[63].host, "r63.io");
+  /* no docker.io and no default: the first one */
+  assert_ptr_equal(config_upstream_default(&cfg), &cfg.upstreams[0]);
+  config_free(&cfg);
+  free(yaml);
+}
+
+static void test_default_rules(void **state) {
+  (void)state;
+  struct config cfg;
+  char err[256];
+  /* none marked, docker.io (by an alias) present but not first */
+  assert_int_equal(load(&cfg,
+                        "upstreams:\n"
+                        "  - {host: ghcr.io, url: https://ghcr.io}\n"
+                        "  - {host: index.docker.io, url: https://d.io}\n"
+                        "  - {host: quay.io, url: https://quay.io, default: "
+                        "false}\n",
+                        err, sizeof err),
+                   0);
+  assert_int_equal(cfg.upstreams[0].is_default, 0);
+  assert_int_equal(cfg.upstreams[1].is_default, 1);
+  assert_int_equal(cfg.upstreams[2].is_default, 0);
+  assert_ptr_equal(config_upstream_default(&cfg), &cfg.upstreams[1]);
+  config_free(&cfg);
+
+  /* username without a password source is allowed */
+  assert_int_equal(load(&cfg,
+                        "upstreams:\n"
+                        "  - {host: quay.io, url: 'https://quay.io', "
+                        "username: robot}\n",
+                        err, sizeof err),
+                   0);
+  assert_string_equal(cfg.upstreams[0].username, "robot");
+  assert_null(cfg.upstreams[0].password);
+  assert_int_equal(cfg.upstreams[0].is_default, 1);
+  config_free(&cfg);
+
+  /* "storage:" with nothing under it keeps the defaults */
+  assert_int_equal(load(&cfg, "storage:\nhttp: {}\n" UP, err, sizeof err), 0);
+  assert_string_equal(cfg.storage.root, "./regmesh-data");
+  assert_int_equal(cfg.http.max_headers, 100);
+  config_free(&cfg);
+
+  /* IPv6 listener, hostname listener */
+  assert_int_equal(load(&cfg,
+                        "listen: '[::]:5000'\nadmin_listen: "
+                        "localhost:5001\n" UP,
+                        err, sizeof err),
+                   0);
+  assert_string_equal(cfg.listen, "[::]:5000");
+  assert_string_equal(cfg.admin_listen, "localhost:5001");
+  config_free(&cfg);
+}
+
+static void test_upstream_find(void **state) {
+  (void)state;
+  struct config cfg;
+  assert_int_equal(config_default_builtin(&cfg), 0);
+  const struct config_upstream *hub = &cfg.upstreams[0];
+  assert_ptr_equal(config_upstream_find(&cfg, "docker.io", 9), hub);
+  assert_ptr_equal(config_upstream_find(&cfg, "index.docker.io", 15), hub);
+  assert_ptr_equal(config_upstream_find(&cfg, "registry-1.docker.io", 20), hub);
+  assert_ptr_equal(config_upstream_find(&cfg, "Docker.IO", 9), hub);
+  assert_ptr_equal(config_upstream_find(&cfg, "GHCR.io", 7), &cfg.upstreams[1]);
+  /* not NUL-terminated: only len bytes count */
+  assert_ptr_equal(config_upstream_find(&cfg, "quay.io/org/app", 7),
+                   &cfg.upstreams[2]);
+  assert_null(config_upstream_find(&cfg, "quay.io", 6));
+  assert_null(config_upstream_find(&cfg, "quay.io.evil", 12));
+  assert_null(config_upstream_find(&cfg, "docker", 6));
+  assert_null(config_upstream_find(&cfg, "", 0));
+  assert_null(config_upstream_find(&cfg, NULL, 0));
+  config_free(&cfg);
+
+  /* a configured alias is found by the canonical name too */
+  char err[256];
+  assert_int_equal(load(&cfg,
+                        "upstreams:\n  - host: registry-1.docker.io\n"
+                        "    url: https://registry-1.docker.io\n",
+                        err, sizeof err),
+                   0);
+  assert_ptr_equal(config_upstream_find(&cfg, "docker.io", 9),
+                   &cfg.upstreams[0]);
+  config_free(&cfg);
+}
+
+static char tmpdir[64];
+
+static void write_file(const char *path, const char *data, size_t len) {
+  FILE *f = fopen(path, "wb");
+  assert_non_null(f);
+  assert_int_equal(fwrite(data, 1, len, f), len);
+  fclose(f);
+}
+
+static void test_load_file(void **state) {
+  (void)state;
+  struct config cfg;
+  char err[512], path[128], want[256];
+  snprintf(tmpdir, sizeof tmpdir, "/tmp/test_config.XXXXXX");
+  assert_non_null(mkdtemp(tmpdir));
+
+  snprintf(path, sizeof path, "%s/regmesh.yml", tmpdir);
+  write_file(path, minimal_yaml, strlen(minimal_yaml));
+  assert_int_equal(config_load_file(&cfg, path, err, sizeof err), 0);
+  assert_string_equal(cfg.path, path);
+  assert_int_equal(cfg.n_upstreams, 2);
+  config_free(&cfg);
+
+  /* errors name the file */
+  write_file(path, "listen: x\n", 10);
+  assert_int_equal(config_load_file(&cfg, path, err, sizeof err), RM_ECONFIG);
+  snprintf(want, sizeof want,
+           "%s:1:9: listen: invalid address \"x\": expected host:port or "
+           "[v6]:port",
+           path);
+  assert_string_equal(err, want);
+  config_free(&cfg);
+
+  /* a missing file: the errno text and the UV code */
+  snprintf(path, sizeof path, "%s/missing.yml", tmpdir);
+  assert_int_equal(config_load_file(&cfg, path, err, sizeof err), UV_ENOENT);
+  snprintf(want, sizeof want, "%s: No such file or directory", path);
+  assert_string_equal(err, want);
+  config_free(&cfg);
+
+  /* a directory */
+  assert_int_equal(config_load_file(&cfg, tmpdir, err, sizeof err), UV_EISDIR);
+  snprintf(want, sizeof want, "%s: Is a directory", tmpdir);
+  assert_string_equal(err, want);
+
+  /* over 1 MiB: refused before parsing, even if it were valid YAML */
+  size_t big = CONFIG_MAX_FILE_SIZE + 1;
+  char *data = malloc(big);
+  memset(data, '#', big);
+  data[big - 1] = '\n';
+  snprintf(path, sizeof path, "%s/big.yml", tmpdir);
+  write_file(path, data, big);
+  assert_int_equal(config_load_file(&cfg, path, err, sizeof err), RM_ECONFIG);
+  snprintf(want, sizeof want, "%s: file is larger than 1048576 bytes", path);
+  assert_string_equal(err, want);
+  assert_int_equal(config_load_string(&cfg, data, big, "s", err, sizeof err),
+                   RM_ECONFIG);
+  assert_string_equal(err, "s:1:1: configuration is larger than 1048576 bytes");
+  /* a pipe-like endless source is bounded too */
+  assert_int_equal(config_load_file(&cfg, "/dev/zero", err, sizeof err),
+                   RM_ECONFIG);
+  assert_string_equal(err, "/dev/zero: file is larger than 1048576 bytes");
+  unlink(path);
+  free(data);
+
+  /* a tiny err buffer truncates, never overflows; NULL err is fine */
+  char tiny[8];
+  assert_int_equal(load(&cfg, "listen: x\n", tiny, sizeof tiny), RM_ECONFIG);
+  assert_string_equal(tiny, "t.yml:1");
+  assert_int_equal(load(&cfg, "listen: x\n", NULL, 0), RM_ECONFIG);
+
+  snprintf(path, sizeof path, "%s/regmesh.yml", tmpdir);
+  unlink(path);
+  rmdir(tmpdir);
+}
+
+/* ---- robustness: nothing may crash, leak, or fail without a message ---- */
+
+static int n_clean_ok, n_clean_err;
+
+static void expect_clean(const char *yaml, size_t len) {
+  struct config cfg;
+  char err[512];
+  err[0] = 'X';
+  err[1] = '\0';
+  int rc = config_load_string(&cfg, yaml, len, "f", err, sizeof err);
+  if (rc == 0) {
+    /* a valid config always has a default upstream */
+    assert_non_null(config_upstream_default(&cfg));
+    assert_true(cfg.n_upstreams >= 1);
+    n_clean_ok++;
+  } else {
+    n_clean_err++;
+    assert_int_equal(rc, RM_ECONFIG);
+    assert_true(strncmp(err, "f:", 2) == 0);
+    assert_null(strchr(err, '\n'));
+  }
+  config_free(&cfg);
+}
+
+static void test_nasty_inputs(void **state) {
+  (void)state;
+  /* deeply nested sequences, flow and block */
+  size_t n = 200000;
+  char *deep = malloc(2 * n + 1);
+  memset(deep, '[', n);
+  memset(deep + n, ']', n);
+  struct config cfg;
+  char err[256];
+  assert_int_equal(config_load_string(&cfg, deep, 2 * n, "d", err, sizeof err),
+                   RM_ECONFIG);
+  assert_string_equal(err, "d:1:33: nesting deeper than 32 levels");
+  size_t o = 0;
+  for (int i = 0; i < 100; i++)
+    o += (size_t)sprintf(deep + o, "%*s- \n", i, "");
+  assert_int_equal(config_load_string(&cfg, deep, o, "d", err, sizeof err),
+                   RM_ECONFIG);
+  assert_string_equal(err, "d:33:33: nesting deeper than 32 levels");
+  /* a flat but huge sequence hits the node cap */
+  o = (size_t)sprintf(deep, "upstreams: [");
+  for (int i = 0; i < 120000; i++)
+    o += (size_t)sprintf(deep + o, "1,");
+  deep[o++] = ']';
+  assert_int_equal(config_load_string(&cfg, deep, o, "d", err, sizeof err),
+                   RM_ECONFIG);
+  assert_string_equal(err, "d:1:200007: too many YAML nodes (over 100000)");
+  free(deep);
+
+  /* binary garbage, NUL bytes, invalid UTF-8, a BOM */
+  expect_clean("\x00\x01\x02\xff\xfe", 5);
+  expect_clean("listen: \xc3\x28\n", 11);
+  expect_clean("\xef\xbb\xbflisten: 127.0.0.1:1\n" UP,
+               strlen("\xef\xbb\xbflisten: 127.0.0.1:1\n" UP));
+  expect_clean("\xff\xfe\x00\x00", 4);
+  /* a sequence, a number and an alias at the top level */
+  expect_clean("[1, 2, 3]", 9);
+  expect_clean("42", 2);
+  expect_clean("*a", 2);
+  expect_clean("&a [*a]", 7);
+  expect_clean("!!binary aGVsbG8=", 17);
+  expect_clean("%YAML 1.1\n---\nlisten: 1\n", 24);
+  expect_clean("%YAML 9.9\n---\n", 14);
+  expect_clean("{? : }", 6);
+  expect_clean(": :", 3);
+
+  /* a huge number everywhere a number goes */
+  expect_clean("http: {max_headers: 1e999999}\n" UP, 30 + strlen(UP));
+
+  /* a BOM-less file is fine, and a BOM file loads */
+  const char *bom = "\xef\xbb\xbflisten: 127.0.0.1:1\n" UP;
+  assert_int_equal(
+      config_load_string(&cfg, bom, strlen(bom), "b", err, sizeof err), 0);
+  assert_string_equal(cfg.listen, "127.0.0.1:1");
+  config_free(&cfg);
+}
+
+/* Every prefix of the full example, and many random mutations of it: the
+ * loader must classify each without crashing. */
+static void test_mutations(void **state) {
+  (void)state;
+  size_t len = strlen(full_yaml);
+  char *buf = malloc(len + 1);
+  n_clean_ok = n_clean_err = 0;
+  for (size_t i = 0; i <= len; i++)
+    expect_clean(full_yaml, i);
+
+  static const char alphabet[] = ":-[]{}&*!|>'\"#%@`,? \n\t\\0aZ9.\x00\xff\x80";
+  unsigned seed = 12345;
+  if (getenv("CONFIG_SEED") != NULL)
+    seed = (unsigned)strtoul(getenv("CONFIG_SEED"), NULL, 10);
+  print_message("mutation seed %u (CONFIG_SEED= to replay)\n", seed);
+  srand(seed);
+  for (int round = 0; round < 3000; round++) {
+    memcpy(buf, full_yaml, len);
+    int edits = 1 + rand() % 4;
+    for (int e = 0; e < edits; e++) {
+      size_t at = (size_t)rand() % len;
+      buf[at] = alphabet[(size_t)rand() % (sizeof alphabet - 1)];
+    }
+    expect_clean(buf, len);
+  }
+  for (int round = 0; round < 500; round++) {
+    size_t n = (size_t)rand() % 64;
+    for (size_t i = 0; i < n; i++)
+      buf[i] = (char)(rand() & 0xff);
+    expect_clean(buf, n);
+  }
+  /* both outcomes were reached, so the inputs exercised the schema */
+  print_message("mutations: %d loaded, %d refused\n", n_clean_ok, n_clean_err);
+  assert_true(n_clean_ok > 100);
+  assert_true(n_clean_err > 100);
+  free(buf);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_minimal),
+      cmocka_unit_test(test_full),
+      cmocka_unit_test(test_builtin),
+      cmocka_unit_test(test_init_defaults),
+      cmocka_unit_test(test_parse_size),
+      cmocka_unit_test(test_parse_duration),
+      cmocka_unit_test(test_errors),
+      cmocka_unit_test(test_too_many_upstreams),
+      cmocka_unit_test(test_default_rules),
+      cmocka_unit_test(test_upstream_find),
+      cmocka_unit_test(test_load_file),
+      cmocka_unit_test(test_nasty_inputs),
+      cmocka_unit_test(test_mutations),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
