@@ -67,22 +67,33 @@ struct http_server_limits {
   unsigned max_connections;   /* beyond this, new connections are closed */
 };
 
-/* http_server_new: server on loop; handler gets every request. */
+/* http_server_new: server on loop; handler gets every request. limits may
+ * be NULL; a zero field takes its default (16 KiB head, 100 headers, 10 s
+ * head, 60 s idle, 60 s send, 4096 connections). Sets SIGPIPE to ignored if
+ * it still has the default disposition (a write to a reset socket must give
+ * EPIPE, not kill the process). */
 int http_server_new(struct http_server **out, uv_loop_t *loop,
                     const struct http_server_limits *limits,
                     http_handler_cb handler, void *ud);
 /* http_server_listen binds "host:port" (IPv4, [IPv6]) and tags its requests
- * with listener_id. Returns 0 or a negative error (UV_EADDRINUSE ...). */
+ * with listener_id. Hosts are numeric; ":port" means 0.0.0.0. Returns 0 or a
+ * negative error (UV_EINVAL for a malformed address, UV_EADDRINUSE ...). */
 int http_server_listen(struct http_server *srv, const char *addr,
                        int listener_id);
+/* http_server_bound_port returns the local port of the first listener
+ * tagged listener_id (useful after binding port 0), or UV_ENOENT. */
+int http_server_bound_port(struct http_server *srv, int listener_id);
 /* http_server_close stops listening, closes every connection (in-service
  * requests get their close callback) and frees the server once all handles
- * are closed; cb (optional) is called then. */
+ * are closed; cb (optional) is called then. The server also waits for the
+ * handler to end or abort every request it still holds. A second call is
+ * ignored. */
 void http_server_close(struct http_server *srv, void (*cb)(void *ud), void *ud);
 
 /* Request helpers. http_request_header returns the first header named
  * `name` (case-insensitive) or NULL; http_request_header_next the next one
- * after `prev` (for repeated headers like Accept). */
+ * after `prev` (for repeated headers like Accept; prev must come from
+ * req->headers). */
 const struct http_header *http_request_header(const struct http_request *req,
                                               const char *name);
 const struct http_header *http_request_header_next(
@@ -93,21 +104,38 @@ const struct http_header *http_request_header_next(
  * Date, Content-Length (when content_length >= 0) and Connection. With
  * content_length < 0 the body is chunked (or close-delimited for HTTP/1.0).
  * For a HEAD request no body is sent: call http_respond_end next. The header
- * bytes are copied. Returns 0 or a negative error. */
+ * bytes are copied. Returns 0 or a negative error.
+ * - a name_len or value_len of 0 with a non-NULL string means strlen();
+ * - the handler's own Content-Length, Transfer-Encoding, Connection, Date and
+ *   Keep-Alive headers are dropped (the server writes those);
+ * - UV_EINVAL for a status outside 200..999, a second start, a name that is
+ *   not a token or a value with CR/LF/control bytes (nothing is sent);
+ * - 204 and 304 carry no body, like HEAD;
+ * - the connection's error (e.g. UV_EPIPE) when the client is gone. */
 int http_respond_start(struct http_request *req, int status,
                        const struct http_header *headers, size_t n_headers,
                        int64_t content_length);
 /* http_respond_write queues body bytes (copied); cb (optional) once they
- * are written - use it for flow control. */
+ * are written - use it for flow control. On HEAD/204/304, and for len 0,
+ * nothing is sent and cb runs later with 0. Returns 0 or a negative error,
+ * and then cb is never called: UV_EINVAL before start or beyond the
+ * announced Content-Length, UV_EBUSY while a sendfile is pending, the
+ * connection's error once it is gone. Several writes may be queued. */
 int http_respond_write(struct http_request *req, const void *data, size_t len,
                        http_write_cb cb, void *ud);
 /* http_respond_sendfile sends len bytes of fd from offset with sendfile(2)
  * as the socket accepts them; cb once all are sent or the connection failed.
- * fd stays the caller's. At most one write or sendfile may be pending. */
+ * fd stays the caller's. At most one write or sendfile may be pending. The
+ * file bytes go out after any queued writes. A file shorter than
+ * offset + len fails with RM_ESIZE and the connection is closed. fd must
+ * stay open until cb, also when http_respond_end was called before it. */
 int http_respond_sendfile(struct http_request *req, int fd, uint64_t offset,
                           uint64_t len, http_write_cb cb, void *ud);
 /* http_respond_end finishes the response (after pending writes flush); the
- * connection is kept alive or closed. req is invalid afterwards. */
+ * connection is kept alive or closed. req is invalid afterwards. Callbacks
+ * of writes still pending run later with this req pointer: do not use it
+ * there. Ending without a response sends 500 and closes; ending with fewer
+ * body bytes than the announced Content-Length closes the connection. */
 void http_respond_end(struct http_request *req);
 /* http_respond_abort closes the connection at once (a response that cannot
  * be completed, e.g. the source failed mid-body). req is invalid afterwards. */
@@ -116,7 +144,9 @@ void http_respond_abort(struct http_request *req);
  * before the handler ended the request. */
 void http_request_on_close(struct http_request *req, http_close_cb cb, void *ud);
 
-/* http_respond_simple: start + whole body + end. */
+/* http_respond_simple: start + whole body + end. The request is always
+ * finished when it returns (aborted if start or write failed); returns 0 or
+ * that error. */
 int http_respond_simple(struct http_request *req, int status,
                         const struct http_header *headers, size_t n_headers,
                         const void *body, size_t len);

@@ -41,6 +41,7 @@ struct upstream_response {
   const char *ratelimit_remaining; /* raw header value, or NULL */
   int64_t range_start;       /* 206: first byte; else 0 */
   int64_t total_size;        /* 206: size from Content-Range; else content_length */
+  const char *www_authenticate; /* WWW-Authenticate (several joined by ", "), or NULL */
 };
 
 struct upstream_cbs {
@@ -53,7 +54,11 @@ struct upstream_cbs {
   /* Exactly once, last: 0 when the whole body arrived; otherwise
    * RM_EUNREACH (no connection), UV_ETIMEDOUT, RM_EUPSTREAM (bad status
    * after headers were given), RM_ESIZE (body shorter than announced),
-   * UV_ECANCELED, or the code returned by a callback. */
+   * RM_ETOOBIG (max_body exceeded), RM_EPARSE (response head over 64 KiB),
+   * RM_ERATELIMIT (a resumed body answered 429 past the retries),
+   * UV_ECANCELED, or the code returned by a callback.
+   * The request is freed right after on_done returns: drop every pointer
+   * to it there. */
   void (*on_done)(void *ud, int err);
 };
 
@@ -71,13 +76,21 @@ struct upstream_fetch_opts {
 /* upclient_new creates the shared curl multi handle on loop. */
 int upclient_new(struct upclient **out, uv_loop_t *loop);
 /* upclient_free cancels every request (their on_done gets UV_ECANCELED
- * synchronously) and frees the client once its handles closed. */
+ * synchronously) and frees the client once its handles closed (run the loop
+ * afterwards). Upstreams still alive are detached and must still be freed
+ * with upstream_free. Not from within a request callback. */
 void upclient_free(struct upclient *c);
+
+/* upclient_set_backoff: retry delays are base_ms, 2*base_ms, ... capped at
+ * max_ms (defaults 200 ms and 5 s). For tests. */
+void upclient_set_backoff(struct upclient *c, uint64_t base_ms, uint64_t max_ms);
 
 /* upstream_new: one registry from its config (credentials resolved from
  * password_env here; a missing variable is an error). */
 int upstream_new(struct upstream **out, struct upclient *c,
                  const struct config_upstream *cfg);
+/* upstream_free cancels the upstream's requests (on_done(UV_ECANCELED),
+ * synchronously) and frees it. Not from within on_headers/on_data. */
 void upstream_free(struct upstream *u);
 const struct config_upstream *upstream_config(const struct upstream *u);
 
@@ -88,7 +101,9 @@ int upstream_fetch(struct upstream *u, const struct upstream_fetch_opts *o,
                    const struct upstream_cbs *cbs, void *ud,
                    struct upstream_req **out);
 /* upstream_req_cancel: no on_headers/on_data after this; on_done(UV_ECANCELED)
- * follows on a later loop iteration unless it already ran. */
+ * follows on a later loop iteration unless it already ran (then r is gone:
+ * never call this after on_done). Safe from within the request's own
+ * callbacks. */
 void upstream_req_cancel(struct upstream_req *r);
 
 /* Rate limit last seen on this upstream (ratelimit-limit / -remaining, "N;w=S").
