@@ -45,7 +45,7 @@ static uint32_t fnv(const char *a, const char *b) {
   return h;
 }
 
-static struct series *lookup(const char *name, const char *labels) {
+static struct series *lookup(const char *name, const char *labels, int create) {
   if (!labels)
     labels = "";
   if (strlen(name) >= METRIC_NAME_MAX || strlen(labels) >= METRIC_LABELS_MAX) {
@@ -56,6 +56,8 @@ static struct series *lookup(const char *name, const char *labels) {
   for (unsigned i = 0; i < METRICS_SLOTS; i++) {
     struct series *s = &g_series[(h + i) % METRICS_SLOTS];
     if (!s->used) {
+      if (!create)
+        return NULL;
       s->used = 1;
       strcpy(s->name, name);
       strcpy(s->labels, labels);
@@ -65,7 +67,8 @@ static struct series *lookup(const char *name, const char *labels) {
     if (strcmp(s->name, name) == 0 && strcmp(s->labels, labels) == 0)
       return s;
   }
-  g_dropped++;
+  if (create)
+    g_dropped++;
   return NULL;
 }
 
@@ -82,19 +85,19 @@ void metrics_describe(const char *name, enum metric_type type, const char *help)
 }
 
 void metrics_add(const char *name, const char *labels, uint64_t v) {
-  struct series *s = lookup(name, labels);
+  struct series *s = lookup(name, labels, 1);
   if (s)
     s->value += (int64_t)v;
 }
 
 void metrics_set(const char *name, const char *labels, int64_t v) {
-  struct series *s = lookup(name, labels);
+  struct series *s = lookup(name, labels, 1);
   if (s)
     s->value = v;
 }
 
 int64_t metrics_get(const char *name, const char *labels) {
-  struct series *s = lookup(name, labels);
+  struct series *s = lookup(name, labels, 0);
   return s ? s->value : 0;
 }
 

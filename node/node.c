@@ -1,1 +1,148 @@
-/* node.c - placeholder until written. */
+/* node.c - wires one node together: store, upstreams, fetcher, tag cache
+ * and the HTTP listeners on a single libuv loop, and takes it apart again
+ * in the one order that is safe (listeners and requests first, then the
+ * upstream client, whose cancelled requests end every download, then the
+ * caches and the store).
+ */
+#include "node.h"
+
+#include "fetch.h"
+#include "http_server.h"
+#include "registry.h"
+#include "tags.h"
+#include "upstream.h"
+
+#include "../common/errors.h"
+#include "../common/log.h"
+#include "../config/config.h"
+#include "../storage/storage.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+void registry_tagslist_free(struct node *n);
+
+static void on_signal(uv_signal_t *h, int signum) {
+  struct node *n = h->data;
+  LOG_I("signal %d: shutting down", signum);
+  node_stop(n);
+}
+
+static int listen_one(struct node *n, const char *addr, int id, const char *what) {
+  int r = http_server_listen(n->http, addr, id);
+  if (r)
+    LOG_E("cannot listen on %s (%s): %s", addr, what, rm_strerror(r));
+  else
+    LOG_I("listening on %s (%s)", addr, what);
+  return r;
+}
+
+int node_start(struct node *n, uv_loop_t *loop, struct config *cfg) {
+  memset(n, 0, sizeof *n);
+  n->loop = loop;
+  n->cfg = cfg;
+  n->started_ms = uv_now(loop);
+  enum log_level lvl;
+  if (cfg->log_level && log_level_parse(cfg->log_level, &lvl) == 0)
+    log_set_level(lvl);
+  signal(SIGPIPE, SIG_IGN);
+
+  int r = blobstore_open(&n->bs, cfg->storage.root, cfg->storage.max_size);
+  if (r) {
+    LOG_E("cannot open storage at %s: %s", cfg->storage.root, rm_strerror(r));
+    return r;
+  }
+  if ((r = upclient_new(&n->upc, loop)) != 0)
+    return r;
+  n->ups = calloc(cfg->n_upstreams, sizeof *n->ups);
+  if (!n->ups)
+    return UV_ENOMEM;
+  for (size_t i = 0; i < cfg->n_upstreams; i++) {
+    r = upstream_new(&n->ups[i], n->upc, &cfg->upstreams[i]);
+    if (r) {
+      LOG_E("upstream %s: %s", cfg->upstreams[i].host, rm_strerror(r));
+      return r;
+    }
+  }
+  if ((r = fetcher_new(&n->fetcher, loop, n->bs)) != 0)
+    return r;
+  if ((r = tagcache_new(&n->tags, loop, n->bs)) != 0)
+    return r;
+  registry_init(n);
+
+  struct http_server_limits lim = {
+      .max_header_bytes = cfg->http.max_header_bytes,
+      .max_headers = cfg->http.max_headers,
+      .header_timeout_ms = cfg->http.header_timeout_ms,
+      .idle_timeout_ms = cfg->http.idle_timeout_ms,
+      .send_timeout_ms = cfg->http.send_timeout_ms,
+      .max_connections = cfg->http.max_connections,
+  };
+  if ((r = http_server_new(&n->http, loop, &lim, registry_handle, n)) != 0)
+    return r;
+  if ((r = listen_one(n, cfg->listen, NODE_LISTENER_MAIN, "registry API")) != 0)
+    return r;
+  if (cfg->admin_listen &&
+      (r = listen_one(n, cfg->admin_listen, NODE_LISTENER_ADMIN, "admin")) != 0)
+    return r;
+  for (size_t i = 0; i < cfg->n_upstreams; i++) {
+    if (cfg->upstreams[i].listen &&
+        (r = listen_one(n, cfg->upstreams[i].listen, (int)i, cfg->upstreams[i].host)) != 0)
+      return r;
+  }
+  for (size_t i = 0; i < cfg->n_upstreams; i++)
+    LOG_I("upstream %s -> %s%s", cfg->upstreams[i].host, cfg->upstreams[i].url,
+          cfg->upstreams[i].is_default ? " (default)" : "");
+
+  uv_signal_init(loop, &n->sigint);
+  uv_signal_init(loop, &n->sigterm);
+  n->sigint.data = n->sigterm.data = n;
+  uv_signal_start(&n->sigint, on_signal, SIGINT);
+  uv_signal_start(&n->sigterm, on_signal, SIGTERM);
+  n->ready = 1;
+  LOG_I("regmesh %s ready; storage %s", REGMESH_VERSION, cfg->storage.root);
+  return 0;
+}
+
+static void on_http_closed(void *ud) {
+  struct node *n = ud;
+  n->http = NULL;
+  /* Cancels every upstream request: downloads end with UV_ECANCELED. */
+  upclient_free(n->upc);
+  n->upc = NULL;
+}
+
+void node_stop(struct node *n) {
+  if (n->stopping)
+    return;
+  n->stopping = 1;
+  n->ready = 0;
+  if (uv_is_active((uv_handle_t *)&n->sigint)) {
+    uv_close((uv_handle_t *)&n->sigint, NULL);
+    uv_close((uv_handle_t *)&n->sigterm, NULL);
+  }
+  if (n->http)
+    http_server_close(n->http, on_http_closed, n);
+  else if (n->upc)
+    on_http_closed(n);
+}
+
+void node_free(struct node *n) {
+  tagcache_free(n->tags);
+  fetcher_free(n->fetcher);
+  registry_tagslist_free(n);
+  if (n->ups) {
+    for (size_t i = 0; i < n->cfg->n_upstreams; i++)
+      if (n->ups[i])
+        upstream_free(n->ups[i]);
+    free(n->ups);
+  }
+  if (n->bs)
+    blobstore_close(n->bs);
+  if (n->cfg) {
+    config_free(n->cfg);
+    free(n->cfg);
+  }
+  memset(n, 0, sizeof *n);
+}

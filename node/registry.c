@@ -1,1 +1,1193 @@
-/* registry.c - placeholder until written. */
+/* registry.c - the registry API: routes each request to the cache, a
+ * download in flight, or the upstream, and writes the response.
+ *
+ * One struct rreq per request carries it from routing to the last byte.
+ * Content is served from a file descriptor - the committed blob, or the
+ * temp file of a download in progress - with sendfile, pumped as the client
+ * drains it and as the download grows (headers first: status and headers go
+ * out as soon as the size is known). Small upstream answers (HEAD of a miss,
+ * tag lists, referrers) are proxied through a bounded buffer.
+ *
+ * Lifetime: the rreq ends with the HTTP response (rr_finish). If an
+ * upstream request of its own is still running then, it is cancelled and the
+ * rreq is freed by that request's on_done.
+ */
+#include "registry.h"
+
+#include "fetch.h"
+#include "http_server.h"
+#include "metrics.h"
+#include "node.h"
+#include "route.h"
+#include "tags.h"
+#include "upstream.h"
+
+#include "../common/buf.h"
+#include "../common/digest.h"
+#include "../common/errors.h"
+#include "../common/log.h"
+#include "../common/strmap.h"
+#include "../config/config.h"
+#include "../storage/storage.h"
+
+#include <http_parser.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PROXY_BODY_MAX (4u << 20)
+#define MAX_RESP_HEADERS 16
+#define ACCEPT_MAX 2048
+
+#define container_of(p, type, member) ((type *)((char *)(p) - offsetof(type, member)))
+
+static const char api_version_hdr[] = "registry/2.0";
+
+/* Manifest media types a client may list in Accept, as bits. */
+static const char *const manifest_types[] = {
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    "application/vnd.docker.distribution.manifest.v1+json",
+};
+#define N_MANIFEST_TYPES (sizeof manifest_types / sizeof manifest_types[0])
+#define MODERN_TYPES_MASK 0xfu /* the first four: what current clients send */
+
+struct rreq {
+  struct node *n;
+  struct http_request *req;
+  struct route rt;
+  int is_head;
+  int status;         /* of the response, for metrics */
+  const char *source; /* local, inflight, upstream, stale */
+  uint64_t sent;
+  int started;        /* status line written */
+  int finished;       /* ended or aborted: req is gone */
+  int free_on_up_done;
+
+  /* body streaming from a file */
+  int fd;
+  int fd_local; /* fd is ours: close it and unpin pin_hex */
+  char pin_hex[DIGEST_HEX_LEN + 1];
+  uint64_t pos, end, last_len;
+  int sending;
+  int src_failed;
+  struct fetch_waiter fw;
+
+  struct tag_waiter tw;
+  char accept[ACCEPT_MAX];
+  unsigned accept_mask;
+  int accept_any;
+  char warning[200];
+  char ns_echo[128];
+
+  /* proxied upstream request */
+  struct upstream_req *ureq;
+  void (*proxy_done)(struct rreq *r, int err);
+  struct buf pbody;
+  int pstatus;
+  int64_t plen;
+  char pctype[STORAGE_MEDIA_TYPE_MAX];
+  char pdigest[DIGEST_STR_LEN + 1];
+  char plink[1024];
+  char pretry[32];
+  json_t *tl_all; /* tags gathered over the upstream's pages */
+  int tl_pages;
+
+  /* response header scratch: values are formatted into hbuf */
+  struct http_header hdrs[MAX_RESP_HEADERS];
+  size_t nh;
+  char hbuf[2048];
+  size_t hlen;
+};
+
+/* ---- tag list cache ---------------------------------------------------- */
+
+#define TAGSLIST_MAX 1024
+
+struct tagslist_entry {
+  json_t *tags;        /* sorted array of strings, owned */
+  uint64_t fetched_ms; /* loop time */
+};
+
+struct tagslist_cache {
+  struct strmap map;
+};
+
+static void tl_free_one(const char *key, void *value, void *ud) {
+  (void)key;
+  (void)ud;
+  struct tagslist_entry *e = value;
+  json_decref(e->tags);
+  free(e);
+}
+
+static struct tagslist_cache *tagslist_cache(struct node *n) {
+  if (!n->tagslists) {
+    n->tagslists = calloc(1, sizeof *n->tagslists);
+    if (n->tagslists)
+      strmap_init(&n->tagslists->map);
+  }
+  return n->tagslists;
+}
+
+void registry_tagslist_free(struct node *n);
+void registry_tagslist_free(struct node *n) {
+  if (!n->tagslists)
+    return;
+  strmap_each(&n->tagslists->map, tl_free_one, NULL);
+  strmap_free(&n->tagslists->map);
+  free(n->tagslists);
+  n->tagslists = NULL;
+}
+
+/* ---- response helpers ---------------------------------------------------- */
+
+static void hdr_reset(struct rreq *r) {
+  r->nh = 0;
+  r->hlen = 0;
+}
+
+static void hdr_add(struct rreq *r, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void hdr_add(struct rreq *r, const char *name, const char *fmt, ...) {
+  if (r->nh == MAX_RESP_HEADERS)
+    return;
+  va_list ap;
+  va_start(ap, fmt);
+  size_t room = sizeof r->hbuf - r->hlen;
+  int len = vsnprintf(r->hbuf + r->hlen, room, fmt, ap);
+  va_end(ap);
+  if (len < 0 || (size_t)len >= room)
+    return;
+  struct http_header *h = &r->hdrs[r->nh++];
+  h->name = name;
+  h->name_len = strlen(name);
+  h->value = r->hbuf + r->hlen;
+  h->value_len = (size_t)len;
+  r->hlen += (size_t)len + 1;
+}
+
+static void hdr_common(struct rreq *r) {
+  hdr_reset(r);
+  hdr_add(r, "Docker-Distribution-API-Version", "%s", api_version_hdr);
+  if (r->warning[0])
+    hdr_add(r, "Warning", "%s", r->warning);
+  if (r->ns_echo[0])
+    hdr_add(r, "OCI-Namespace", "%s", r->ns_echo);
+}
+
+static void rr_release_fetch(struct rreq *r) {
+  if (r->fw.src)
+    fetcher_leave(&r->fw);
+  tagcache_cancel(&r->tw);
+  if (r->fd_local) {
+    close(r->fd);
+    blobstore_unpin(r->n->bs, r->pin_hex);
+    r->fd_local = 0;
+  }
+  r->fd = -1;
+}
+
+static void rr_free(struct rreq *r) {
+  buf_free(&r->pbody);
+  json_decref(r->tl_all);
+  free(r);
+}
+
+static void rr_metrics(struct rreq *r) {
+  char labels[96];
+  const char *route = r->rt.kind == ROUTE_BASE && r->req->path[1] != 'v'
+                          ? "admin"
+                          : route_kind_str(r->rt.kind);
+  snprintf(labels, sizeof labels, "route=\"%s\",status=\"%d\"", route, r->status);
+  metrics_add("regmesh_http_requests_total", labels, 1);
+  if (r->source && (r->rt.kind == ROUTE_BLOB || r->rt.kind == ROUTE_MANIFEST) &&
+      r->status < 300) {
+    snprintf(labels, sizeof labels, "source=\"%s\"", r->source);
+    metrics_add("regmesh_hits_total", labels, 1);
+    metrics_add("regmesh_served_bytes_total", labels, r->sent);
+  }
+}
+
+/* After the response is over: drop what the request held; the rreq is freed
+ * here unless an upstream request of its own still has to report back. */
+static void rr_cleanup(struct rreq *r) {
+  rr_release_fetch(r);
+  r->req = NULL;
+  if (r->ureq) {
+    upstream_req_cancel(r->ureq);
+    r->free_on_up_done = 1;
+    return;
+  }
+  rr_free(r);
+}
+
+/* Ends (ok) or aborts the response. */
+static void rr_finish(struct rreq *r, int ok) {
+  if (r->finished)
+    return;
+  r->finished = 1;
+  r->req->log_source = r->source;
+  rr_metrics(r);
+  struct http_request *req = r->req;
+  if (ok)
+    http_respond_end(req);
+  else
+    http_respond_abort(req);
+  rr_cleanup(r);
+}
+
+static int rr_start(struct rreq *r, int status, int64_t len) {
+  r->status = status;
+  r->started = 1;
+  return http_respond_start(r->req, status, r->hdrs, r->nh, len);
+}
+
+static void respond_body(struct rreq *r, int status, const char *ctype,
+                         const void *body, size_t len) {
+  if (ctype)
+    hdr_add(r, "Content-Type", "%s", ctype);
+  r->status = status;
+  r->started = 1;
+  r->sent = r->is_head ? 0 : len;
+  /* simple always finishes the request itself, also when it fails, so
+   * everything that reads req happens first. */
+  r->finished = 1;
+  r->req->log_source = r->source;
+  rr_metrics(r);
+  http_respond_simple(r->req, status, r->hdrs, r->nh, body, len);
+  rr_cleanup(r);
+}
+
+static void respond_error(struct rreq *r, int status, const char *code,
+                          const char *msg) {
+  if (r->started) {
+    rr_finish(r, 0);
+    return;
+  }
+  hdr_common(r);
+  json_t *doc = json_pack("{s:[{s:s,s:s,s:n}]}", "errors", "code", code,
+                          "message", msg, "detail");
+  char *txt = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+  json_decref(doc);
+  if (status == 429 && r->pretry[0])
+    hdr_add(r, "Retry-After", "%s", r->pretry);
+  if (status == 401)
+    hdr_add(r, "WWW-Authenticate", "Basic realm=\"regmesh\"");
+  respond_body(r, status, "application/json", txt ? txt : "{}", txt ? strlen(txt) : 2);
+  free(txt);
+}
+
+static const char *up_host(struct rreq *r) {
+  return r->n->cfg->upstreams[r->rt.upstream].host;
+}
+
+/* One place maps a failure to the client's status and registry error code.
+ * Messages name the upstream by its registry name, never an address. */
+static void respond_failure(struct rreq *r, int err, int upstream_status) {
+  char msg[300];
+  const char *host = up_host(r);
+  switch (err) {
+  case RM_ENOTFOUND:
+    if (r->rt.kind == ROUTE_BLOB) {
+      respond_error(r, 404, "BLOB_UNKNOWN", "blob unknown to registry");
+    } else if (r->rt.kind == ROUTE_MANIFEST) {
+      respond_error(r, 404, "MANIFEST_UNKNOWN", "manifest unknown");
+    } else {
+      respond_error(r, 404, "NAME_UNKNOWN", "repository name not known to registry");
+    }
+    return;
+  case RM_ERATELIMIT:
+    snprintf(msg, sizeof msg, "upstream %s rate limit reached", host);
+    respond_error(r, 429, "TOOMANYREQUESTS", msg);
+    return;
+  case RM_EAUTH:
+    snprintf(msg, sizeof msg, "upstream %s denied access (status %d)", host, upstream_status);
+    respond_error(r, 403, "DENIED", msg);
+    return;
+  case RM_EDIGEST:
+    snprintf(msg, sizeof msg, "upstream %s sent content that does not match its digest", host);
+    respond_error(r, 502, "UNKNOWN", msg);
+    return;
+  case RM_ENOSPACE:
+    respond_error(r, 507, "UNKNOWN", "object larger than the cache's size budget");
+    return;
+  case RM_EUPSTREAM:
+    snprintf(msg, sizeof msg, "upstream %s answered with status %d", host, upstream_status);
+    respond_error(r, 502, "UNKNOWN", msg);
+    return;
+  default:
+    if (err == RM_EUNREACH || err == UV_ETIMEDOUT || err == UV_ECONNREFUSED ||
+        err == UV_ECONNRESET || err == UV_EHOSTUNREACH || err == UV_ENETUNREACH ||
+        err == UV_EAI_NONAME || err == UV_ECANCELED) {
+      snprintf(msg, sizeof msg, "upstream %s is unreachable", host);
+      respond_error(r, 503, "UNAVAILABLE", msg);
+    } else {
+      snprintf(msg, sizeof msg, "upstream %s failed: %s", host, rm_strerror(err));
+      respond_error(r, 502, "UNKNOWN", msg);
+    }
+  }
+}
+
+/* ---- request parsing helpers --------------------------------------------- */
+
+/* Merges every Accept line: clients send one line per type or a comma list. */
+static void collect_accept(struct rreq *r) {
+  size_t len = 0;
+  r->accept[0] = '\0';
+  r->accept_mask = 0;
+  r->accept_any = 0;
+  for (const struct http_header *h = http_request_header(r->req, "accept"); h;
+       h = http_request_header_next(r->req, "accept", h)) {
+    if (len + h->value_len + 2 >= sizeof r->accept)
+      break;
+    if (len) {
+      memcpy(r->accept + len, ", ", 2);
+      len += 2;
+    }
+    memcpy(r->accept + len, h->value, h->value_len);
+    len += h->value_len;
+    r->accept[len] = '\0';
+  }
+  for (unsigned i = 0; i < N_MANIFEST_TYPES; i++)
+    if (strstr(r->accept, manifest_types[i]))
+      r->accept_mask |= 1u << i;
+  if (len == 0 || strstr(r->accept, "*/*") || r->accept_mask == 0)
+    r->accept_any = 1;
+}
+
+/* The Accept to send upstream for a tag, and the cache variant it implies:
+ * clients that take all modern types share one cache entry. */
+static void tag_accept(struct rreq *r, char *accept, size_t alen, char *variant,
+                       size_t vlen) {
+  unsigned mask = r->accept_any ? MODERN_TYPES_MASK : r->accept_mask;
+  if ((mask & MODERN_TYPES_MASK) == MODERN_TYPES_MASK)
+    mask = MODERN_TYPES_MASK;
+  size_t len = 0;
+  accept[0] = '\0';
+  for (unsigned i = 0; i < N_MANIFEST_TYPES; i++) {
+    if (!(mask & (1u << i)))
+      continue;
+    int w = snprintf(accept + len, alen - len, "%s%s", len ? ", " : "", manifest_types[i]);
+    if (w < 0 || (size_t)w >= alen - len)
+      break;
+    len += (size_t)w;
+  }
+  if (mask == MODERN_TYPES_MASK)
+    variant[0] = '\0';
+  else
+    snprintf(variant, vlen, "a%x", mask);
+}
+
+/* If-None-Match against our (strong) ETag, the digest in quotes. */
+static int not_modified(struct rreq *r, const char *hex) {
+  const struct http_header *h = http_request_header(r->req, "if-none-match");
+  if (!h)
+    return 0;
+  return strstr(h->value, hex) != NULL || strcmp(h->value, "*") == 0;
+}
+
+/* Parses a single "bytes=a-b" / "a-" / "-n" range. Returns 1 with [*start,
+ * *end) set, 0 when there is no usable Range (serve it all), -1 when it is
+ * unsatisfiable (416). Multi-range requests get the whole body (clients
+ * accept 200, podman splits it itself). */
+static int parse_range(struct rreq *r, uint64_t size, uint64_t *start, uint64_t *end) {
+  const struct http_header *h = http_request_header(r->req, "range");
+  if (!h)
+    return 0;
+  const char *v = h->value;
+  if (strncmp(v, "bytes=", 6) != 0 || strchr(v, ','))
+    return 0;
+  v += 6;
+  char *e;
+  if (*v == '-') {
+    unsigned long long n = strtoull(v + 1, &e, 10);
+    if (e == v + 1 || *e)
+      return 0;
+    if (n == 0 || size == 0)
+      return -1;
+    *start = n >= size ? 0 : size - n;
+    *end = size;
+    return 1;
+  }
+  if (*v < '0' || *v > '9')
+    return 0;
+  unsigned long long a = strtoull(v, &e, 10);
+  if (*e != '-')
+    return 0;
+  const char *bstr = e + 1;
+  unsigned long long b = size ? size - 1 : 0;
+  if (*bstr) {
+    if (*bstr < '0' || *bstr > '9')
+      return 0;
+    b = strtoull(bstr, &e, 10);
+    if (*e || b < a)
+      return 0;
+    if (b >= size)
+      b = size - 1;
+  }
+  if (a >= size)
+    return -1;
+  *start = a;
+  *end = b + 1;
+  return 1;
+}
+
+/* ---- streaming a body from a file -------------------------------------- */
+
+static void pump(struct rreq *r);
+
+static void on_sent(struct http_request *req, int status, void *ud) {
+  (void)req;
+  struct rreq *r = ud;
+  r->sending = 0;
+  if (r->finished)
+    return;
+  if (status < 0) {
+    rr_finish(r, 0);
+    return;
+  }
+  r->pos += r->last_len;
+  r->sent += r->last_len;
+  pump(r);
+}
+
+static void pump(struct rreq *r) {
+  if (r->sending || r->finished)
+    return;
+  uint64_t avail = r->end;
+  if (r->fw.src) {
+    uint64_t a = fetch_src_available(r->fw.src);
+    if (a < avail)
+      avail = a;
+  }
+  if (r->pos < avail) {
+    r->sending = 1;
+    r->last_len = avail - r->pos;
+    int rc = http_respond_sendfile(r->req, r->fd, r->pos, r->last_len, on_sent, r);
+    if (rc) {
+      r->sending = 0;
+      rr_finish(r, 0);
+    }
+  } else if (r->pos >= r->end) {
+    rr_finish(r, 1);
+  } else if (r->src_failed) {
+    /* The download broke after the headers went out: closing without the
+     * rest is the only way to tell an HTTP/1.1 client. */
+    rr_finish(r, 0);
+  }
+}
+
+/* Writes status and headers for a body of `size` bytes at fd (a committed
+ * blob or a download in flight) and starts streaming. */
+static void serve_fd(struct rreq *r, uint64_t size, const char *ctype, int allow_range) {
+  const char *hex = r->rt.hex;
+  hdr_common(r);
+  hdr_add(r, "Content-Type", "%s", ctype);
+  hdr_add(r, "Docker-Content-Digest", "sha256:%s", hex);
+  hdr_add(r, "Etag", "\"sha256:%s\"", hex);
+  if (allow_range)
+    hdr_add(r, "Accept-Ranges", "bytes");
+  if (not_modified(r, hex)) {
+    r->is_head = 1; /* no body either way */
+    rr_start(r, 304, 0);
+    rr_finish(r, 1);
+    return;
+  }
+  uint64_t start = 0, end = size;
+  int status = 200;
+  int rg = allow_range ? parse_range(r, size, &start, &end) : 0;
+  if (rg < 0) {
+    hdr_add(r, "Content-Range", "bytes */%" PRIu64, size);
+    respond_error(r, 416, "RANGE_INVALID", "requested range not satisfiable");
+    return;
+  }
+  if (rg > 0) {
+    status = 206;
+    hdr_add(r, "Content-Range", "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64, start,
+            end - 1, size);
+  }
+  if (rr_start(r, status, (int64_t)(end - start)) != 0) {
+    rr_finish(r, 0);
+    return;
+  }
+  if (r->is_head || end == start) {
+    rr_finish(r, 1);
+    return;
+  }
+  r->pos = start;
+  r->end = end;
+  pump(r);
+}
+
+static const char *blob_ctype(const char *media_type) {
+  /* A manifest fetched through /blobs/ keeps its type: containerd stores the
+   * type it sees (containerd #13007). */
+  return media_type && media_type[0] ? media_type : "application/octet-stream";
+}
+
+/* Serves hex from the store if present. Returns 0 when it took the request,
+ * RM_ENOTFOUND when the blob is not cached. */
+static int serve_local(struct rreq *r, int is_manifest) {
+  struct blob_info info;
+  int fd;
+  int rc = blobstore_open_read(r->n->bs, r->rt.hex, &fd, &info);
+  if (rc)
+    return rc;
+  r->fd = fd;
+  r->fd_local = 1;
+  memcpy(r->pin_hex, r->rt.hex, sizeof r->pin_hex);
+  if (!r->source)
+    r->source = "local";
+  const char *ctype = blob_ctype(info.media_type);
+  if (is_manifest && !info.media_type[0])
+    ctype = "application/vnd.docker.distribution.manifest.v2+json";
+  serve_fd(r, info.size, ctype, !is_manifest);
+  return 0;
+}
+
+/* ---- blobs in flight ----------------------------------------------------- */
+
+static void blob_src_ready(struct rreq *r) {
+  struct fetch_src *s = r->fw.src;
+  r->fd = fetch_src_fd(s);
+  r->source = r->source ? r->source : "inflight";
+  serve_fd(r, fetch_src_size(s), blob_ctype(fetch_src_media_type(s)), 1);
+}
+
+static void blob_on_ready(struct fetch_waiter *w, int err) {
+  struct rreq *r = container_of(w, struct rreq, fw);
+  if (err) {
+    int st = fetch_src_upstream_status(w->src);
+    fetcher_leave(w);
+    respond_failure(r, err, st);
+    return;
+  }
+  blob_src_ready(r);
+}
+
+static void blob_on_data(struct fetch_waiter *w) {
+  struct rreq *r = container_of(w, struct rreq, fw);
+  if (r->started)
+    pump(r);
+}
+
+static void blob_on_done(struct fetch_waiter *w, int err) {
+  struct rreq *r = container_of(w, struct rreq, fw);
+  if (err)
+    r->src_failed = 1;
+  if (!r->started) {
+    if (err) {
+      int st = fetch_src_upstream_status(w->src);
+      fetcher_leave(w);
+      respond_failure(r, err, st);
+    }
+    return;
+  }
+  pump(r);
+}
+
+static void join_blob(struct rreq *r, int starting) {
+  r->fw.on_ready = blob_on_ready;
+  r->fw.on_data = blob_on_data;
+  r->fw.on_done = blob_on_done;
+  struct upstream *u = r->n->ups[r->rt.upstream];
+  int rc = fetcher_join(r->n->fetcher, FETCH_BLOB, r->rt.hex, u, r->rt.name, &r->fw);
+  if (rc) {
+    respond_failure(r, rc, 0);
+    return;
+  }
+  r->source = starting ? "upstream" : "inflight";
+  if (fetch_src_ready(r->fw.src))
+    blob_src_ready(r);
+}
+
+/* ---- small proxied upstream requests ------------------------------------ */
+
+static int proxy_on_headers(void *ud, const struct upstream_response *resp) {
+  struct rreq *r = ud;
+  r->pstatus = resp->status;
+  r->plen = resp->content_length;
+  snprintf(r->pctype, sizeof r->pctype, "%s", resp->content_type ? resp->content_type : "");
+  snprintf(r->pdigest, sizeof r->pdigest, "%s", resp->digest ? resp->digest : "");
+  snprintf(r->plink, sizeof r->plink, "%s", resp->link ? resp->link : "");
+  snprintf(r->pretry, sizeof r->pretry, "%s", resp->retry_after ? resp->retry_after : "");
+  return 0;
+}
+
+static int proxy_on_data(void *ud, const char *p, size_t n) {
+  struct rreq *r = ud;
+  return buf_append(&r->pbody, p, n);
+}
+
+static void proxy_on_done(void *ud, int err) {
+  struct rreq *r = ud;
+  r->ureq = NULL;
+  if (r->free_on_up_done) {
+    rr_free(r);
+    return;
+  }
+  r->proxy_done(r, err);
+}
+
+static const struct upstream_cbs proxy_cbs = {
+    .on_headers = proxy_on_headers,
+    .on_data = proxy_on_data,
+    .on_done = proxy_on_done,
+};
+
+static void proxy(struct rreq *r, enum upstream_method m, const char *path,
+                  const char *accept, const char *kind,
+                  void (*done)(struct rreq *r, int err)) {
+  struct upstream_fetch_opts o = {
+      .method = m,
+      .path = path,
+      .repo = r->rt.name,
+      .accept = accept,
+      .kind = kind,
+      .max_body = PROXY_BODY_MAX,
+  };
+  buf_init(&r->pbody, PROXY_BODY_MAX);
+  r->proxy_done = done;
+  r->pstatus = 0;
+  r->source = "upstream";
+  int rc = upstream_fetch(r->n->ups[r->rt.upstream], &o, &proxy_cbs, r, &r->ureq);
+  if (rc)
+    respond_failure(r, rc, 0);
+}
+
+/* Passes an upstream's error answer through when it is a registry error
+ * (4xx JSON); maps everything else. Returns 1 when it answered. */
+static int proxy_error(struct rreq *r, int err) {
+  if (err) {
+    respond_failure(r, err, 0);
+    return 1;
+  }
+  if (r->pstatus >= 200 && r->pstatus < 300)
+    return 0;
+  if (r->pstatus == 404) {
+    respond_failure(r, RM_ENOTFOUND, 404);
+  } else if (r->pstatus == 429) {
+    respond_failure(r, RM_ERATELIMIT, 429);
+  } else if (r->pstatus == 401 || r->pstatus == 403) {
+    respond_failure(r, RM_EAUTH, r->pstatus);
+  } else {
+    respond_failure(r, RM_EUPSTREAM, r->pstatus);
+  }
+  return 1;
+}
+
+/* HEAD of a blob or manifest we do not have: ask the upstream with a HEAD
+ * too, so nothing is downloaded (and nothing counted on Docker Hub). */
+static void head_miss_done(struct rreq *r, int err) {
+  if (proxy_error(r, err))
+    return;
+  hdr_common(r);
+  const char *ctype = r->pctype[0] ? r->pctype : "application/octet-stream";
+  hdr_add(r, "Content-Type", "%s", ctype);
+  hdr_add(r, "Docker-Content-Digest", "sha256:%s", r->rt.hex);
+  hdr_add(r, "Etag", "\"sha256:%s\"", r->rt.hex);
+  if (r->plen < 0) {
+    respond_failure(r, RM_EUPSTREAM, r->pstatus);
+    return;
+  }
+  if (rr_start(r, 200, r->plen) != 0) {
+    rr_finish(r, 0);
+    return;
+  }
+  rr_finish(r, 1);
+}
+
+static void head_miss(struct rreq *r, const char *what, const char *accept) {
+  char path[600];
+  snprintf(path, sizeof path, "/v2/%s/%s/sha256:%s", r->rt.name, what, r->rt.hex);
+  proxy(r, UPSTREAM_HEAD, path, accept, what[0] == 'b' ? "blob" : "manifest",
+        head_miss_done);
+}
+
+/* ---- blobs ---------------------------------------------------------------- */
+
+static void handle_blob(struct rreq *r) {
+  if (serve_local(r, 0) == 0)
+    return;
+  struct fetch_src *s = fetcher_find(r->n->fetcher, FETCH_BLOB, r->rt.hex);
+  if (s || !r->is_head) {
+    join_blob(r, s == NULL);
+    return;
+  }
+  head_miss(r, "blobs", NULL);
+}
+
+/* ---- manifests ------------------------------------------------------------- */
+
+static void manifest_serve_src(struct rreq *r) {
+  struct fetch_src *s = r->fw.src;
+  size_t len;
+  const char *body = fetch_src_body(s, &len);
+  hdr_common(r);
+  hdr_add(r, "Docker-Content-Digest", "sha256:%s", r->rt.hex);
+  hdr_add(r, "Etag", "\"sha256:%s\"", r->rt.hex);
+  if (not_modified(r, r->rt.hex)) {
+    r->is_head = 1;
+    respond_body(r, 304, fetch_src_media_type(s), "", 0);
+    return;
+  }
+  respond_body(r, 200, fetch_src_media_type(s), body, len);
+}
+
+static void manifest_on_ready(struct fetch_waiter *w, int err) {
+  struct rreq *r = container_of(w, struct rreq, fw);
+  if (err) {
+    int st = fetch_src_upstream_status(w->src);
+    fetcher_leave(w);
+    respond_failure(r, err, st);
+  }
+  /* ready without error: wait for on_done (manifests are served whole) */
+}
+
+static void manifest_on_data(struct fetch_waiter *w) { (void)w; }
+
+static void manifest_on_done(struct fetch_waiter *w, int err) {
+  struct rreq *r = container_of(w, struct rreq, fw);
+  if (err) {
+    int st = fetch_src_upstream_status(w->src);
+    fetcher_leave(w);
+    respond_failure(r, err, st);
+    return;
+  }
+  manifest_serve_src(r);
+}
+
+static void manifest_by_digest(struct rreq *r) {
+  if (serve_local(r, 1) == 0)
+    return;
+  struct fetch_src *s = fetcher_find(r->n->fetcher, FETCH_MANIFEST, r->rt.hex);
+  if (!s && r->is_head) {
+    head_miss(r, "manifests", r->accept[0] ? r->accept : NULL);
+    return;
+  }
+  r->fw.on_ready = manifest_on_ready;
+  r->fw.on_data = manifest_on_data;
+  r->fw.on_done = manifest_on_done;
+  int rc = fetcher_join(r->n->fetcher, FETCH_MANIFEST, r->rt.hex,
+                        r->n->ups[r->rt.upstream], r->rt.name, &r->fw);
+  if (rc) {
+    respond_failure(r, rc, 0);
+    return;
+  }
+  if (!r->source || strcmp(r->source, "stale") != 0)
+    r->source = s ? "inflight" : "upstream";
+  if (fetch_src_done(r->fw.src))
+    manifest_serve_src(r);
+}
+
+static void manifest_tag_resolved(struct rreq *r, const struct tag_record *rec, int stale) {
+  memcpy(r->rt.hex, rec->hex, sizeof r->rt.hex);
+  if (stale) {
+    snprintf(r->warning, sizeof r->warning,
+             "299 - \"upstream %s unavailable; tag served from cache\"", up_host(r));
+    metrics_add("regmesh_stale_tags_served_total", "", 1);
+    r->source = "stale";
+  }
+  if (r->is_head) {
+    /* Everything a HEAD needs is in the tag record: no upstream request. */
+    hdr_common(r);
+    hdr_add(r, "Content-Type", "%s", rec->media_type);
+    hdr_add(r, "Docker-Content-Digest", "sha256:%s", rec->hex);
+    hdr_add(r, "Etag", "\"sha256:%s\"", rec->hex);
+    if (!r->source)
+      r->source = "local";
+    if (rr_start(r, 200, (int64_t)rec->size) != 0) {
+      rr_finish(r, 0);
+      return;
+    }
+    rr_finish(r, 1);
+    return;
+  }
+  manifest_by_digest(r);
+}
+
+static void tag_cb(struct tag_waiter *w, int err, const struct tag_record *rec,
+                   int stale, int upstream_status) {
+  struct rreq *r = container_of(w, struct rreq, tw);
+  if (err) {
+    respond_failure(r, err, upstream_status);
+    return;
+  }
+  if (!stale)
+    r->source = r->is_head ? "upstream" : NULL;
+  manifest_tag_resolved(r, rec, stale);
+}
+
+static void handle_manifest(struct rreq *r) {
+  collect_accept(r);
+  if (r->rt.by_digest) {
+    manifest_by_digest(r);
+    return;
+  }
+  char accept[600], variant[16];
+  tag_accept(r, accept, sizeof accept, variant, sizeof variant);
+  struct tag_record rec;
+  r->tw.cb = tag_cb;
+  int rc = tagcache_resolve(r->n->tags, r->n->ups[r->rt.upstream], r->rt.name,
+                            r->rt.ref, variant, accept, &r->tw, &rec);
+  if (rc < 0) {
+    respond_failure(r, rc, 0);
+  } else if (rc == 1) {
+    manifest_tag_resolved(r, &rec, 0);
+  }
+}
+
+/* ---- tag lists and referrers ------------------------------------------ */
+
+/* Tag lists are fetched whole from the upstream (following its Link pages),
+ * sorted, cached for tags_list_ttl, and paginated here with n/last: the
+ * upstream may not paginate (distribution 2.x ignores n) or may paginate
+ * differently, and clients must get the spec's lexical order either way. */
+#define TAGS_PAGES_MAX 100
+
+static void tags_key(struct rreq *r, char *key, size_t len) {
+  snprintf(key, len, "%s|%s", up_host(r), r->rt.name);
+}
+
+static int cmp_tag(const void *a, const void *b) {
+  return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Answers one page from a sorted list of tags. */
+static void tags_reply(struct rreq *r, json_t *tags) {
+  char nbuf[32] = "", last[REF_TAG_MAX + 1] = "";
+  query_param(r->req->query, "n", nbuf, sizeof nbuf);
+  query_param(r->req->query, "last", last, sizeof last);
+  size_t total = json_array_size(tags);
+  size_t n = nbuf[0] ? (size_t)strtoull(nbuf, NULL, 10) : total;
+  size_t i = 0;
+  if (last[0])
+    while (i < total && strcmp(json_string_value(json_array_get(tags, i)), last) <= 0)
+      i++;
+  json_t *page = json_array();
+  for (size_t k = 0; page && k < n && i + k < total; k++)
+    json_array_append(page, json_array_get(tags, i + k));
+  size_t shown = json_array_size(page);
+  hdr_common(r);
+  if (nbuf[0] && n > 0 && i + shown < total && shown > 0) {
+    char ns[160] = "";
+    if (r->ns_echo[0])
+      snprintf(ns, sizeof ns, "&ns=%s", r->ns_echo);
+    hdr_add(r, "Link", "<%s?n=%zu&last=%s%s>; rel=\"next\"", r->req->path, n,
+            json_string_value(json_array_get(page, shown - 1)), ns);
+  }
+  json_t *doc = json_pack("{s:s,s:o}", "name", r->rt.client_name, "tags",
+                          page ? page : json_array());
+  char *txt = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+  json_decref(doc);
+  if (!txt) {
+    respond_error(r, 500, "UNKNOWN", "out of memory");
+    return;
+  }
+  respond_body(r, 200, "application/json", txt, strlen(txt));
+  free(txt);
+}
+
+static struct tagslist_entry *tags_cached(struct rreq *r) {
+  struct tagslist_cache *tc = tagslist_cache(r->n);
+  char key[700];
+  tags_key(r, key, sizeof key);
+  return tc ? strmap_get(&tc->map, key) : NULL;
+}
+
+static void tags_store(struct rreq *r, json_t *tags) {
+  struct tagslist_cache *tc = tagslist_cache(r->n);
+  char key[700];
+  tags_key(r, key, sizeof key);
+  struct tagslist_entry *e = tc ? strmap_get(&tc->map, key) : NULL;
+  if (!e && tc && tc->map.count < TAGSLIST_MAX) {
+    e = calloc(1, sizeof *e);
+    if (e && strmap_put(&tc->map, key, e) != 0) {
+      free(e);
+      e = NULL;
+    }
+  }
+  if (!e)
+    return;
+  json_decref(e->tags);
+  e->tags = json_incref(tags);
+  e->fetched_ms = uv_now(r->n->loop);
+}
+
+static void tags_page_done(struct rreq *r, int err);
+
+static void tags_fetch(struct rreq *r, const char *path) {
+  buf_free(&r->pbody);
+  proxy(r, UPSTREAM_GET, path, "application/json", "tags", tags_page_done);
+}
+
+static void tags_page_done(struct rreq *r, int err) {
+  int failed = err || r->pstatus >= 500 || r->pstatus == 429 || r->pstatus == 401 ||
+               r->pstatus == 403;
+  struct tagslist_entry *e = tags_cached(r);
+  if (failed && e && e->tags) {
+    snprintf(r->warning, sizeof r->warning,
+             "299 - \"upstream %s unavailable; tag list served from cache\"", up_host(r));
+    r->source = "stale";
+    tags_reply(r, e->tags);
+    return;
+  }
+  if (proxy_error(r, err))
+    return;
+  json_error_t jerr;
+  json_t *doc = json_loadb(r->pbody.data ? r->pbody.data : "", r->pbody.len, 0, &jerr);
+  json_t *tags = json_object_get(doc, "tags");
+  if (!doc || (tags && !json_is_array(tags))) {
+    json_decref(doc);
+    respond_error(r, 502, "UNKNOWN", "upstream sent a malformed tag list");
+    return;
+  }
+  if (!r->tl_all)
+    r->tl_all = json_array();
+  size_t i;
+  json_t *t;
+  json_array_foreach(tags, i, t) {
+    if (json_is_string(t) && ref_tag_valid(json_string_value(t), json_string_length(t)))
+      json_array_append(r->tl_all, t);
+  }
+  json_decref(doc);
+  /* Follow the upstream's own pagination, within bounds. */
+  const char *lt = strchr(r->plink, '<');
+  const char *gt = lt ? strchr(lt, '>') : NULL;
+  if (lt && gt && strstr(r->plink, "rel=\"next\"") && gt - lt - 1 > 4 &&
+      strncmp(lt + 1, "/v2/", 4) == 0 && ++r->tl_pages < TAGS_PAGES_MAX) {
+    char path[1024];
+    snprintf(path, sizeof path, "%.*s", (int)(gt - lt - 1), lt + 1);
+    tags_fetch(r, path);
+    return;
+  }
+  /* Sort once; the cache keeps the sorted list. */
+  size_t n = json_array_size(r->tl_all);
+  const char **v = calloc(n ? n : 1, sizeof *v);
+  json_t *sorted = json_array();
+  if (!v || !sorted) {
+    free(v);
+    json_decref(sorted);
+    respond_error(r, 500, "UNKNOWN", "out of memory");
+    return;
+  }
+  for (i = 0; i < n; i++)
+    v[i] = json_string_value(json_array_get(r->tl_all, i));
+  qsort(v, n, sizeof *v, cmp_tag);
+  for (i = 0; i < n; i++)
+    if (i == 0 || strcmp(v[i], v[i - 1]) != 0)
+      json_array_append_new(sorted, json_string(v[i]));
+  free(v);
+  tags_store(r, sorted);
+  tags_reply(r, sorted);
+  json_decref(sorted);
+}
+
+static void handle_tags(struct rreq *r) {
+  char n[32] = "", last[256] = "";
+  if (query_param(r->req->query, "n", n, sizeof n) < 0 ||
+      query_param(r->req->query, "last", last, sizeof last) < 0) {
+    respond_error(r, 400, "PAGINATION_NUMBER_INVALID", "invalid pagination parameters");
+    return;
+  }
+  for (const char *p = n; *p; p++) {
+    if (*p < '0' || *p > '9' || p - n > 9) {
+      respond_error(r, 400, "PAGINATION_NUMBER_INVALID", "invalid number of results requested");
+      return;
+    }
+  }
+  if (last[0] && !ref_tag_valid(last, strlen(last))) {
+    respond_error(r, 400, "TAG_INVALID", "invalid tag in last");
+    return;
+  }
+  struct tagslist_entry *e = tags_cached(r);
+  uint64_t ttl = r->n->cfg->upstreams[r->rt.upstream].tags_list_ttl_ms;
+  if (e && e->tags && uv_now(r->n->loop) - e->fetched_ms < ttl) {
+    r->source = "local";
+    tags_reply(r, e->tags);
+    return;
+  }
+  char path[600];
+  snprintf(path, sizeof path, "/v2/%s/tags/list", r->rt.name);
+  tags_fetch(r, path);
+}
+
+static void referrers_done(struct rreq *r, int err) {
+  if (proxy_error(r, err))
+    return;
+  hdr_common(r);
+  respond_body(r, 200,
+               r->pctype[0] ? r->pctype : "application/vnd.oci.image.index.v1+json",
+               r->pbody.data ? r->pbody.data : "", r->pbody.len);
+}
+
+static void handle_referrers(struct rreq *r) {
+  char path[700], at[200];
+  int q = query_param(r->req->query, "artifactType", at, sizeof at);
+  snprintf(path, sizeof path, "/v2/%s/referrers/sha256:%s%s%s", r->rt.name, r->rt.hex,
+           q == 1 ? "?artifactType=" : "", q == 1 ? at : "");
+  proxy(r, UPSTREAM_GET, path, "application/vnd.oci.image.index.v1+json", "referrers",
+        referrers_done);
+}
+
+/* ---- operational endpoints ------------------------------------------------ */
+
+static void update_gauges(struct node *n) {
+  struct blobstore_stats st;
+  blobstore_get_stats(n->bs, &st);
+  metrics_set("regmesh_storage_bytes", "", (int64_t)st.bytes);
+  metrics_set("regmesh_storage_blobs", "", (int64_t)st.blobs);
+  metrics_set("regmesh_storage_max_bytes", "", (int64_t)st.max_size);
+  metrics_set("regmesh_storage_evictions_total", "", (int64_t)st.evictions);
+  metrics_set("regmesh_storage_evicted_bytes_total", "", (int64_t)st.evicted_bytes);
+  struct http_server_stats hs;
+  http_server_get_stats(n->http, &hs);
+  metrics_set("regmesh_http_connections_open", "", (int64_t)hs.connections_open);
+  metrics_set("regmesh_http_connections_total", "", (int64_t)hs.connections_total);
+  metrics_set("regmesh_http_tls_rejected_total", "", (int64_t)hs.tls_rejected);
+  metrics_set("regmesh_http_timeouts_total", "", (int64_t)hs.timeouts);
+  metrics_set("regmesh_http_bad_requests_total", "", (int64_t)hs.bad_requests);
+  for (size_t i = 0; i < n->cfg->n_upstreams; i++) {
+    struct upstream_ratelimit rl;
+    upstream_get_ratelimit(n->ups[i], &rl);
+    char labels[200];
+    snprintf(labels, sizeof labels, "upstream=\"%s\"", n->cfg->upstreams[i].host);
+    if (rl.remaining >= 0)
+      metrics_set("regmesh_upstream_ratelimit_remaining", labels, rl.remaining);
+    if (rl.limit >= 0)
+      metrics_set("regmesh_upstream_ratelimit_limit", labels, rl.limit);
+  }
+}
+
+static int handle_admin(struct rreq *r) {
+  const char *p = r->req->path;
+  struct node *n = r->n;
+  if (strcmp(p, "/healthz") == 0) {
+    hdr_reset(r);
+    respond_body(r, 200, "text/plain", "ok\n", 3);
+  } else if (strcmp(p, "/readyz") == 0) {
+    hdr_reset(r);
+    if (n->ready && !n->stopping)
+      respond_body(r, 200, "text/plain", "ready\n", 6);
+    else
+      respond_body(r, 503, "text/plain", "not ready\n", 10);
+  } else if (strcmp(p, "/metrics") == 0) {
+    update_gauges(n);
+    struct buf b;
+    buf_init(&b, 8u << 20);
+    int rc = metrics_render(&b);
+    hdr_reset(r);
+    if (rc)
+      respond_body(r, 500, "text/plain", "metrics unavailable\n", 20);
+    else
+      respond_body(r, 200, "text/plain; version=0.0.4", b.data ? b.data : "", b.len);
+    buf_free(&b);
+  } else {
+    return 0;
+  }
+  return 1;
+}
+
+/* ---- dispatch -------------------------------------------------------------- */
+
+static void on_client_close(struct http_request *req, void *ud) {
+  (void)req;
+  struct rreq *r = ud;
+  /* A pending sendfile reports the failure itself; otherwise end here. */
+  if (!r->sending && !r->finished)
+    rr_finish(r, 0);
+}
+
+void registry_handle(struct http_request *req, void *ud) {
+  struct node *n = ud;
+  struct rreq *r = calloc(1, sizeof *r);
+  if (!r) {
+    http_respond_abort(req);
+    return;
+  }
+  r->n = n;
+  r->req = req;
+  r->fd = -1;
+  r->rt.kind = ROUTE_BASE;
+  buf_init(&r->pbody, PROXY_BODY_MAX);
+  http_request_on_close(req, on_client_close, r);
+
+  if (handle_admin(r))
+    return;
+  if (req->listener_id == NODE_LISTENER_ADMIN) {
+    respond_error(r, 404, "UNSUPPORTED", "the admin listener serves /metrics, /healthz, /readyz");
+    return;
+  }
+  if (req->method != HTTP_GET && req->method != HTTP_HEAD) {
+    respond_error(r, 405, "UNSUPPORTED", "this registry is a read-only mirror");
+    return;
+  }
+  r->is_head = req->method == HTTP_HEAD;
+
+  enum route_error rerr;
+  char msg[512];
+  int rc = route_request(n->cfg, req->listener_id, req->path, req->query, &r->rt,
+                         &rerr, msg, sizeof msg);
+  if (rc) {
+    switch (rerr) {
+    case ROUTE_ERR_NAME_INVALID: respond_error(r, 400, "NAME_INVALID", msg); break;
+    case ROUTE_ERR_TAG_INVALID: respond_error(r, 400, "TAG_INVALID", msg); break;
+    case ROUTE_ERR_DIGEST_INVALID: respond_error(r, 400, "DIGEST_INVALID", msg); break;
+    case ROUTE_ERR_NAME_UNKNOWN: respond_error(r, 404, "NAME_UNKNOWN", msg); break;
+    default: respond_error(r, 404, "NOT_FOUND", "not a registry API path"); break;
+    }
+    return;
+  }
+  /* The spec asks proxies to echo the namespace they used. */
+  if (r->rt.via_ns && query_param(req->query, "ns", r->ns_echo, sizeof r->ns_echo) != 1)
+    r->ns_echo[0] = '\0';
+  switch (r->rt.kind) {
+  case ROUTE_BASE:
+    hdr_common(r);
+    respond_body(r, 200, "application/json", "{}", 2);
+    break;
+  case ROUTE_CATALOG:
+    respond_error(r, 404, "UNSUPPORTED", "a mirror does not serve the catalog");
+    break;
+  case ROUTE_BLOB: handle_blob(r); break;
+  case ROUTE_MANIFEST: handle_manifest(r); break;
+  case ROUTE_TAGS: handle_tags(r); break;
+  case ROUTE_REFERRERS: handle_referrers(r); break;
+  }
+}
+
+void registry_init(struct node *n) {
+  (void)n;
+  metrics_describe("regmesh_http_requests_total", METRIC_COUNTER,
+                   "HTTP requests by API route and status.");
+  metrics_describe("regmesh_hits_total", METRIC_COUNTER,
+                   "Blob and manifest responses by source (local, inflight, upstream, stale).");
+  metrics_describe("regmesh_served_bytes_total", METRIC_COUNTER,
+                   "Body bytes sent to clients by source.");
+  metrics_describe("regmesh_stale_tags_served_total", METRIC_COUNTER,
+                   "Tags served past their TTL because the upstream failed.");
+  metrics_describe("regmesh_storage_bytes", METRIC_GAUGE, "Bytes in the cache.");
+  metrics_describe("regmesh_storage_blobs", METRIC_GAUGE, "Objects in the cache.");
+  metrics_describe("regmesh_storage_max_bytes", METRIC_GAUGE, "The cache's size budget (0: none).");
+  metrics_describe("regmesh_storage_evictions_total", METRIC_COUNTER, "Objects evicted.");
+  metrics_describe("regmesh_storage_evicted_bytes_total", METRIC_COUNTER, "Bytes evicted.");
+  metrics_describe("regmesh_http_connections_open", METRIC_GAUGE, "Client connections open.");
+  metrics_describe("regmesh_http_connections_total", METRIC_COUNTER, "Client connections accepted.");
+  metrics_describe("regmesh_http_tls_rejected_total", METRIC_COUNTER,
+                   "Connections that sent TLS to the plain HTTP port.");
+  metrics_describe("regmesh_http_timeouts_total", METRIC_COUNTER, "Connections closed by a timeout.");
+  metrics_describe("regmesh_http_bad_requests_total", METRIC_COUNTER, "Malformed requests.");
+  metrics_describe("regmesh_upstream_ratelimit_limit", METRIC_GAUGE,
+                   "Upstream rate limit (ratelimit-limit) last seen.");
+}

@@ -1,0 +1,73 @@
+/* fetch.h - single-flight downloads of content by digest.
+ *
+ * Any number of requests for one missing digest share one download (a
+ * "source"): the first starts the upstream GET, later ones join it. A blob
+ * streams into the store's temp file, and every waiter reads from that file
+ * up to the bytes written, so memory use does not grow with blob size or
+ * with slow clients. A manifest is small and kept in memory.
+ *
+ * Verification gates the end: until the digest is checked the last byte of
+ * a blob is withheld, so no client ever receives a complete body whose hash
+ * is wrong. A waiter leaving (its client hung up) never stops the download.
+ *
+ * Waiter protocol: fetcher_join never calls back. After it returns 0, check
+ * fetch_src_ready(): if not ready, wait for on_ready(0) or on_ready(err)
+ * (final). After ready, on_data tells that fetch_src_available() grew, and
+ * on_done(err) ends it. In every case the owner calls fetcher_leave(w) once,
+ * which releases its reference to the source.
+ */
+#ifndef REGMESH_NODE_FETCH_H
+#define REGMESH_NODE_FETCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct blobstore;
+struct upstream;
+struct fetcher;
+struct fetch_src;
+
+enum fetch_kind { FETCH_BLOB, FETCH_MANIFEST };
+
+struct fetch_waiter {
+  void (*on_ready)(struct fetch_waiter *w, int err);
+  void (*on_data)(struct fetch_waiter *w);
+  void (*on_done)(struct fetch_waiter *w, int err);
+  /* owned by the fetcher while joined */
+  struct fetch_src *src;
+  struct fetch_waiter *prev, *next;
+};
+
+int fetcher_new(struct fetcher **out, uv_loop_t *loop, struct blobstore *bs);
+/* fetcher_free: after the upstream client was freed (which ended every
+ * download) and every waiter left. */
+void fetcher_free(struct fetcher *f);
+
+/* fetcher_join attaches w to the download of hex (starting it from upstream
+ * u, repository repo, when none runs). Returns 0 or a negative error (then w
+ * is not attached). */
+int fetcher_join(struct fetcher *f, enum fetch_kind kind, const char *hex,
+                 struct upstream *u, const char *repo, struct fetch_waiter *w);
+void fetcher_leave(struct fetch_waiter *w);
+
+/* fetcher_find returns the running download of hex, or NULL. */
+struct fetch_src *fetcher_find(struct fetcher *f, enum fetch_kind kind, const char *hex);
+
+int fetch_src_ready(const struct fetch_src *s);
+int fetch_src_done(const struct fetch_src *s); /* verified and complete */
+uint64_t fetch_src_size(const struct fetch_src *s);
+/* Bytes a waiter may send now (the last byte only once verified). */
+uint64_t fetch_src_available(const struct fetch_src *s);
+/* Read-only fd on the blob's file (valid while the waiter is joined). */
+int fetch_src_fd(const struct fetch_src *s);
+/* Manifest body (valid while joined, after on_done(0)). */
+const char *fetch_src_body(const struct fetch_src *s, size_t *len);
+/* Media type from the upstream ("" when none). */
+const char *fetch_src_media_type(const struct fetch_src *s);
+/* The upstream's HTTP status when it failed with one, else 0. */
+int fetch_src_upstream_status(const struct fetch_src *s);
+
+unsigned fetcher_active(const struct fetcher *f);
+
+#endif

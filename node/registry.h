@@ -1,0 +1,14 @@
+/* registry.h - the registry HTTP API (Docker Registry v2 / OCI distribution)
+ * served from the cache, in-flight downloads and the upstreams. */
+#ifndef REGMESH_NODE_REGISTRY_H
+#define REGMESH_NODE_REGISTRY_H
+
+struct node;
+struct http_request;
+
+/* registry_init registers the node's metrics descriptions. */
+void registry_init(struct node *n);
+/* registry_handle is the HTTP server's handler for every request. */
+void registry_handle(struct http_request *req, void *node);
+
+#endif

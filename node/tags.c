@@ -1,0 +1,283 @@
+/* tags.c - tag resolution: memory cache over the tag store, one upstream
+ * HEAD per tag at a time.
+ *
+ * An entry per (upstream, name, tag, variant) holds the last record and the
+ * list of requests waiting for a resolution in progress. Records carry the
+ * wall-clock time they were fetched, so the TTL means the same after a
+ * restart. The memory cache is bounded: past TAGCACHE_MAX entries, idle
+ * ones are dropped (the store still has them).
+ */
+#include "tags.h"
+
+#include "metrics.h"
+#include "upstream.h"
+
+#include "../common/digest.h"
+#include "../common/errors.h"
+#include "../common/log.h"
+#include "../common/strmap.h"
+#include "../config/config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define TAGCACHE_MAX 8192
+
+struct tagcache {
+  uv_loop_t *loop;
+  struct blobstore *bs;
+  struct strmap entries; /* key -> struct tag_entry */
+};
+
+struct tag_entry {
+  struct tagcache *tc;
+  char *key; /* owned */
+  char upstream_host[128];
+  char name[300];
+  char tag[200]; /* tag[@variant]: the store's file name */
+  char reftag[130];
+  int has_rec;
+  struct tag_record rec;
+  struct upstream_req *ureq; /* resolution in progress */
+  struct tag_waiter *waiters;
+  /* collected from the upstream answer */
+  int status;
+  struct tag_record fresh;
+  int fresh_ok;
+};
+
+static int64_t wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int tagcache_new(struct tagcache **out, uv_loop_t *loop, struct blobstore *bs) {
+  struct tagcache *tc = calloc(1, sizeof *tc);
+  if (!tc)
+    return UV_ENOMEM;
+  tc->loop = loop;
+  tc->bs = bs;
+  strmap_init(&tc->entries);
+  metrics_describe("regmesh_tag_resolutions_total", METRIC_COUNTER,
+                   "Tag lookups by outcome (fresh, upstream, stale, error).");
+  *out = tc;
+  return 0;
+}
+
+static void entry_free(struct tag_entry *e) {
+  free(e->key);
+  free(e);
+}
+
+static void free_one(const char *key, void *value, void *ud) {
+  (void)key;
+  (void)ud;
+  entry_free(value);
+}
+
+void tagcache_free(struct tagcache *tc) {
+  if (!tc)
+    return;
+  strmap_each(&tc->entries, free_one, NULL);
+  strmap_free(&tc->entries);
+  free(tc);
+}
+
+struct idle_scan {
+  char *keys[64];
+  int n;
+};
+
+static void collect_idle(const char *key, void *value, void *ud) {
+  struct tag_entry *e = value;
+  struct idle_scan *sc = ud;
+  (void)key;
+  if (!e->ureq && !e->waiters && sc->n < 64)
+    sc->keys[sc->n++] = e->key;
+}
+
+/* Keeps the memory cache bounded; entries are cheap to reload from disk. */
+static void trim(struct tagcache *tc) {
+  if (tc->entries.count < TAGCACHE_MAX)
+    return;
+  struct idle_scan sc = {.n = 0};
+  strmap_each(&tc->entries, collect_idle, &sc);
+  for (int i = 0; i < sc.n; i++) {
+    struct tag_entry *e = strmap_del(&tc->entries, sc.keys[i]);
+    if (e)
+      entry_free(e);
+  }
+}
+
+static void finish_waiters(struct tag_entry *e, int err) {
+  struct tag_waiter *w = e->waiters;
+  e->waiters = NULL;
+  int stale = 0;
+  const char *outcome = "upstream";
+  if (err) {
+    /* A 404 is an answer; anything else is a failure to ask. */
+    if (e->has_rec && err != RM_ENOTFOUND) {
+      stale = 1;
+      err = 0;
+      outcome = "stale";
+      LOG_W("tag %s/%s:%s served stale: upstream failed (status %d)",
+            e->upstream_host, e->name, e->reftag, e->status);
+    } else {
+      outcome = "error";
+    }
+  }
+  char labels[64];
+  snprintf(labels, sizeof labels, "outcome=\"%s\"", outcome);
+  while (w) {
+    struct tag_waiter *next = w->next;
+    w->entry = NULL;
+    w->next = NULL;
+    metrics_add("regmesh_tag_resolutions_total", labels, 1);
+    w->cb(w, err, err ? NULL : &e->rec, stale, e->status);
+    w = next;
+  }
+}
+
+static int on_head_headers(void *ud, const struct upstream_response *resp) {
+  struct tag_entry *e = ud;
+  e->status = resp->status;
+  e->fresh_ok = 0;
+  if (resp->status != 200)
+    return 0;
+  if (!resp->digest || strncmp(resp->digest, "sha256:", 7) != 0 ||
+      !digest_hex_valid(resp->digest + 7)) {
+    LOG_W("upstream %s sent no usable Docker-Content-Digest for %s:%s",
+          e->upstream_host, e->name, e->reftag);
+    return 0;
+  }
+  if (resp->content_length <= 0)
+    return 0;
+  memset(&e->fresh, 0, sizeof e->fresh);
+  snprintf(e->fresh.hex, sizeof e->fresh.hex, "%s", resp->digest + 7);
+  snprintf(e->fresh.media_type, sizeof e->fresh.media_type, "%s",
+           resp->content_type ? resp->content_type
+                              : "application/vnd.docker.distribution.manifest.v2+json");
+  e->fresh.size = (uint64_t)resp->content_length;
+  e->fresh.fetched_at_ms = wall_ms();
+  e->fresh_ok = 1;
+  return 0;
+}
+
+static int on_head_data(void *ud, const char *p, size_t n) {
+  (void)ud;
+  (void)p;
+  (void)n;
+  return 0;
+}
+
+static void on_head_done(void *ud, int err) {
+  struct tag_entry *e = ud;
+  e->ureq = NULL;
+  if (!err) {
+    if (e->status == 200 && e->fresh_ok) {
+      e->rec = e->fresh;
+      e->has_rec = 1;
+      int r = tagstore_put(e->tc->bs, e->upstream_host, e->name, e->tag, &e->rec);
+      if (r)
+        LOG_W("saving tag %s/%s:%s: %s", e->upstream_host, e->name, e->tag, rm_strerror(r));
+    } else if (e->status == 404) {
+      err = RM_ENOTFOUND;
+    } else if (e->status == 429) {
+      err = RM_ERATELIMIT;
+    } else {
+      err = RM_EUPSTREAM;
+    }
+  } else {
+    e->status = 0;
+  }
+  finish_waiters(e, err);
+}
+
+static const struct upstream_cbs head_cbs = {
+    .on_headers = on_head_headers,
+    .on_data = on_head_data,
+    .on_done = on_head_done,
+};
+
+static struct tag_entry *entry_get(struct tagcache *tc, const char *host,
+                                   const char *name, const char *tag,
+                                   const char *variant) {
+  char key[700];
+  int n = snprintf(key, sizeof key, "%s|%s|%s@%s", host, name, tag, variant);
+  if (n < 0 || (size_t)n >= sizeof key)
+    return NULL;
+  struct tag_entry *e = strmap_get(&tc->entries, key);
+  if (e)
+    return e;
+  trim(tc);
+  e = calloc(1, sizeof *e);
+  if (!e)
+    return NULL;
+  e->tc = tc;
+  e->key = strdup(key);
+  snprintf(e->upstream_host, sizeof e->upstream_host, "%s", host);
+  snprintf(e->name, sizeof e->name, "%s", name);
+  snprintf(e->reftag, sizeof e->reftag, "%s", tag);
+  /* '@' is outside the tag grammar, so a variant never names another tag. */
+  snprintf(e->tag, sizeof e->tag, "%s%s%s", tag, variant[0] ? "@" : "", variant);
+  if (!e->key || strmap_put(&tc->entries, key, e) != 0) {
+    entry_free(e);
+    return NULL;
+  }
+  if (tagstore_get(tc->bs, host, name, e->tag, &e->rec) == 0)
+    e->has_rec = 1;
+  return e;
+}
+
+int tagcache_resolve(struct tagcache *tc, struct upstream *u, const char *name,
+                     const char *tag, const char *variant, const char *accept,
+                     struct tag_waiter *w, struct tag_record *rec) {
+  const struct config_upstream *cfg = upstream_config(u);
+  struct tag_entry *e = entry_get(tc, cfg->host, name, tag, variant);
+  if (!e)
+    return UV_ENOMEM;
+  int64_t now = wall_ms();
+  if (e->has_rec && now >= e->rec.fetched_at_ms &&
+      (uint64_t)(now - e->rec.fetched_at_ms) < cfg->tag_ttl_ms) {
+    *rec = e->rec;
+    metrics_add("regmesh_tag_resolutions_total", "outcome=\"fresh\"", 1);
+    return 1;
+  }
+  if (!e->ureq) {
+    char path[600];
+    snprintf(path, sizeof path, "/v2/%s/manifests/%s", name, tag);
+    struct upstream_fetch_opts o = {
+        .method = UPSTREAM_HEAD,
+        .path = path,
+        .repo = name,
+        .accept = accept,
+        .kind = "tag",
+    };
+    e->status = 0;
+    int r = upstream_fetch(u, &o, &head_cbs, e, &e->ureq);
+    if (r)
+      return r;
+  }
+  w->entry = e;
+  w->next = e->waiters;
+  e->waiters = w;
+  return 0;
+}
+
+void tagcache_cancel(struct tag_waiter *w) {
+  struct tag_entry *e = w->entry;
+  if (!e)
+    return;
+  for (struct tag_waiter **pp = &e->waiters; *pp; pp = &(*pp)->next) {
+    if (*pp == w) {
+      *pp = w->next;
+      break;
+    }
+  }
+  w->entry = NULL;
+  w->next = NULL;
+  /* The HEAD goes on: its answer refreshes the cache for the next request. */
+}

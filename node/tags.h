@@ -1,0 +1,46 @@
+/* tags.h - tag -> digest resolution with a TTL cache and single flight.
+ *
+ * A tag resolves with an upstream HEAD (free on Docker Hub), cached for the
+ * upstream's tag_ttl in memory and in the store (so a restarted node still
+ * serves tags while the upstream is down). Concurrent resolutions of one tag
+ * share one HEAD. When the upstream fails or answers 429, a cached record is
+ * served stale; only a 404 is taken as the answer.
+ */
+#ifndef REGMESH_NODE_TAGS_H
+#define REGMESH_NODE_TAGS_H
+
+#include "../storage/storage.h"
+
+#include <stdint.h>
+#include <uv.h>
+
+struct tagcache;
+struct tag_entry;
+struct upstream;
+
+struct tag_waiter {
+  /* err 0: rec is valid (stale = 1 when served past its TTL because the
+   * upstream failed). Otherwise err and the upstream's status (0 if none). */
+  void (*cb)(struct tag_waiter *w, int err, const struct tag_record *rec,
+             int stale, int upstream_status);
+  /* owned by the cache while waiting */
+  struct tag_entry *entry;
+  struct tag_waiter *next;
+};
+
+int tagcache_new(struct tagcache **out, uv_loop_t *loop, struct blobstore *bs);
+void tagcache_free(struct tagcache *tc);
+
+/* tagcache_resolve looks up (upstream u, name, tag) for clients accepting
+ * `accept` (the Accept sent upstream; `variant` distinguishes caches for
+ * different Accept sets, "" for the usual all-types one).
+ * Returns 1 with *rec filled when a fresh record exists (no callback), 0 when
+ * w->cb will be called later (never from within this call), or a negative
+ * error (no callback). */
+int tagcache_resolve(struct tagcache *tc, struct upstream *u, const char *name,
+                     const char *tag, const char *variant, const char *accept,
+                     struct tag_waiter *w, struct tag_record *rec);
+/* tagcache_cancel detaches a waiting w; its callback is not called. */
+void tagcache_cancel(struct tag_waiter *w);
+
+#endif
