@@ -1,0 +1,177 @@
+"""Upstream down, corrupt upstream, kill -9 mid-download, size budget."""
+
+import http.client
+import os
+import threading
+import time
+
+from rmtest import images, regmesh, util
+from rmtest.checks import HUB_HOST, pull_via_http, stream_get
+
+
+def test_upstream_down_serves_cache_and_stale_tag(make_node, make_registry, catalog, skopeo,
+                                                  test_dir):
+    img = catalog.stale
+    reg = make_registry("flaky", [img])
+    node = make_node([regmesh.Upstream(HUB_HOST, reg.url, default=True, tag_ttl="1s")])
+    pull_via_http(node.url, img)
+    stale_before = node.metric_sum("regmesh_stale_tags_served_total")
+    reg.stop()
+    time.sleep(1.6)                                  # the tag is now past its TTL
+    tag_path = "/v2/%s/manifests/%s" % (img.repo, img.tag)
+    r = node.request("GET", tag_path, headers={"Accept": images.ACCEPT_ALL}, timeout=60)
+    assert r.status == 200, "stale tag not served with the upstream down: %r" % r
+    assert r.body == img.manifest and r.header("Docker-Content-Digest") == img.digest
+    assert r.header("Warning"), "a stale tag answer must carry a Warning header: %r" % r.headers
+    assert node.metric_sum("regmesh_stale_tags_served_total") > stale_before
+    r = node.request("HEAD", tag_path, headers={"Accept": images.ACCEPT_ALL}, timeout=60)
+    assert r.status == 200 and r.header("Docker-Content-Digest") == img.digest
+    r = node.request("GET", "/v2/%s/manifests/%s" % (img.repo, img.digest),
+                     headers={"Accept": images.ACCEPT_ALL}, timeout=60)
+    assert r.status == 200 and r.body == img.manifest
+    for b in img.own_blobs():
+        st, digest, n = stream_get(node.url, "/v2/%s/blobs/%s" % (img.repo, b.digest), timeout=60)
+        assert (st, digest, n) == (200, b.digest, b.size)
+    # a real client too
+    res = skopeo.copy("%s/%s" % (node.host_port, img.ref()), os.path.join(test_dir, "warm"))
+    assert res.digest == img.digest and set(res.blobs) == {b.digest for b in img.own_blobs()}
+    assert node.alive()
+
+
+def _get_unverified(url, path, timeout=90):
+    """GET; return (status, body, complete) where complete is False if the
+    connection ended before Content-Length bytes."""
+    host, port = url.split("//", 1)[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        try:
+            body = resp.read()
+            complete = True
+        except (http.client.IncompleteRead, ConnectionError) as e:
+            body = getattr(e, "partial", b"")
+            complete = False
+        return resp.status, body, complete
+    finally:
+        conn.close()
+
+
+def test_corrupt_upstream_blob_is_never_cached(make_node, make_proxy, hub, catalog):
+    img = catalog.corrupt
+    layer = img.layers[0]
+    px = make_proxy(hub.url, corrupt_blobs=True)
+    node = make_node([regmesh.Upstream(HUB_HOST, px.url, default=True)])
+    path = "/v2/%s/blobs/%s" % (img.repo, layer.digest)
+    status, body, complete = _get_unverified(node.url, path)
+    assert px.corrupted >= 1, "the proxy did not see the blob request"
+    assert not (status == 200 and complete and util.sha256_bytes(body) == layer.digest)
+    assert node.alive(), "regmesh died on a corrupt upstream blob"
+    util.wait_until(lambda: node.files_named_like(layer.digest) == [], 5,
+                    what="no file for the corrupt digest in the data dir (found %r)"
+                    % node.files_named_like(layer.digest))
+    assert node.verify_store() == []
+    # the same data dir behind a healthy upstream config: the pull works
+    node.stop()
+    node.upstreams[HUB_HOST].url = hub.url
+    node.write_config()
+    node.start()
+    mark = hub.log.mark()
+    st, digest, n = stream_get(node.url, path, timeout=90)
+    assert (st, digest, n) == (200, layer.digest, layer.size)
+    assert len(hub.log.blob_gets(layer.digest, mark)) == 1
+    assert util.wait_until(lambda: node.has_blob(layer.digest), 5, what="blob stored")
+    assert node.verify_store() == []
+
+
+def test_corrupt_blob_is_not_delivered_as_complete(make_node, make_proxy, hub, catalog):
+    """Even with headers sent first, a mismatching body must end in an error
+    the HTTP client can see (status != 200, or a connection cut before the
+    last byte): never a clean, complete 200 of wrong bytes."""
+    img = catalog.corrupt
+    layer = img.layers[0]
+    px = make_proxy(hub.url, corrupt_blobs=True)
+    node = make_node([regmesh.Upstream(HUB_HOST, px.url, default=True)])
+    status, body, complete = _get_unverified(node.url, "/v2/%s/blobs/%s" % (img.repo, layer.digest))
+    assert not (status == 200 and complete), \
+        "regmesh delivered a complete 200 of corrupt bytes (%d bytes)" % len(body)
+
+
+def test_kill9_mid_download_leaves_no_partial_blob(make_node, make_proxy, hub, catalog):
+    b = catalog.big.layers[0]
+    path = "/v2/%s/blobs/%s" % (catalog.big.repo, b.digest)
+    px = make_proxy(hub.url, bytes_per_sec=8 * 1024 * 1024)
+    node = make_node([regmesh.Upstream(HUB_HOST, px.url, default=True)])
+    pull_via_http(node.url, catalog.multi)            # some complete content too
+    result = {}
+    base = px.bytes_sent
+
+    def client():
+        result["r"] = stream_get(node.url, path, timeout=120)
+    t = threading.Thread(target=client, daemon=True)
+    t.start()
+    # wait until regmesh has a good part (but not all) of the blob
+    util.wait_until(lambda: px.bytes_sent - base >= b.size // 5, 60, interval=0.05,
+                    what="upstream download under way")
+    assert px.bytes_sent - base < b.size, "download finished before the kill; slow the proxy"
+    node.kill9()
+    t.join(30)
+    assert not t.is_alive(), "client hung after regmesh was killed"
+    st, digest, n = result["r"]
+    assert not (digest == b.digest and n == b.size), "download completed despite kill -9"
+    assert not node.has_blob(b.digest), "a partial blob is visible as a cache entry"
+    assert node.verify_store() == [], "stored blobs that do not hash to their names"
+
+    px.bytes_per_sec = None
+    node.start()
+    assert node.tmp_files() == [], "tmp/ not emptied at start: %r" % node.tmp_files()
+    assert node.verify_store() == []
+    st, digest, n = stream_get(node.url, path, timeout=120)
+    assert (st, digest, n) == (200, b.digest, b.size)
+    assert util.wait_until(lambda: node.has_blob(b.digest), 10, what="big blob stored")
+    assert node.verify_store() == []
+    # what was complete before the kill is still served
+    mark = hub.log.mark()
+    pull_via_http(node.url, catalog.multi)
+    assert hub.log.all_blob_gets(mark) == []
+
+
+def test_headers_first_on_a_slow_cold_blob(make_node, make_proxy, hub, catalog):
+    """Status and headers go out as soon as the size is known, before the
+    body has arrived from the upstream (containerd gives up otherwise)."""
+    b = catalog.big.layers[0]
+    px = make_proxy(hub.url, bytes_per_sec=4 * 1024 * 1024)   # ~16 s for 64 MiB
+    node = make_node([regmesh.Upstream(HUB_HOST, px.url, default=True)])
+    conn = http.client.HTTPConnection(util.LOCALHOST, node.port, timeout=30)
+    try:
+        t0 = time.monotonic()
+        conn.request("GET", "/v2/%s/blobs/%s" % (catalog.big.repo, b.digest))
+        resp = conn.getresponse()
+        took = time.monotonic() - t0
+        assert resp.status == 200
+        assert int(resp.getheader("Content-Length")) == b.size
+        assert took < 3.0, "headers came after %.1fs" % took
+        first = resp.read(64 * 1024)
+        assert len(first) == 64 * 1024
+    finally:
+        conn.close()
+
+
+def test_size_budget_evicts_least_recently_used(make_node, hub, catalog):
+    a, b = catalog.evict("a"), catalog.evict("b")
+    budget_mib = 6          # each layer is 4 MiB: A and B do not fit together
+    assert a.layers[0].size > 3.5 * 1024 * 1024 and b.layers[0].size > 3.5 * 1024 * 1024
+    node = make_node([regmesh.Upstream(HUB_HOST, hub.url, default=True)],
+                     max_size="%dMiB" % budget_mib)
+    pull_via_http(node.url, a)
+    assert node.has_blob(a.layers[0].digest)
+    pull_via_http(node.url, b)
+    util.wait_until(lambda: not node.has_blob(a.layers[0].digest), 10,
+                    what="A's layer to be evicted")
+    total = sum(os.path.getsize(p) for p in node.stored_blobs().values())
+    assert total <= budget_mib * 1024 * 1024, "store holds %d bytes" % total
+    assert node.verify_store() == []
+    mark = hub.log.mark()
+    pull_via_http(node.url, b)
+    assert hub.log.all_blob_gets(mark) == [], "B should have been warm"
+    assert hub.log.manifest_gets(mark) == []
