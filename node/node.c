@@ -21,8 +21,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-void registry_tagslist_free(struct node *n);
-
 static void on_signal(uv_signal_t *h, int signum) {
   struct node *n = h->data;
   LOG_I("signal %d: shutting down", signum);

@@ -139,7 +139,6 @@ static struct tagslist_cache *tagslist_cache(struct node *n) {
   return n->tagslists;
 }
 
-void registry_tagslist_free(struct node *n);
 void registry_tagslist_free(struct node *n) {
   if (!n->tagslists)
     return;

@@ -10,5 +10,7 @@ struct http_request;
 void registry_init(struct node *n);
 /* registry_handle is the HTTP server's handler for every request. */
 void registry_handle(struct http_request *req, void *node);
+/* registry_tagslist_free drops the tag list cache (at shutdown). */
+void registry_tagslist_free(struct node *n);
 
 #endif
