@@ -1195,6 +1195,10 @@ static void req_attempt_start(struct upstream_req *r) {
   SETOPT(e, CURLOPT_PRIVATE, (void *)r);
   SETOPT(e, CURLOPT_SHARE, c->share);
   SETOPT(e, CURLOPT_NOSIGNAL, 1L);
+  /* Blob bodies arrive in larger reads: a quarter of the syscalls and
+   * wake-ups of curl's 16 KiB default, for 128 KiB per transfer. */
+  if (r->resumable)
+    SETOPT(e, CURLOPT_BUFFERSIZE, 128L * 1024);
   SETOPT(e, CURLOPT_ERRORBUFFER, r->errbuf);
   SETOPT(e, CURLOPT_PROTOCOLS_STR, "http,https");
   SETOPT(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");

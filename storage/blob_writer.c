@@ -29,6 +29,7 @@ struct blob_writer {
   uint64_t size;     /* bytes written; atomic, read by other threads */
   uint64_t reserved; /* bytes counted against the budget at open */
   struct sha256_ctx sha;
+  int verified;        /* blob_writer_verify matched: the hash is final */
   char path[PATH_MAX]; /* the temp file */
 };
 
@@ -71,6 +72,8 @@ int blob_writer_write(struct blob_writer *w, const void *p, size_t n) {
   const char *c = p;
   if (w->err)
     return w->err;
+  if (w->verified)
+    return UV_EINVAL; /* the hash is final */
   while (n > 0) {
     ssize_t k = write(w->fd, c, n);
     if (k < 0 && errno == EINTR)
@@ -129,8 +132,25 @@ static int write_meta_tmp(struct blob_writer *w, const char *media_type, char *p
   return r;
 }
 
-int blob_writer_commit(struct blob_writer *w, const char *media_type) {
+int blob_writer_verify(struct blob_writer *w) {
+  if (w->verified)
+    return 0;
+  if (w->err)
+    return w->err;
   char got[DIGEST_HEX_LEN + 1];
+  sha256_final(&w->sha, got);
+  if (strcmp(got, w->hex) != 0) {
+    LOG_W("storage: digest mismatch for %s: got %s after %llu bytes", w->hex, got,
+          (unsigned long long)w->size);
+    /* The hash context is gone: no more writes, commit fails. */
+    w->err = RM_EDIGEST;
+    return RM_EDIGEST;
+  }
+  w->verified = 1;
+  return 0;
+}
+
+int blob_writer_commit(struct blob_writer *w, const char *media_type) {
   char meta_tmp[PATH_MAX];
   const char *mt = media_type && *media_type ? media_type : NULL;
   int r = w->err;
@@ -140,10 +160,7 @@ int blob_writer_commit(struct blob_writer *w, const char *media_type) {
     blob_writer_abort(w);
     return r;
   }
-  sha256_final(&w->sha, got);
-  if (strcmp(got, w->hex) != 0) {
-    LOG_W("storage: digest mismatch for %s: got %s after %llu bytes", w->hex, got,
-          (unsigned long long)w->size);
+  if (!w->verified && blob_writer_verify(w) != 0) {
     blob_writer_abort(w);
     return RM_EDIGEST;
   }

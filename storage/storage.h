@@ -79,7 +79,11 @@ int blob_writer_write(struct blob_writer *w, const void *p, size_t n);
  * stays valid across the commit's rename). */
 uint64_t blob_writer_size(const struct blob_writer *w);
 const char *blob_writer_path(const struct blob_writer *w);
-/* blob_writer_commit verifies the digest (RM_EDIGEST: the temp file is
+/* blob_writer_verify finishes the hash and compares it with the digest:
+ * 0, or RM_EDIGEST (then commit fails too). No more writes after it. Cheap
+ * (no I/O), so it can run on the event loop before the commit. */
+int blob_writer_verify(struct blob_writer *w);
+/* blob_writer_commit verifies the digest (unless blob_writer_verify did) (RM_EDIGEST: the temp file is
  * removed), fsyncs, renames into place, fsyncs the directory, records the
  * media type (NULL or "" for none) and evicts LRU blobs past the budget.
  * Frees w whatever the result. Blocking: run it off the event loop. */

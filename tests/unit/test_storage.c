@@ -253,6 +253,33 @@ static void test_digest_mismatch(void **state) {
   free(q);
 }
 
+/* verify on the loop, commit on the pool: the split the node uses to
+ * release a download's last byte before the fsync. */
+static void test_verify_then_commit(void **state) {
+  struct fixture *f = *state;
+  char hex[65], other[65];
+  unsigned char *p = blob(3000, 7, hex);
+  unsigned char *q = blob(10, 8, other);
+  struct blob_writer *w;
+  assert_int_equal(blobstore_open(&f->bs, f->root, 0), 0);
+  assert_int_equal(blobstore_writer_open(f->bs, hex, 3000, &w), 0);
+  assert_int_equal(blob_writer_write(w, p, 3000), 0);
+  assert_int_equal(blob_writer_verify(w), 0);
+  assert_int_equal(blob_writer_verify(w), 0);
+  assert_int_equal(blob_writer_write(w, "x", 1), UV_EINVAL);
+  assert_int_equal(blob_writer_commit(w, NULL), 0);
+  assert_int_equal(blobstore_stat(f->bs, hex, NULL), 0);
+  /* a mismatch found by verify makes the commit fail and leaves nothing */
+  assert_int_equal(blobstore_writer_open(f->bs, other, 0, &w), 0);
+  assert_int_equal(blob_writer_write(w, p, 100), 0);
+  assert_int_equal(blob_writer_verify(w), RM_EDIGEST);
+  assert_int_equal(blob_writer_commit(w, NULL), RM_EDIGEST);
+  assert_int_equal(blobstore_stat(f->bs, other, NULL), RM_ENOTFOUND);
+  assert_int_equal(count_files(f->root, "tmp", NULL), 0);
+  free(p);
+  free(q);
+}
+
 static void test_abort(void **state) {
   struct fixture *f = *state;
   char hex[65];
@@ -955,6 +982,7 @@ int main(void) {
       T(test_round_trip),
       T(test_empty_blob),
       T(test_digest_mismatch),
+      T(test_verify_then_commit),
       T(test_abort),
       T(test_restart),
       T(test_lru_eviction),
