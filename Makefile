@@ -6,7 +6,7 @@ JOBS    ?= $(shell nproc)
 CONFIG  ?=
 PYTEST  ?= /usr/bin/python3 -m pytest
 
-.PHONY: all build run test unit integration asan deps deps-test clean
+.PHONY: all build run test unit integration asan bench deps deps-test clean
 
 all: build
 
@@ -42,6 +42,10 @@ asan: deps-test
 	cmake -S . -B $(ASAN) -DCMAKE_BUILD_TYPE=Debug -DREGMESH_SANITIZE=ON
 	cmake --build $(ASAN) -j $(JOBS)
 	cd $(ASAN) && ctest -L unit --output-on-failure
+
+# Side-by-side figures against distribution's proxy (not part of `test`).
+bench: deps-test build
+	REGMESH_BIN=$(CURDIR)/$(BUILD)/regmesh /usr/bin/python3 bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD) $(ASAN)
