@@ -6,7 +6,7 @@ JOBS    ?= $(shell nproc)
 CONFIG  ?=
 PYTEST  ?= /usr/bin/python3 -m pytest
 
-.PHONY: all build run test unit integration asan bench deps deps-test clean
+.PHONY: all build run test unit sim integration asan fuzz bench deps deps-test clean
 
 all: build
 
@@ -29,23 +29,36 @@ run: build
 unit: build
 	cd $(BUILD) && ctest -L unit --output-on-failure
 
+sim: build
+	cd $(BUILD) && ctest -L sim --output-on-failure
+
 integration: build
 	REGMESH_BIN=$(CURDIR)/$(BUILD)/regmesh $(PYTEST) -q -rs tests/integration
 
 test: deps-test
 	$(MAKE) build
 	$(MAKE) unit
+	$(MAKE) sim
 	$(MAKE) integration
 
 # Unit tests under AddressSanitizer + UBSan (a CI step).
 asan: deps-test
 	cmake -S . -B $(ASAN) -DCMAKE_BUILD_TYPE=Debug -DREGMESH_SANITIZE=ON
 	cmake --build $(ASAN) -j $(JOBS)
-	cd $(ASAN) && ctest -L unit --output-on-failure
+	cd $(ASAN) && ctest -L 'unit|sim' --output-on-failure
+
+# A short libFuzzer run over the gossip decoders (a CI step; needs clang).
+FUZZ      ?= build-fuzz
+FUZZ_SECS ?= 60
+fuzz: deps-test
+	cmake -S . -B $(FUZZ) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug
+	cmake --build $(FUZZ) -j $(JOBS) --target fuzz_gossip_decode
+	mkdir -p $(FUZZ)/corpus && ./$(FUZZ)/tests/fuzz/fuzz_gossip_decode \
+	  -max_total_time=$(FUZZ_SECS) $(FUZZ)/corpus tests/fuzz/corpus/gossip
 
 # Side-by-side figures against distribution's proxy (not part of `test`).
 bench: deps-test build
 	REGMESH_BIN=$(CURDIR)/$(BUILD)/regmesh /usr/bin/python3 bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(BUILD) $(ASAN)
+	rm -rf $(BUILD) $(ASAN) $(FUZZ)
