@@ -13,6 +13,7 @@
 #include "log.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,9 @@ struct blob_writer {
   uint64_t reserved; /* bytes counted against the budget at open */
   struct sha256_ctx sha;
   int verified;        /* blob_writer_verify matched: the hash is final */
+  int deferred;        /* hashed from the file by blob_writer_hash_step */
+  int hash_fd;         /* read side for deferred hashing, or -1 */
+  uint64_t hashed;     /* deferred: bytes hashed so far (hasher's own) */
   char path[PATH_MAX]; /* the temp file */
 };
 
@@ -50,6 +54,7 @@ int blobstore_writer_open(struct blobstore *bs, const char *hex, uint64_t expect
   }
   w->bs = bs;
   w->fd = -1;
+  w->hash_fd = -1;
   w->reserved = expected_size;
   memcpy(w->hex, hex, DIGEST_HEX_LEN + 1);
   r = sha256_init(&w->sha);
@@ -84,12 +89,48 @@ int blob_writer_write(struct blob_writer *w, const void *p, size_t n) {
     }
     /* Hash exactly what reached the file, so a short write followed by an
      * error still leaves hash and file in step. */
-    sha256_update(&w->sha, c, (size_t)k);
+    if (!w->deferred)
+      sha256_update(&w->sha, c, (size_t)k);
     c += k;
     n -= (size_t)k;
     __atomic_store_n(&w->size, w->size + (uint64_t)k, __ATOMIC_RELEASE);
   }
   return 0;
+}
+
+int blob_writer_defer_hash(struct blob_writer *w) {
+  if (w->deferred)
+    return 0;
+  if (blob_writer_size(w) > 0 || w->verified)
+    return UV_EINVAL;
+  w->hash_fd = open(w->path, O_RDONLY | O_CLOEXEC);
+  if (w->hash_fd < 0)
+    return -errno;
+  w->deferred = 1;
+  return 0;
+}
+
+int64_t blob_writer_hash_step(struct blob_writer *w, size_t max) {
+  static __thread char chunk[256 * 1024];
+  if (!w->deferred || w->verified)
+    return UV_EINVAL;
+  uint64_t size = blob_writer_size(w);
+  uint64_t left = size - w->hashed;
+  if (left > max)
+    left = max;
+  uint64_t done = 0;
+  while (done < left) {
+    size_t want = left - done < sizeof chunk ? (size_t)(left - done) : sizeof chunk;
+    ssize_t k = pread(w->hash_fd, chunk, want, (off_t)w->hashed);
+    if (k < 0 && errno == EINTR)
+      continue;
+    if (k <= 0)
+      return k < 0 ? -errno : UV_EIO;
+    sha256_update(&w->sha, chunk, (size_t)k);
+    w->hashed += (uint64_t)k;
+    done += (uint64_t)k;
+  }
+  return (int64_t)done;
 }
 
 uint64_t blob_writer_size(const struct blob_writer *w) {
@@ -105,6 +146,8 @@ void blob_writer_abort(struct blob_writer *w) {
     return;
   if (w->fd >= 0)
     close(w->fd);
+  if (w->hash_fd >= 0)
+    close(w->hash_fd);
   unlink(w->path);
   sha256_free(&w->sha);
   storage__unreserve(w->bs, w->reserved);
@@ -137,6 +180,8 @@ int blob_writer_verify(struct blob_writer *w) {
     return 0;
   if (w->err)
     return w->err;
+  if (w->deferred && w->hashed != blob_writer_size(w))
+    return UV_EINVAL; /* the hasher has not caught up */
   char got[DIGEST_HEX_LEN + 1];
   sha256_final(&w->sha, got);
   if (strcmp(got, w->hex) != 0) {
@@ -160,9 +205,17 @@ int blob_writer_commit(struct blob_writer *w, const char *media_type) {
     blob_writer_abort(w);
     return r;
   }
-  if (!w->verified && blob_writer_verify(w) != 0) {
+  /* A deferred hash still behind is finished here (commit may block). */
+  while (w->deferred && !w->verified && w->hashed < blob_writer_size(w)) {
+    int64_t k = blob_writer_hash_step(w, SIZE_MAX);
+    if (k < 0) {
+      blob_writer_abort(w);
+      return (int)k;
+    }
+  }
+  if (!w->verified && (r = blob_writer_verify(w)) != 0) {
     blob_writer_abort(w);
-    return RM_EDIGEST;
+    return r;
   }
   if (fsync(w->fd) != 0) {
     r = -errno;
@@ -171,6 +224,10 @@ int blob_writer_commit(struct blob_writer *w, const char *media_type) {
   }
   r = close(w->fd) != 0 ? -errno : 0;
   w->fd = -1;
+  if (w->hash_fd >= 0) {
+    close(w->hash_fd);
+    w->hash_fd = -1;
+  }
   if (!r && mt)
     r = write_meta_tmp(w, mt, meta_tmp, sizeof meta_tmp);
   if (r) {

@@ -79,6 +79,13 @@ int blob_writer_write(struct blob_writer *w, const void *p, size_t n);
  * stays valid across the commit's rename). */
 uint64_t blob_writer_size(const struct blob_writer *w);
 const char *blob_writer_path(const struct blob_writer *w);
+/* blob_writer_defer_hash (before the first write) makes writes skip the
+ * hash; blob_writer_hash_step then hashes up to max bytes of what was
+ * written, reading the file, and returns how many (0 when caught up) or an
+ * error. It may run on another thread than the writes (one thread at a
+ * time), which takes SHA-256 off the thread that receives the download. */
+int blob_writer_defer_hash(struct blob_writer *w);
+int64_t blob_writer_hash_step(struct blob_writer *w, size_t max);
 /* blob_writer_verify finishes the hash and compares it with the digest:
  * 0, or RM_EDIGEST (then commit fails too). No more writes after it. Cheap
  * (no I/O), so it can run on the event loop before the commit. */

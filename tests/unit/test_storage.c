@@ -280,6 +280,45 @@ static void test_verify_then_commit(void **state) {
   free(q);
 }
 
+/* Deferred hashing: writes skip the hash, hash_step catches up from the
+ * file (the node runs it on the thread pool). */
+static void test_deferred_hash(void **state) {
+  struct fixture *f = *state;
+  char hex[65];
+  unsigned char *p = blob(700000, 9, hex);
+  struct blob_writer *w;
+  assert_int_equal(blobstore_open(&f->bs, f->root, 0), 0);
+  assert_int_equal(blobstore_writer_open(f->bs, hex, 700000, &w), 0);
+  assert_int_equal(blob_writer_defer_hash(w), 0);
+  assert_int_equal(blob_writer_write(w, p, 300000), 0);
+  assert_int_equal(blob_writer_hash_step(w, 100000), 100000);
+  assert_int_equal(blob_writer_hash_step(w, SIZE_MAX), 200000);
+  assert_int_equal(blob_writer_hash_step(w, SIZE_MAX), 0);
+  assert_int_equal(blob_writer_write(w, p + 300000, 400000), 0);
+  /* not caught up yet: verify refuses rather than judging half the data */
+  assert_int_equal(blob_writer_verify(w), UV_EINVAL);
+  assert_int_equal(blob_writer_hash_step(w, SIZE_MAX), 400000);
+  assert_int_equal(blob_writer_verify(w), 0);
+  assert_int_equal(blob_writer_commit(w, NULL), 0);
+  assert_int_equal(blobstore_stat(f->bs, hex, NULL), 0);
+  /* too late to defer once bytes were written */
+  char hex2[65];
+  unsigned char *q = blob(1000, 10, hex2);
+  assert_int_equal(blobstore_writer_open(f->bs, hex2, 0, &w), 0);
+  assert_int_equal(blob_writer_write(w, q, 10), 0);
+  assert_int_equal(blob_writer_defer_hash(w), UV_EINVAL);
+  blob_writer_abort(w);
+  /* a deferred writer with wrong content: commit catches up and refuses */
+  assert_int_equal(blobstore_writer_open(f->bs, hex2, 0, &w), 0);
+  assert_int_equal(blob_writer_defer_hash(w), 0);
+  assert_int_equal(blob_writer_write(w, p, 1000), 0);
+  assert_int_equal(blob_writer_commit(w, NULL), RM_EDIGEST);
+  assert_int_equal(blobstore_stat(f->bs, hex2, NULL), RM_ENOTFOUND);
+  assert_int_equal(count_files(f->root, "tmp", NULL), 0);
+  free(p);
+  free(q);
+}
+
 static void test_abort(void **state) {
   struct fixture *f = *state;
   char hex[65];
@@ -983,6 +1022,7 @@ int main(void) {
       T(test_empty_blob),
       T(test_digest_mismatch),
       T(test_verify_then_commit),
+      T(test_deferred_hash),
       T(test_abort),
       T(test_restart),
       T(test_lru_eviction),
