@@ -89,9 +89,11 @@ int node_start(struct node *n, uv_loop_t *loop, struct config *cfg) {
         (r = listen_one(n, cfg->upstreams[i].listen, (int)i, cfg->upstreams[i].host)) != 0)
       return r;
   }
-  for (size_t i = 0; i < cfg->n_upstreams; i++)
+  for (size_t i = 0; i < cfg->n_upstreams; i++) {
     LOG_I("upstream %s -> %s%s", cfg->upstreams[i].host, cfg->upstreams[i].url,
           cfg->upstreams[i].is_default ? " (default)" : "");
+    upstream_ping(n->ups[i]);
+  }
 
   uv_signal_init(loop, &n->sigint);
   uv_signal_init(loop, &n->sigterm);

@@ -885,6 +885,25 @@ static void req_auth_upfront(struct upstream_req *r) {
   req_attempt_start(r);
 }
 
+static int ping_start(struct upstream *u) {
+  char url[2048];
+  snprintf(url, sizeof url, "%s/v2/", u->cfg.url);
+  struct upstream_req *p = req_new(u, url, "ping");
+  if (!p)
+    return UV_ENOMEM;
+  p->internal = 1;
+  p->cbs = ping_cbs;
+  p->ud = u;
+  u->ping = PING_RUNNING;
+  req_attempt_start(p);
+  return 0;
+}
+
+void upstream_ping(struct upstream *u) {
+  if (u->ping == PING_NONE && !u->closing && u->c && !u->c->closing)
+    ping_start(u);
+}
+
 /* The first step of a request, from the idle pass. */
 static void req_begin(struct upstream_req *r) {
   struct upstream *u = r->u;
@@ -896,19 +915,9 @@ static void req_begin(struct upstream_req *r) {
     req_auth_upfront(r);
     return;
   }
-  if (u->ping == PING_NONE) {
-    char url[2048];
-    snprintf(url, sizeof url, "%s/v2/", u->cfg.url);
-    struct upstream_req *p = req_new(u, url, "ping");
-    if (!p) {
-      req_finish(r, UV_ENOMEM);
-      return;
-    }
-    p->internal = 1;
-    p->cbs = ping_cbs;
-    p->ud = u;
-    u->ping = PING_RUNNING;
-    req_attempt_start(p);
+  if (u->ping == PING_NONE && ping_start(u) != 0) {
+    req_finish(r, UV_ENOMEM);
+    return;
   }
   req_set_state(r, UPREQ_WAIT_PING);
   upq_insert_tail(&u->ping_waiters, &r->wait);

@@ -94,6 +94,11 @@ int upstream_new(struct upstream **out, struct upclient *c,
 void upstream_free(struct upstream *u);
 const struct config_upstream *upstream_config(const struct upstream *u);
 
+/* upstream_ping starts the upstream's /v2/ ping now if it has none (the
+ * node calls it at start so the first client request does not wait for it,
+ * and unreachable upstreams show in the log at once). No callback. */
+void upstream_ping(struct upstream *u);
+
 /* upstream_fetch starts a request. Returns 0 (then on_done is called exactly
  * once, never from within this call) or a negative error (then no callback
  * is ever called). *out (optional) can be used to cancel. */

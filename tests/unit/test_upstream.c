@@ -526,6 +526,28 @@ static void test_get_200(void **state) {
   call_free(&b);
 }
 
+/* The node pings every upstream at start; a later request must not ping
+ * again, and a second upstream_ping is a no-op. */
+static void test_eager_ping(void **state) {
+  (void)state;
+  srv_set(h_basic_200);
+  upstream_ping(F.u);
+  upstream_ping(F.u);
+  uint64_t t0 = uv_now(&F.loop);
+  uv_timer_start(&F.tick, on_tick, 10, 10);
+  while (srv_count("/v2/") < 1 && uv_now(&F.loop) - t0 < 5000)
+    uv_run(&F.loop, UV_RUN_ONCE);
+  uv_timer_stop(&F.tick);
+  assert_int_equal(srv_count("/v2/"), 1);
+  struct call a = {0};
+  start(&a, UPSTREAM_GET, "/v2/lib/x/blobs/sha256:abcd", "lib/x", 0, 0);
+  run1(&a);
+  assert_int_equal(a.err, 0);
+  assert_int_equal(a.status, 200);
+  assert_int_equal(srv_count("/v2/"), 1);
+  call_free(&a);
+}
+
 static int h_head(int fd, const struct srv_req *rq, int nth) {
   (void)nth;
   if (ok_v2(fd, rq))
@@ -1379,6 +1401,7 @@ int main(void) {
       T(test_error_body_delivered),
       T(test_bearer_401_then_cached),
       T(test_bearer_ping_shared_token),
+      T(test_eager_ping),
       T(test_bearer_invalid_token),
       T(test_bearer_refused_goes_to_caller),
       T(test_basic_auth),
