@@ -624,7 +624,7 @@ int sim_agree(struct sim *sim) {
     free(v);
   }
 #ifdef SIM_HAVE_RING
-  /* the ring each node would route with, from its own alive set */
+  /* the ring each node would route with, from its own member list */
   size_t keys = 1000, owners_ref[1000];
   int have_ref = 0;
   for (size_t i = 0; i < sim->n && ok; i++) {
@@ -636,9 +636,11 @@ int sim_agree(struct sim *sim) {
     qsort(v, cnt, sizeof *v, cmp_member);
     const char **names = calloc(cnt + 1, sizeof *names);
     unsigned *weights = calloc(cnt + 1, sizeof *weights);
-    /* shuffled insertion order: the ring must not depend on it */
+    /* suspects stay in the ring until declared dead (no churn on one
+     * missed probe); shuffled insertion order: the ring must not depend
+     * on it */
     for (size_t j = 0; j < cnt; j++)
-      if (v[j].state == SWIM_ALIVE) {
+      if (v[j].state == SWIM_ALIVE || v[j].state == SWIM_SUSPECT) {
         names[na] = v[j].name;
         weights[na++] = 1;
       }
