@@ -557,6 +557,14 @@ static int serve_local(struct rreq *r, int is_manifest) {
 
 /* ---- blobs in flight ----------------------------------------------------- */
 
+/* The download failed before this request sent anything: leave it and
+ * answer with the error (and the upstream's status, for the message). */
+static void src_failed(struct rreq *r, int err) {
+  int st = fetch_src_upstream_status(r->fw.src);
+  fetcher_leave(&r->fw);
+  respond_failure(r, err, st);
+}
+
 static void blob_src_ready(struct rreq *r) {
   struct fetch_src *s = r->fw.src;
   r->fd = fetch_src_fd(s);
@@ -567,9 +575,7 @@ static void blob_src_ready(struct rreq *r) {
 static void blob_on_ready(struct fetch_waiter *w, int err) {
   struct rreq *r = container_of(w, struct rreq, fw);
   if (err) {
-    int st = fetch_src_upstream_status(w->src);
-    fetcher_leave(w);
-    respond_failure(r, err, st);
+    src_failed(r, err);
     return;
   }
   blob_src_ready(r);
@@ -587,9 +593,7 @@ static void blob_on_done(struct fetch_waiter *w, int err) {
     r->src_failed = 1;
   if (!r->started) {
     if (err) {
-      int st = fetch_src_upstream_status(w->src);
-      fetcher_leave(w);
-      respond_failure(r, err, st);
+      src_failed(r, err);
     }
     return;
   }
@@ -747,9 +751,7 @@ static void manifest_serve_src(struct rreq *r) {
 static void manifest_on_ready(struct fetch_waiter *w, int err) {
   struct rreq *r = container_of(w, struct rreq, fw);
   if (err) {
-    int st = fetch_src_upstream_status(w->src);
-    fetcher_leave(w);
-    respond_failure(r, err, st);
+    src_failed(r, err);
   }
   /* ready without error: wait for on_done (manifests are served whole) */
 }
@@ -759,9 +761,7 @@ static void manifest_on_data(struct fetch_waiter *w) { (void)w; }
 static void manifest_on_done(struct fetch_waiter *w, int err) {
   struct rreq *r = container_of(w, struct rreq, fw);
   if (err) {
-    int st = fetch_src_upstream_status(w->src);
-    fetcher_leave(w);
-    respond_failure(r, err, st);
+    src_failed(r, err);
     return;
   }
   manifest_serve_src(r);
