@@ -40,7 +40,6 @@ int node_start(struct node *n, uv_loop_t *loop, struct config *cfg) {
   memset(n, 0, sizeof *n);
   n->loop = loop;
   n->cfg = cfg;
-  n->started_ms = uv_now(loop);
   enum log_level lvl;
   if (cfg->log_level && log_level_parse(cfg->log_level, &lvl) == 0)
     log_set_level(lvl);
@@ -65,7 +64,7 @@ int node_start(struct node *n, uv_loop_t *loop, struct config *cfg) {
   }
   if ((r = fetcher_new(&n->fetcher, loop, n->bs)) != 0)
     return r;
-  if ((r = tagcache_new(&n->tags, loop, n->bs)) != 0)
+  if ((r = tagcache_new(&n->tags, n->bs)) != 0)
     return r;
   registry_init(n);
 

@@ -34,10 +34,8 @@ struct node {
   struct tagcache *tags;
   struct tagslist_cache *tagslists;
   uv_signal_t sigint, sigterm;
-  uv_timer_t stats_timer;
   int ready;
   int stopping;
-  uint64_t started_ms;
 };
 
 /* node_start opens the store, creates the clients and binds every listener.

@@ -96,7 +96,6 @@ struct rreq {
   int pstatus;
   int64_t plen;
   char pctype[STORAGE_MEDIA_TYPE_MAX];
-  char pdigest[DIGEST_STR_LEN + 1];
   char plink[1024];
   char pretry[32];
   json_t *tl_all; /* tags gathered over the upstream's pages */
@@ -281,8 +280,6 @@ static void respond_error(struct rreq *r, int status, const char *code,
   json_decref(doc);
   if (status == 429 && r->pretry[0])
     hdr_add(r, "Retry-After", "%s", r->pretry);
-  if (status == 401)
-    hdr_add(r, "WWW-Authenticate", "Basic realm=\"regmesh\"");
   respond_body(r, status, "application/json", txt ? txt : "{}", txt ? strlen(txt) : 2);
   free(txt);
 }
@@ -622,7 +619,6 @@ static int proxy_on_headers(void *ud, const struct upstream_response *resp) {
   r->pstatus = resp->status;
   r->plen = resp->content_length;
   snprintf(r->pctype, sizeof r->pctype, "%s", resp->content_type ? resp->content_type : "");
-  snprintf(r->pdigest, sizeof r->pdigest, "%s", resp->digest ? resp->digest : "");
   snprintf(r->plink, sizeof r->plink, "%s", resp->link ? resp->link : "");
   snprintf(r->pretry, sizeof r->pretry, "%s", resp->retry_after ? resp->retry_after : "");
   return 0;

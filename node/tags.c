@@ -26,7 +26,6 @@
 #define TAGCACHE_MAX 8192
 
 struct tagcache {
-  uv_loop_t *loop;
   struct blobstore *bs;
   struct strmap entries; /* key -> struct tag_entry */
 };
@@ -54,11 +53,10 @@ static int64_t wall_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-int tagcache_new(struct tagcache **out, uv_loop_t *loop, struct blobstore *bs) {
+int tagcache_new(struct tagcache **out, struct blobstore *bs) {
   struct tagcache *tc = calloc(1, sizeof *tc);
   if (!tc)
     return UV_ENOMEM;
-  tc->loop = loop;
   tc->bs = bs;
   strmap_init(&tc->entries);
   metrics_describe("regmesh_tag_resolutions_total", METRIC_COUNTER,

@@ -12,7 +12,6 @@
 #include "../storage/storage.h"
 
 #include <stdint.h>
-#include <uv.h>
 
 struct tagcache;
 struct tag_entry;
@@ -28,7 +27,7 @@ struct tag_waiter {
   struct tag_waiter *next;
 };
 
-int tagcache_new(struct tagcache **out, uv_loop_t *loop, struct blobstore *bs);
+int tagcache_new(struct tagcache **out, struct blobstore *bs);
 void tagcache_free(struct tagcache *tc);
 
 /* tagcache_resolve looks up (upstream u, name, tag) for clients accepting
