@@ -68,6 +68,7 @@ struct rreq {
   int is_head;
   int status;         /* of the response, for metrics */
   const char *source; /* local, inflight, upstream, stale */
+  const char *route_label; /* metrics route when not an API route */
   uint64_t sent;
   int started;        /* status line written */
   int finished;       /* ended or aborted: req is gone */
@@ -204,9 +205,7 @@ static void rr_free(struct rreq *r) {
 
 static void rr_metrics(struct rreq *r) {
   char labels[96];
-  const char *route = r->rt.kind == ROUTE_BASE && r->req->path[1] != 'v'
-                          ? "admin"
-                          : route_kind_str(r->rt.kind);
+  const char *route = r->route_label ? r->route_label : route_kind_str(r->rt.kind);
   snprintf(labels, sizeof labels, "route=\"%s\",status=\"%d\"", route, r->status);
   metrics_add("regmesh_http_requests_total", labels, 1);
   if (r->source && (r->rt.kind == ROUTE_BLOB || r->rt.kind == ROUTE_MANIFEST) &&
@@ -1068,6 +1067,7 @@ static void update_gauges(struct node *n) {
 static int handle_admin(struct rreq *r) {
   const char *p = r->req->path;
   struct node *n = r->n;
+  r->route_label = "admin";
   if (strcmp(p, "/healthz") == 0) {
     hdr_reset(r);
     respond_body(r, 200, "text/plain", "ok\n", 3);
@@ -1089,6 +1089,7 @@ static int handle_admin(struct rreq *r) {
       respond_body(r, 200, "text/plain; version=0.0.4", b.data ? b.data : "", b.len);
     buf_free(&b);
   } else {
+    r->route_label = "other";
     return 0;
   }
   return 1;
@@ -1135,6 +1136,9 @@ void registry_handle(struct http_request *req, void *ud) {
   int rc = route_request(n->cfg, req->listener_id, req->path, req->query, &r->rt,
                          &rerr, msg, sizeof msg);
   if (rc) {
+    /* errors for valid-looking API paths keep their route's label */
+    if (rerr != ROUTE_ERR_NOT_FOUND)
+      r->route_label = NULL;
     switch (rerr) {
     case ROUTE_ERR_NAME_INVALID: respond_error(r, 400, "NAME_INVALID", msg); break;
     case ROUTE_ERR_TAG_INVALID: respond_error(r, 400, "TAG_INVALID", msg); break;
@@ -1144,6 +1148,7 @@ void registry_handle(struct http_request *req, void *ud) {
     }
     return;
   }
+  r->route_label = NULL;
   /* The spec asks proxies to echo the namespace they used. */
   if (r->rt.via_ns && query_param(req->query, "ns", r->ns_echo, sizeof r->ns_echo) != 1)
     r->ns_echo[0] = '\0';
