@@ -7,8 +7,8 @@
  * bounds. One generic function applies a table to a mapping: it rejects
  * unknown keys (suggesting the nearest known one), duplicate keys and
  * missing required keys, and then runs the section's cross-key check. A new
- * section (the coming `cluster:`) is a struct, a table, and one row in
- * top_keys.
+ * section is a struct, a table, and one row in top_keys; `cluster:` was
+ * added that way.
  *
  * Checks that span sections run last, in top_check: the default upstream,
  * and listeners that would collide at bind time. Every error stops the walk
@@ -18,6 +18,10 @@
  * String defaults set by config_init point at static storage so that
  * config_init cannot fail; str_free knows them. A loaded configuration
  * replaces them with heap copies, so after a load every string is owned.
+ *
+ * The cluster secret is the one value that must not leak: messages about
+ * `secret` or `secret_file` never quote the key, only its decoded length,
+ * and every buffer that held it is wiped before it is freed.
  */
 #include "config.h"
 #include "config_internal.h"
@@ -40,9 +44,21 @@
 static const char default_listen[] = "127.0.0.1:5000";
 static const char default_root[] = "./regmesh-data";
 static const char default_log_level[] = "info";
+static const char default_cluster_bind[] = "0.0.0.0:7946";
+static const char default_zone[] = "";
+
+/* A secret file holds one line of base64; a few KiB is already absurd. */
+#define SECRET_FILE_MAX 4096
+/* Gossip metadata (memberlist's limit is 512 bytes) carries the peer URL,
+ * the zone, the version and rate-limit budgets; these bounds leave room. */
+#define CLUSTER_NAME_MAX 128
+#define CLUSTER_ZONE_MAX 64
+#define CLUSTER_URL_MAX 256
 
 static int is_static(const char *s) {
-  return s == default_listen || s == default_root || s == default_log_level;
+  return s == default_listen || s == default_root ||
+         s == default_log_level || s == default_cluster_bind ||
+         s == default_zone;
 }
 
 static void str_free(char *s) {
@@ -149,6 +165,10 @@ static int scalar_text(struct walk *w, const struct config__node *n,
 }
 
 #define Q(buf, s) config__quote((buf), sizeof(buf), (s), strlen(s))
+/* QP quotes a file path: up to 256 characters into a PATH_QUOTE_MAX buffer */
+#define PATH_QUOTE_MAX 1100
+#define QP(buf, s)                                                             \
+  config__quote_max((buf), sizeof(buf), (s), strlen(s), 256)
 
 /* ---- the schema ---- */
 
@@ -380,6 +400,126 @@ static int set_section(struct walk *w, const struct config__node *v,
 static int set_upstreams(struct walk *w, const struct config__node *v,
                          void *field, const struct key_spec *k);
 
+/* set_member_name: cluster.name and zone, which other nodes and
+ * `regmesh members` show, so printable and without spaces; k->max bytes. */
+static int set_member_name(struct walk *w, const struct config__node *v,
+                           void *field, const struct key_spec *k) {
+  const char *s, *why = NULL;
+  char q[CONFIG__QUOTE_MAX];
+  int rc;
+  if ((rc = scalar_text(w, v, &s)) != 0)
+    return rc;
+  if (config__check_member_name(s, v->len, k->max, &why) != 0) {
+    if (v->len > k->max)
+      return fail(w, v, "\"%s\" is %zu bytes, at most %llu", Q(q, s),
+                  v->len, (unsigned long long)k->max);
+    return fail(w, v, "invalid value \"%s\": %s", Q(q, s), why);
+  }
+  return str_set(field, s, v->len) ? fail_nomem(w) : 0;
+}
+
+/* set_gossip_addr: a numeric ip:port, port k->min..65535. bind may use port
+ * 0 (the kernel picks one, for tests); what others dial may not, nor may it
+ * be a wildcard. */
+static int set_gossip_addr(struct walk *w, const struct config__node *v,
+                           void *field, const struct key_spec *k) {
+  const char *s, *why = NULL;
+  struct config__addr addr;
+  char q[CONFIG__QUOTE_MAX];
+  int rc;
+  if ((rc = scalar_text(w, v, &s)) != 0)
+    return rc;
+  if (config__parse_ip_port(s, (unsigned)k->min, &addr, &why) != 0)
+    return fail(w, v, "invalid address \"%s\": %s", Q(q, s), why);
+  if (k->min > 0 && addr.wildcard)
+    return fail(w, v,
+                "invalid address \"%s\": other nodes cannot dial a wildcard "
+                "address; give this node's own IP",
+                Q(q, s));
+  return str_set(field, s, v->len) ? fail_nomem(w) : 0;
+}
+
+static int set_peer_url(struct walk *w, const struct config__node *v,
+                        void *field, const struct key_spec *k) {
+  const char *s, *why = NULL;
+  char q[CONFIG__QUOTE_MAX];
+  int rc;
+  if ((rc = scalar_text(w, v, &s)) != 0)
+    return rc;
+  /* checked before config__check_url, whose advice is for upstreams */
+  const char *auth = strstr(s, "://");
+  if (auth != NULL && memchr(auth + 3, '@', strcspn(auth + 3, "/")) != NULL)
+    return fail(w, v, "invalid URL \"%s\": must not carry credentials",
+                Q(q, s));
+  int len = config__check_url(s, &why);
+  if (len < 0)
+    return fail(w, v, "invalid URL \"%s\": %s", Q(q, s), why);
+  if ((uint64_t)len > k->max)
+    return fail(w, v, "URL is %d bytes, at most %llu", len,
+                (unsigned long long)k->max);
+  return str_set(field, s, (size_t)len) ? fail_nomem(w) : 0;
+}
+
+/* set_join fills cluster.join item by item; n_join counts the stored ones
+ * so config_free is right at any point of failure. A null `join:` is an
+ * empty list, like a section with every entry commented out. */
+static int set_join(struct walk *w, const struct config__node *v, void *field,
+                    const struct key_spec *k) {
+  struct config_cluster *c =
+      (struct config_cluster *)((char *)field -
+                                offsetof(struct config_cluster, join));
+  int rc;
+  if ((rc = check_plain(w, v)) != 0)
+    return rc;
+  if (v->kind == CONFIG__SCALAR && v->is_null)
+    return 0;
+  if (v->kind != CONFIG__SEQUENCE)
+    return fail(w, v, "expected a sequence of host:port, got %s",
+                kind_name(v));
+  if (v->n_children > k->max)
+    return fail(w, v, "too many seeds (%zu, at most %llu)", v->n_children,
+                (unsigned long long)k->max);
+  if (v->n_children == 0)
+    return 0;
+  c->join = calloc(v->n_children, sizeof *c->join);
+  if (c->join == NULL)
+    return fail_nomem(w);
+  size_t i = 0;
+  for (const struct config__node *item = v->child; item;
+       item = item->next, i++) {
+    const char *s, *why = NULL;
+    char seed[272], q[CONFIG__QUOTE_MAX];
+    size_t old = path_push_index(w, i);
+    rc = scalar_text(w, item, &s);
+    if (rc == 0 && config__parse_seed(s, seed, sizeof seed, &why) != 0)
+      rc = fail(w, item, "invalid seed \"%s\": %s", Q(q, s), why);
+    path_pop(w, old);
+    if (rc != 0)
+      return rc;
+    if ((c->join[i] = strdup(seed)) == NULL)
+      return fail_nomem(w);
+    c->n_join = i + 1;
+  }
+  return 0;
+}
+
+/* secret and secret_file are only checked for shape here: cluster_check
+ * decodes them once it knows both were not given. */
+static int set_secret_source(struct walk *w, const struct config__node *v,
+                             void *field, const struct key_spec *k) {
+  const char *s;
+  (void)field;
+  (void)k;
+  return scalar_text(w, v, &s);
+}
+
+static int set_cluster(struct walk *w, const struct config__node *v,
+                       void *field, const struct key_spec *k) {
+  struct config_cluster *c = field;
+  c->enabled = 1;
+  return apply_section(w, v, k->section, field);
+}
+
 /* ---- sections ---- */
 
 #define FIELD(type, member) .offset = offsetof(type, member)
@@ -531,13 +671,111 @@ static const struct section_spec upstream_section = {
     upstream_check};
 
 enum {
+  CL_NAME,
+  CL_BIND,
+  CL_ADVERTISE,
+  CL_PEER_URL,
+  CL_JOIN,
+  CL_SECRET,
+  CL_SECRET_FILE,
+  CL_REPLICAS,
+  CL_WEIGHT,
+  CL_ZONE,
+  CL_PEER_TIMEOUT,
+  CL_PEER_STALL_TIMEOUT,
+  CL_PROBE_INTERVAL,
+  CL_PROBE_TIMEOUT,
+  CL_PUSH_PULL_INTERVAL,
+};
+
+/* indexed by the enum above, which cluster_check relies on */
+static const struct key_spec cluster_keys[] = {
+    [CL_NAME] = {.name = "name",
+                 .set = set_member_name,
+                 FIELD(struct config_cluster, name),
+                 .max = CLUSTER_NAME_MAX},
+    /* .min is the lowest port allowed */
+    [CL_BIND] = {.name = "bind",
+                 .set = set_gossip_addr,
+                 FIELD(struct config_cluster, bind),
+                 .min = 0},
+    [CL_ADVERTISE] = {.name = "advertise",
+                      .set = set_gossip_addr,
+                      FIELD(struct config_cluster, advertise),
+                      .min = 1},
+    [CL_PEER_URL] = {.name = "peer_url",
+                     .set = set_peer_url,
+                     FIELD(struct config_cluster, peer_url),
+                     .max = CLUSTER_URL_MAX},
+    [CL_JOIN] = {.name = "join",
+                 .set = set_join,
+                 FIELD(struct config_cluster, join),
+                 .max = CONFIG_CLUSTER_MAX_JOIN},
+    [CL_SECRET] = {.name = "secret",
+                   .set = set_secret_source,
+                   FIELD(struct config_cluster, secret)},
+    [CL_SECRET_FILE] = {.name = "secret_file",
+                        .set = set_secret_source,
+                        FIELD(struct config_cluster, secret)},
+    [CL_REPLICAS] = {.name = "replicas",
+                     .set = set_uint,
+                     FIELD(struct config_cluster, replicas),
+                     .min = 1,
+                     .max = 8},
+    [CL_WEIGHT] = {.name = "weight",
+                   .set = set_uint,
+                   FIELD(struct config_cluster, weight),
+                   .min = 1,
+                   .max = 16},
+    [CL_ZONE] = {.name = "zone",
+                 .set = set_member_name,
+                 FIELD(struct config_cluster, zone),
+                 .max = CLUSTER_ZONE_MAX},
+    [CL_PEER_TIMEOUT] = {.name = "peer_timeout",
+                         .set = set_duration,
+                         FIELD(struct config_cluster, peer_timeout_ms),
+                         .min = 1,
+                         .max = 24 * HOUR_MS},
+    [CL_PEER_STALL_TIMEOUT] = {.name = "peer_stall_timeout",
+                               .set = set_duration,
+                               FIELD(struct config_cluster,
+                                     peer_stall_timeout_ms),
+                               .min = 1,
+                               .max = 24 * HOUR_MS},
+    [CL_PROBE_INTERVAL] = {.name = "probe_interval",
+                           .set = set_duration,
+                           FIELD(struct config_cluster, probe_interval_ms),
+                           .min = 1,
+                           .max = 24 * HOUR_MS},
+    [CL_PROBE_TIMEOUT] = {.name = "probe_timeout",
+                          .set = set_duration,
+                          FIELD(struct config_cluster, probe_timeout_ms),
+                          .min = 1,
+                          .max = 24 * HOUR_MS},
+    [CL_PUSH_PULL_INTERVAL] = {.name = "push_pull_interval",
+                               .set = set_duration,
+                               FIELD(struct config_cluster,
+                                     push_pull_interval_ms),
+                               .min = 1,
+                               .max = 24 * HOUR_MS},
+};
+
+static int cluster_check(struct walk *w, const struct config__node *map,
+                         const struct config__node *const *vals, void *base);
+
+static const struct section_spec cluster_section = {
+    cluster_keys, sizeof cluster_keys / sizeof cluster_keys[0],
+    cluster_check};
+
+enum {
   TOP_LISTEN,
   TOP_ADMIN_LISTEN,
   TOP_LOG_LEVEL,
   TOP_ACCESS_LOG,
   TOP_STORAGE,
   TOP_HTTP,
-  TOP_UPSTREAMS
+  TOP_UPSTREAMS,
+  TOP_CLUSTER
 };
 
 static int top_check(struct walk *w, const struct config__node *map,
@@ -567,6 +805,10 @@ static const struct key_spec top_keys[] = {
     [TOP_UPSTREAMS] = {.name = "upstreams",
                        .set = set_upstreams,
                        FIELD(struct config, upstreams)},
+    [TOP_CLUSTER] = {.name = "cluster",
+                     .set = set_cluster,
+                     FIELD(struct config, cluster),
+                     .section = &cluster_section},
 };
 
 static const struct section_spec top_section = {
@@ -765,9 +1007,194 @@ static int node_after(const struct config__node *a,
   return a->line > b->line || (a->line == b->line && a->col > b->col);
 }
 
+/* ---- cluster ---- */
+
+/* blame_later: of two keys of one mapping that conflict, report the one
+ * written second: that is the line the user just added. */
+static int blame_later(struct walk *w, const struct config__node *a,
+                       const char *akey, const struct config__node *b,
+                       const char *bkey, const char *why) {
+  int b_later = node_after(b, a);
+  const char *key = b_later ? bkey : akey;
+  size_t old = path_push_key(w, key, strlen(key));
+  int rc = fail(w, b_later ? b : a, "%s", why);
+  path_pop(w, old);
+  return rc;
+}
+
+/* key_decode puts the key that base64 (s, len) encodes into c->secret.
+ * Returns 0, RM_EPARSE (not base64) or RM_ETOOBIG (not 16, 24 or 32 bytes
+ * long; *n is the length it has). */
+static int key_decode(const char *s, size_t len, struct config_cluster *c,
+                      size_t *n) {
+  uint8_t buf[32];
+  *n = 0;
+  int rc = config__base64_decode(s, len, buf, sizeof buf, n);
+  if (rc == 0 && (*n == 16 || *n == 24 || *n == 32)) {
+    memcpy(c->secret, buf, *n);
+    c->secret_len = *n;
+  } else if (rc != RM_EPARSE) {
+    rc = RM_ETOOBIG;
+  }
+  explicit_bzero(buf, sizeof buf);
+  return rc;
+}
+
+#define KEY_HINT "make one with: head -c 32 /dev/urandom | base64"
+
+static int set_key(struct walk *w, const struct config__node *v,
+                   const char *key, const char *s, size_t len,
+                   const char *what, struct config_cluster *c) {
+  size_t n, old = path_push_key(w, key, strlen(key));
+  int rc = key_decode(s, len, c, &n);
+  if (rc == RM_EPARSE)
+    rc = fail(w, v, "%s is not base64 (%s)", what, KEY_HINT);
+  else if (rc != 0)
+    rc = fail(w, v, "%s decodes to %zu bytes; a key is 16, 24 or 32 bytes (%s)",
+              what, n, KEY_HINT);
+  path_pop(w, old);
+  return rc;
+}
+
+/* secret_file_path: a relative path is relative to the configuration's
+ * directory, so a config and its key can move together. */
+static int secret_file_path(const struct walk *w, const char *s, char *out,
+                            size_t outlen) {
+  const char *slash = strrchr(w->name, '/');
+  int n;
+  if (s[0] == '/' || slash == NULL)
+    n = snprintf(out, outlen, "%s", s);
+  else
+    n = snprintf(out, outlen, "%.*s/%s", (int)(slash - w->name), w->name, s);
+  return n < 0 || (size_t)n >= outlen ? RM_ETOOBIG : 0;
+}
+
+/* read_secret_file reads the key's base64 from v's path; trailing
+ * whitespace (the newline `base64` writes) is ignored. */
+static int read_secret_file(struct walk *w, const struct config__node *v,
+                            struct config_cluster *c) {
+  char path[PATH_MAX], q[PATH_QUOTE_MAX], ebuf[128];
+  char buf[SECRET_FILE_MAX + 1];
+  size_t len = 0, old = path_push_key(w, "secret_file", 11);
+  int fd, rc = 0;
+
+  if (secret_file_path(w, v->text, path, sizeof path) != 0) {
+    rc = fail(w, v, "path is too long");
+    goto out;
+  }
+  do
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+  while (fd < 0 && errno == EINTR);
+  if (fd < 0) {
+    int e = errno;
+    rc = fail(w, v, "cannot read \"%s\": %s", QP(q, path),
+              strerror_r(e, ebuf, sizeof ebuf));
+    goto out;
+  }
+  /* one byte past the limit is enough to know the file is too big */
+  while (len < sizeof buf) {
+    ssize_t r = read(fd, buf + len, sizeof buf - len);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r < 0) {
+      int e = errno;
+      rc = fail(w, v, "cannot read \"%s\": %s", QP(q, path),
+                strerror_r(e, ebuf, sizeof ebuf));
+      break;
+    }
+    if (r == 0)
+      break;
+    len += (size_t)r;
+  }
+  close(fd);
+  if (rc != 0)
+    goto out;
+  if (len > SECRET_FILE_MAX) {
+    rc = fail(w, v, "\"%s\" is larger than %d bytes", QP(q, path),
+              SECRET_FILE_MAX);
+    goto out;
+  }
+  while (len > 0 && strchr(" \t\r\n", buf[len - 1]) != NULL)
+    len--;
+  if (len == 0) {
+    rc = fail(w, v, "\"%s\" is empty", QP(q, path));
+    goto out;
+  }
+  path_pop(w, old);
+  {
+    char what[PATH_QUOTE_MAX + 32];
+    snprintf(what, sizeof what, "the content of \"%s\"", QP(q, path));
+    rc = set_key(w, v, "secret_file", buf, len, what, c);
+  }
+  explicit_bzero(buf, sizeof buf);
+  return rc;
+out:
+  explicit_bzero(buf, len);
+  path_pop(w, old);
+  return rc;
+}
+
+/* host_name: this machine's name, the default member name. Returns 0 or
+ * a negative errno. */
+static int host_name(char *buf, size_t len) {
+  if (gethostname(buf, len) != 0)
+    return -errno;
+  buf[len - 1] = '\0';
+  return 0;
+}
+
+static int cluster_default_name(struct walk *w, const struct config__node *at,
+                                struct config_cluster *c) {
+  char host[256], q[CONFIG__QUOTE_MAX], ebuf[128];
+  const char *why = NULL;
+  size_t old = path_push_key(w, "name", 4);
+  int rc = host_name(host, sizeof host);
+  if (rc != 0)
+    rc = fail(w, at, "cannot read the host name (%s); set a name",
+              strerror_r(-rc, ebuf, sizeof ebuf));
+  else if (config__check_member_name(host, strlen(host), CLUSTER_NAME_MAX,
+                                     &why) != 0)
+    rc = fail(w, at, "the host name \"%s\" is not a valid member name (%s); "
+                     "set a name",
+              Q(q, host), why);
+  else if (str_set(&c->name, host, strlen(host)) != 0)
+    rc = fail_nomem(w);
+  path_pop(w, old);
+  return rc;
+}
+
+static int cluster_check(struct walk *w, const struct config__node *map,
+                         const struct config__node *const *vals, void *base) {
+  struct config_cluster *c = base;
+  const struct config__node *secret = vals[CL_SECRET];
+  const struct config__node *file = vals[CL_SECRET_FILE];
+  const struct config__node *pt = vals[CL_PROBE_TIMEOUT];
+  const struct config__node *pi = vals[CL_PROBE_INTERVAL];
+  int rc = 0;
+
+  if (secret != NULL && file != NULL)
+    return blame_later(w, secret, "secret", file, "secret_file",
+                       "secret and secret_file cannot both be set");
+  if (secret != NULL)
+    rc = set_key(w, secret, "secret", secret->text, secret->len,
+                 "the secret", c);
+  else if (file != NULL)
+    rc = read_secret_file(w, file, c);
+  if (rc != 0)
+    return rc;
+  /* a probe waits probe_timeout for the direct ack and then asks others
+   * until the period ends: with no time left there is no indirect probe */
+  if (c->probe_timeout_ms >= c->probe_interval_ms)
+    return blame_later(w, pi, "probe_interval", pt, "probe_timeout",
+                       "probe_timeout must be shorter than probe_interval");
+  if (vals[CL_NAME] == NULL)
+    return cluster_default_name(w, map, c);
+  return 0;
+}
+
 static int check_listeners(struct walk *w,
                            const struct config__node *const *vals) {
-  struct listener ls[CONFIG_MAX_UPSTREAMS + 2];
+  struct listener ls[CONFIG_MAX_UPSTREAMS + 3];
   const struct config__node *ups = vals[TOP_UPSTREAMS];
   const struct config__node *item = ups ? ups->child : NULL;
   size_t n = 0;
@@ -787,6 +1214,19 @@ static int check_listeners(struct walk *w,
                               ""};
     snprintf(ls[n].label, sizeof ls[n].label, "upstreams[%zu].listen", i);
     n++;
+  }
+  /* gossip takes TCP on its port too; port 0 is the kernel's pick */
+  if (cfg->cluster.enabled) {
+    struct config__addr a;
+    const char *why;
+    if (config__parse_ip_port(cfg->cluster.bind, 0, &a, &why) == 0 &&
+        a.port != 0) {
+      const struct config__node *b = map_get(vals[TOP_CLUSTER], "bind");
+      ls[n] = (struct listener){cfg->cluster.bind, b, "cluster.bind"};
+      if (b == NULL)
+        snprintf(ls[n].label, sizeof ls[n].label, "cluster.bind (default)");
+      n++;
+    }
   }
 
   for (size_t i = 0; i < n; i++) {
@@ -854,6 +1294,28 @@ void config_init(struct config *cfg) {
   cfg->http.idle_timeout_ms = 60 * 1000;
   cfg->http.send_timeout_ms = 60 * 1000;
   cfg->http.max_connections = 4096;
+  cfg->cluster.bind = (char *)default_cluster_bind;
+  cfg->cluster.zone = (char *)default_zone;
+  cfg->cluster.replicas = 2;
+  cfg->cluster.weight = 1;
+  cfg->cluster.peer_timeout_ms = 2000;
+  cfg->cluster.peer_stall_timeout_ms = 5000;
+  cfg->cluster.probe_interval_ms = 1000;
+  cfg->cluster.probe_timeout_ms = 500;
+  cfg->cluster.push_pull_interval_ms = 30000;
+}
+
+static void cluster_free(struct config_cluster *c) {
+  free(c->name);
+  str_free(c->bind);
+  free(c->advertise);
+  free(c->peer_url);
+  for (size_t i = 0; i < c->n_join; i++)
+    free(c->join[i]);
+  free(c->join);
+  str_free(c->zone);
+  explicit_bzero(c->secret, sizeof c->secret);
+  memset(c, 0, sizeof *c);
 }
 
 void config_free(struct config *cfg) {
@@ -867,13 +1329,22 @@ void config_free(struct config *cfg) {
   free(cfg->admin_listen);
   str_free(cfg->log_level);
   str_free(cfg->storage.root);
+  cluster_free(&cfg->cluster);
   memset(cfg, 0, sizeof *cfg);
 }
 
-/* own_strings turns the static defaults into heap copies. */
+/* own_strings turns the static defaults into heap copies, and gives a
+ * configuration without `cluster:` its default member name too (best
+ * effort: without a host name it stays NULL; with `cluster:` cluster_check
+ * has already set it or refused the file). */
 static int own_strings(struct config *cfg) {
+  char host[256];
   if (str_own(&cfg->listen) || str_own(&cfg->log_level) ||
-      str_own(&cfg->storage.root))
+      str_own(&cfg->storage.root) || str_own(&cfg->cluster.bind) ||
+      str_own(&cfg->cluster.zone))
+    return UV_ENOMEM;
+  if (cfg->cluster.name == NULL && host_name(host, sizeof host) == 0 &&
+      str_set(&cfg->cluster.name, host, strlen(host)) != 0)
     return UV_ENOMEM;
   return 0;
 }

@@ -48,6 +48,36 @@ struct config_http {
   unsigned max_connections;    /* default 4096 */
 };
 
+/* The `cluster:` section (docs/cluster.md). Without one, enabled is 0 and
+ * every other field still holds its default, so code may read them either
+ * way. Strings are owned like the rest of struct config. The secret is the
+ * decoded key only: neither its base64 text nor secret_file's path is kept,
+ * and config_free wipes it. */
+#define CONFIG_CLUSTER_PORT 7946
+#define CONFIG_CLUSTER_MAX_JOIN 64
+
+struct config_cluster {
+  int enabled;              /* a cluster: section was given */
+  char *name;               /* default: gethostname(); NULL only when the
+                               section is absent and the host name could not
+                               be read */
+  char *bind;               /* default "0.0.0.0:7946" */
+  char *advertise;          /* NULL = derived from bind at start */
+  char *peer_url;           /* NULL = http://<advertise ip>:<listen port> */
+  char **join;              /* n_join "host:port" seeds (port defaults to 7946 when omitted) */
+  size_t n_join;
+  uint8_t secret[32];       /* decoded key */
+  size_t secret_len;        /* 0 = no secret; else 16, 24 or 32 */
+  unsigned replicas;        /* 2; 1..8 */
+  unsigned weight;          /* 1; 1..16 */
+  char *zone;               /* "" */
+  uint64_t peer_timeout_ms;       /* 2000 */
+  uint64_t peer_stall_timeout_ms; /* 5000 */
+  uint64_t probe_interval_ms;     /* 1000 */
+  uint64_t probe_timeout_ms;      /* 500 */
+  uint64_t push_pull_interval_ms; /* 30000 */
+};
+
 struct config {
   char *path;   /* file it was read from, or NULL for the built-in default */
   char *listen; /* main listener "host:port" (default "127.0.0.1:5000") */
@@ -58,11 +88,13 @@ struct config {
   struct config_http http;
   struct config_upstream *upstreams; /* n_upstreams entries, owned */
   size_t n_upstreams;
+  struct config_cluster cluster;
 };
 
-/* config_init fills every default, with no upstreams. It cannot fail: its
- * string defaults point at static storage, which config_free recognises.
- * A loaded or built-in configuration owns heap copies of every string. */
+/* config_init fills every default, with no upstreams and cluster.name
+ * NULL (a load fills it from the host name). It cannot fail: its string
+ * defaults point at static storage, which config_free recognises. A loaded
+ * or built-in configuration owns heap copies of every string. */
 void config_init(struct config *cfg);
 
 /* config_default_builtin: what `regmesh serve` runs without --config:
@@ -73,12 +105,13 @@ int config_default_builtin(struct config *cfg);
 /* config_load_file parses and validates a YAML file into cfg (which it
  * initialises). On error returns RM_ECONFIG (or a UV_E* for I/O) and writes a
  * one-line message "file:line:col: key: why" into err. cfg is left empty
- * (config_free is still safe). */
+ * (config_free is still safe). cluster.secret_file is read here, blocking;
+ * a relative one is relative to the file's directory. */
 int config_load_file(struct config *cfg, const char *path, char *err,
                      size_t errlen);
 
 /* config_load_string: the same from memory; `name` stands in for the path
- * in messages. */
+ * in messages and as the base of a relative cluster.secret_file. */
 int config_load_string(struct config *cfg, const char *yaml, size_t len,
                        const char *name, char *err, size_t errlen);
 

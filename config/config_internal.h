@@ -3,7 +3,8 @@
  *   config_tree.c   YAML text -> a small node tree with 1-based marks, plus
  *                   the one-line error format every message goes through.
  *   config_value.c  pure string parsers: sizes, durations, numbers,
- *                   booleans, listen addresses, registry hosts, URLs.
+ *                   booleans, listen addresses, registry hosts, URLs,
+ *                   gossip addresses, join seeds, base64.
  *   config.c        the schema (a key table per section), the walk over the
  *                   tree, cross-key validation, and the public API.
  */
@@ -62,6 +63,10 @@ void config__error(char *err, size_t errlen, const char *name, unsigned line,
  * printable ASCII as is, anything else as \xNN, "..." when cut. */
 const char *config__quote(char *buf, size_t buflen, const char *s, size_t len);
 #define CONFIG__QUOTE_MAX 200
+/* config__quote_max: the same with at most max characters, for file paths,
+ * which are useless cut at 40. */
+const char *config__quote_max(char *buf, size_t buflen, const char *s,
+                              size_t len, size_t max);
 
 /* ---- values (config_value.c) ---- */
 
@@ -83,6 +88,25 @@ int config__check_registry_host(const char *s, const char **why);
  * (> 0), or RM_EPARSE with *why. */
 int config__check_url(const char *s, const char **why);
 int config__check_env_name(const char *s);
+/* config__parse_ip_port: a numeric "ip:port" or "[v6]:port" (no host
+ * names), port min_port..65535. For cluster.bind (min 0) and advertise. */
+int config__parse_ip_port(const char *s, unsigned min_port,
+                          struct config__addr *out, const char **why);
+/* config__parse_seed: a join seed "host", "host:port", "[v6]" or
+ * "[v6]:port", host a DNS name or an IP address. Writes "host:port" (port
+ * CONFIG_CLUSTER_PORT when omitted, host in lower case) into out; outlen 272
+ * fits any valid seed. */
+int config__parse_seed(const char *s, char *out, size_t outlen,
+                       const char **why);
+/* config__check_member_name: 1..max bytes of printable ASCII, no spaces. */
+int config__check_member_name(const char *s, size_t len, size_t max,
+                              const char **why);
+/* config__base64_decode decodes standard base64 (padding optional) into
+ * out. Returns 0, RM_EPARSE (alphabet, padding or length) or RM_ETOOBIG
+ * (more than cap bytes); *outlen is the decoded length in both the first
+ * and the last case, so a caller can say how long a wrong key was. */
+int config__base64_decode(const char *s, size_t len, uint8_t *out, size_t cap,
+                          size_t *outlen);
 /* config__is_docker_hub: docker.io, index.docker.io, registry-1.docker.io,
  * any case. */
 int config__is_docker_hub(const char *host, size_t len);

@@ -87,13 +87,18 @@ void config__error(char *err, size_t errlen, const char *name, unsigned line,
 }
 
 const char *config__quote(char *buf, size_t buflen, const char *s, size_t len) {
+  return config__quote_max(buf, buflen, s, len, 40);
+}
+
+const char *config__quote_max(char *buf, size_t buflen, const char *s,
+                              size_t len, size_t max) {
   static const char hex[] = "0123456789abcdef";
   size_t o = 0, shown = 0;
   if (buflen == 0)
     return "";
   for (size_t i = 0; i < len; i++) {
     unsigned char c = (unsigned char)s[i];
-    if (shown == 40 || o + 8 > buflen) {
+    if (shown == max || o + 8 > buflen) {
       if (o + 4 <= buflen) {
         memcpy(buf + o, "...", 3);
         o += 3;

@@ -2,7 +2,8 @@
  *
  * Pure functions from a NUL-terminated string to a value: sizes ("20GiB"),
  * durations ("500ms"), numbers, booleans, listen addresses, registry host
- * names, upstream URLs. Each walks the string with a cursor and refuses
+ * names, upstream URLs, and for `cluster:` numeric gossip addresses, join
+ * seeds, member names and base64 keys. Each walks the string with a cursor and refuses
  * anything it does not fully understand, overflow included, and none of
  * them knows about YAML: config.c turns a refusal into a message with a
  * file position. Sizes and durations share one "number with a unit" parser
@@ -16,6 +17,7 @@
 
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
@@ -151,8 +153,9 @@ int config__parse_bool(const char *s, int *out) {
   return RM_EPARSE;
 }
 
-/* "1".."65535", no sign, no leading zero tricks beyond plain digits. */
-static int parse_port(const char *p, size_t len, unsigned *out) {
+/* min.."65535", no sign, no leading zero tricks beyond plain digits. */
+static int parse_port_min(const char *p, size_t len, unsigned min,
+                          unsigned *out) {
   unsigned v = 0;
   if (len == 0 || len > 5)
     return RM_EPARSE;
@@ -161,10 +164,14 @@ static int parse_port(const char *p, size_t len, unsigned *out) {
       return RM_EPARSE;
     v = v * 10 + (unsigned)(p[i] - '0');
   }
-  if (v < 1 || v > 65535)
+  if (v < min || v > 65535)
     return RM_EPARSE;
   *out = v;
   return 0;
+}
+
+static int parse_port(const char *p, size_t len, unsigned *out) {
+  return parse_port_min(p, len, 1, out);
 }
 
 /* letters, digits, dots and dashes; each dot-separated label 1..63 long,
@@ -254,6 +261,214 @@ int config__parse_listen(const char *s, struct config__addr *out,
   if (parse_port(colon + 1, strlen(colon + 1), &out->port) != 0) {
     *why = "port must be a number from 1 to 65535";
     return RM_EPARSE;
+  }
+  return 0;
+}
+
+/* parse_v6_bracket reads "[v6]" at s (the ']' at close) into out->host in
+ * inet_ntop form and sets out->wildcard. */
+static int parse_v6_bracket(const char *s, const char *close,
+                            struct config__addr *out) {
+  char v6[64];
+  unsigned char bin[16];
+  static const unsigned char any[16];
+  size_t hlen = (size_t)(close - s - 1);
+  if (hlen == 0 || hlen >= sizeof v6)
+    return RM_EPARSE;
+  memcpy(v6, s + 1, hlen);
+  v6[hlen] = '\0';
+  if (inet_pton(AF_INET6, v6, bin) != 1)
+    return RM_EPARSE;
+  inet_ntop(AF_INET6, bin, out->host, sizeof out->host);
+  out->wildcard = memcmp(bin, any, 16) == 0;
+  return 0;
+}
+
+int config__parse_ip_port(const char *s, unsigned min_port,
+                          struct config__addr *out, const char **why) {
+  const char *colon;
+  memset(out, 0, sizeof *out);
+  if (s[0] == '[') {
+    const char *close = strchr(s, ']');
+    if (close == NULL || close[1] != ':') {
+      *why = "expected [v6]:port";
+      return RM_EPARSE;
+    }
+    if (parse_v6_bracket(s, close, out) != 0) {
+      *why = "invalid IPv6 address";
+      return RM_EPARSE;
+    }
+    colon = close + 1;
+  } else {
+    unsigned char bin[4];
+    colon = strchr(s, ':');
+    if (colon == NULL) {
+      *why = "expected ip:port or [v6]:port";
+      return RM_EPARSE;
+    }
+    if (strchr(colon + 1, ':') != NULL) {
+      *why = "IPv6 addresses need brackets, as in [fd00::7]:7946";
+      return RM_EPARSE;
+    }
+    size_t hlen = (size_t)(colon - s);
+    if (hlen == 0 || hlen >= 16) {
+      *why = "expected an IP address, not a host name";
+      return RM_EPARSE;
+    }
+    memcpy(out->host, s, hlen);
+    out->host[hlen] = '\0';
+    /* gossip binds and announces one address: a name could resolve to
+     * several, or to a different one tomorrow */
+    if (inet_pton(AF_INET, out->host, bin) != 1) {
+      *why = strspn(out->host, "0123456789.") == hlen
+                 ? "invalid IPv4 address"
+                 : "expected an IP address, not a host name";
+      return RM_EPARSE;
+    }
+    out->wildcard = memcmp(bin, "\0\0\0\0", 4) == 0;
+  }
+  if (parse_port_min(colon + 1, strlen(colon + 1), min_port, &out->port) !=
+      0) {
+    *why = min_port == 0 ? "port must be a number from 0 to 65535"
+                         : "port must be a number from 1 to 65535";
+    return RM_EPARSE;
+  }
+  return 0;
+}
+
+int config__parse_seed(const char *s, char *out, size_t outlen,
+                       const char **why) {
+  const char *host = s, *port = NULL;
+  size_t hlen;
+  unsigned p = CONFIG_CLUSTER_PORT;
+  if (s[0] == '[') {
+    struct config__addr a;
+    const char *close = strchr(s, ']');
+    if (close == NULL || (close[1] != '\0' && close[1] != ':')) {
+      *why = "expected [v6] or [v6]:port";
+      return RM_EPARSE;
+    }
+    if (parse_v6_bracket(s, close, &a) != 0) {
+      *why = "invalid IPv6 address";
+      return RM_EPARSE;
+    }
+    hlen = (size_t)(close - s) + 1;
+    port = close[1] == ':' ? close + 2 : NULL;
+  } else {
+    const char *colon = strchr(s, ':');
+    if (strstr(s, "://") != NULL) {
+      *why = "expected host or host:port, not a URL";
+      return RM_EPARSE;
+    }
+    if (colon != NULL && strchr(colon + 1, ':') != NULL) {
+      *why = "IPv6 addresses need brackets, as in [fd00::7]:7946";
+      return RM_EPARSE;
+    }
+    hlen = colon ? (size_t)(colon - s) : strlen(s);
+    port = colon ? colon + 1 : NULL;
+    if (hlen == 0) {
+      *why = "missing host";
+      return RM_EPARSE;
+    }
+    if (check_dns_name(s, hlen) != 0) {
+      *why = "invalid host (letters, digits, dots and dashes, or an IP "
+             "address)";
+      return RM_EPARSE;
+    }
+    if (strspn(s, "0123456789.") >= hlen) {
+      char v4[16];
+      unsigned char bin[4];
+      if (hlen >= sizeof v4) {
+        *why = "invalid IPv4 address";
+        return RM_EPARSE;
+      }
+      memcpy(v4, s, hlen);
+      v4[hlen] = '\0';
+      if (inet_pton(AF_INET, v4, bin) != 1) {
+        *why = "invalid IPv4 address";
+        return RM_EPARSE;
+      }
+    }
+  }
+  if (port != NULL && parse_port(port, strlen(port), &p) != 0) {
+    *why = "port must be a number from 1 to 65535";
+    return RM_EPARSE;
+  }
+  /* "[" + 45 + "]" or a 253-byte name, ":" and 5 digits */
+  if (hlen + 7 > outlen) {
+    *why = "too long";
+    return RM_EPARSE;
+  }
+  memcpy(out, host, hlen);
+  snprintf(out + hlen, outlen - hlen, ":%u", p);
+  for (size_t i = 0; i < hlen; i++)
+    out[i] = (char)tolower((unsigned char)out[i]);
+  return 0;
+}
+
+int config__check_member_name(const char *s, size_t len, size_t max,
+                              const char **why) {
+  if (len == 0) {
+    *why = "must not be empty";
+    return RM_EPARSE;
+  }
+  if (len > max) {
+    *why = "too long";
+    return RM_EPARSE;
+  }
+  for (size_t i = 0; i < len; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c <= 0x20 || c >= 0x7f) {
+      *why = "printable ASCII without spaces only";
+      return RM_EPARSE;
+    }
+  }
+  return 0;
+}
+
+static int b64_value(unsigned char c) {
+  if (c >= 'A' && c <= 'Z')
+    return c - 'A';
+  if (c >= 'a' && c <= 'z')
+    return c - 'a' + 26;
+  if (c >= '0' && c <= '9')
+    return c - '0' + 52;
+  if (c == '+')
+    return 62;
+  if (c == '/')
+    return 63;
+  return -1;
+}
+
+int config__base64_decode(const char *s, size_t len, uint8_t *out, size_t cap,
+                          size_t *outlen) {
+  size_t n = len, pad = 0;
+  while (n > 0 && s[n - 1] == '=' && pad < 2) {
+    n--;
+    pad++;
+  }
+  /* padding is optional, but when present it must complete the last
+   * quantum, as `base64` writes it */
+  if ((pad > 0 && len % 4 != 0) || n % 4 == 1 || n == 0)
+    return RM_EPARSE;
+  for (size_t i = 0; i < n; i++)
+    if (b64_value((unsigned char)s[i]) < 0)
+      return RM_EPARSE;
+  size_t total = n / 4 * 3 + (n % 4 == 0 ? 0 : n % 4 - 1);
+  if (pad > 0 && (4 - n % 4) % 4 != pad)
+    return RM_EPARSE;
+  *outlen = total;
+  if (total > cap)
+    return RM_ETOOBIG;
+  uint32_t acc = 0;
+  size_t bits = 0, o = 0;
+  for (size_t i = 0; i < n; i++) {
+    acc = (acc << 6) | (uint32_t)b64_value((unsigned char)s[i]);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out[o++] = (uint8_t)(acc >> bits);
+    }
   }
   return 0;
 }

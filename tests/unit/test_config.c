@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -70,7 +71,32 @@ static const char full_yaml[] =
     "    tls_verify: off\n"
     "    ca_file: /etc/ssl/x.pem\n"
     "    max_retries: 0\n"
-    "    tag_ttl: 0\n";
+    "    tag_ttl: 0\n"
+    "cluster:\n"
+    "  name: build-07\n"
+    "  bind: 0.0.0.0:7946\n"
+    "  advertise: 10.0.0.7:7946\n"
+    "  peer_url: http://10.0.0.7:6000/\n"
+    "  join:\n"
+    "    - regmesh-headless.ci.svc.cluster.local:7946\n"
+    "    - 10.0.0.8\n"
+    "    - \"[fd00::9]:8000\"\n"
+    "  secret: AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n"
+    "  replicas: 3\n"
+    "  weight: 16\n"
+    "  zone: rack-3\n"
+    "  peer_timeout: 1s\n"
+    "  peer_stall_timeout: 10s\n"
+    "  probe_interval: 2s\n"
+    "  probe_timeout: 800ms\n"
+    "  push_pull_interval: 1m\n";
+
+/* The 32-byte key 00 01 .. 1f that full_yaml's secret encodes. */
+static void assert_key_0_to(const struct config_cluster *c, size_t n) {
+  assert_int_equal(c->secret_len, n);
+  for (size_t i = 0; i < n; i++)
+    assert_int_equal(c->secret[i], i);
+}
 
 /* load: config_load_string on a C string, named "t.yml" in messages. */
 static int load(struct config *cfg, const char *yaml, char *err, size_t n) {
@@ -175,7 +201,29 @@ static void test_full(void **state) {
   assert_int_equal(b->tag_ttl_ms, 0);
   assert_int_equal(b->tags_list_ttl_ms, 30000);
   assert_ptr_equal(config_upstream_default(&cfg), b);
+
+  const struct config_cluster *c = &cfg.cluster;
+  assert_int_equal(c->enabled, 1);
+  assert_string_equal(c->name, "build-07");
+  assert_string_equal(c->bind, "0.0.0.0:7946");
+  assert_string_equal(c->advertise, "10.0.0.7:7946");
+  assert_string_equal(c->peer_url, "http://10.0.0.7:6000"); /* no slash */
+  assert_int_equal(c->n_join, 3);
+  assert_string_equal(c->join[0], "regmesh-headless.ci.svc.cluster.local:7946");
+  assert_string_equal(c->join[1], "10.0.0.8:7946"); /* default port */
+  assert_string_equal(c->join[2], "[fd00::9]:8000");
+  assert_key_0_to(c, 32);
+  assert_int_equal(c->replicas, 3);
+  assert_int_equal(c->weight, 16);
+  assert_string_equal(c->zone, "rack-3");
+  assert_int_equal(c->peer_timeout_ms, 1000);
+  assert_int_equal(c->peer_stall_timeout_ms, 10000);
+  assert_int_equal(c->probe_interval_ms, 2000);
+  assert_int_equal(c->probe_timeout_ms, 800);
+  assert_int_equal(c->push_pull_interval_ms, 60000);
   config_free(&cfg);
+  assert_int_equal(cfg.cluster.secret_len, 0);
+  assert_null(cfg.cluster.join);
 }
 
 static void test_builtin(void **state) {
@@ -322,7 +370,8 @@ static void test_errors(void **state) {
       {UP "    pasword: x\n",
        "t.yml:4:5: upstreams[0].pasword: unknown key (did you mean "
        "password?)"},
-      {UP "cluster:\n  bind: x\n", "t.yml:4:1: cluster: unknown key"},
+      {UP "clustre:\n  bind: x\n",
+       "t.yml:4:1: clustre: unknown key (did you mean cluster?)"},
       {UP "Listen: 127.0.0.1:1\n",
        "t.yml:4:1: Listen: unknown key (did you mean listen?)"},
       /* types */
@@ -698,6 +747,434 @@ static void test_load_file(void **state) {
   rmdir(tmpdir);
 }
 
+/* ---- cluster: ---- */
+
+/* check_cluster_defaults: every default of docs/cluster.md, name aside. */
+static void check_cluster_defaults(const struct config_cluster *c) {
+  assert_string_equal(c->bind, "0.0.0.0:7946");
+  assert_null(c->advertise);
+  assert_null(c->peer_url);
+  assert_null(c->join);
+  assert_int_equal(c->n_join, 0);
+  assert_int_equal(c->secret_len, 0);
+  assert_int_equal(c->replicas, 2);
+  assert_int_equal(c->weight, 1);
+  assert_string_equal(c->zone, "");
+  assert_int_equal(c->peer_timeout_ms, 2000);
+  assert_int_equal(c->peer_stall_timeout_ms, 5000);
+  assert_int_equal(c->probe_interval_ms, 1000);
+  assert_int_equal(c->probe_timeout_ms, 500);
+  assert_int_equal(c->push_pull_interval_ms, 30000);
+}
+
+static void test_cluster_defaults(void **state) {
+  (void)state;
+  struct config cfg;
+  char err[512], host[256];
+  assert_int_equal(gethostname(host, sizeof host), 0);
+  host[sizeof host - 1] = '\0';
+
+  /* no cluster: section: disabled, yet every default is there */
+  assert_int_equal(load(&cfg, minimal_yaml, err, sizeof err), 0);
+  assert_int_equal(cfg.cluster.enabled, 0);
+  assert_string_equal(cfg.cluster.name, host);
+  check_cluster_defaults(&cfg.cluster);
+  config_free(&cfg);
+
+  /* "cluster:" with nothing under it, and "{}": enabled, all defaults */
+  static const char *const empty[] = {UP "cluster:\n", UP "cluster: {}\n",
+                                      UP "cluster:\n  join:\n",
+                                      UP "cluster:\n  join: []\n"};
+  for (size_t i = 0; i < sizeof empty / sizeof empty[0]; i++) {
+    assert_int_equal(load(&cfg, empty[i], err, sizeof err), 0);
+    assert_int_equal(cfg.cluster.enabled, 1);
+    assert_string_equal(cfg.cluster.name, host);
+    check_cluster_defaults(&cfg.cluster);
+    config_free(&cfg);
+  }
+
+  /* config_init and the built-in configuration: disabled, defaults */
+  config_init(&cfg);
+  assert_int_equal(cfg.cluster.enabled, 0);
+  assert_null(cfg.cluster.name);
+  check_cluster_defaults(&cfg.cluster);
+  config_free(&cfg); /* must not free the static defaults */
+  assert_int_equal(config_default_builtin(&cfg), 0);
+  assert_int_equal(cfg.cluster.enabled, 0);
+  assert_string_equal(cfg.cluster.name, host);
+  check_cluster_defaults(&cfg.cluster);
+  /* owned after a load: replacing one must be safe */
+  free(cfg.cluster.bind);
+  cfg.cluster.bind = strdup("127.0.0.1:7000");
+  config_free(&cfg);
+}
+
+static void test_cluster_values(void **state) {
+  (void)state;
+  struct config cfg;
+  char err[512];
+
+  /* keys of 16 and 24 bytes, padding optional; port 0 for bind; IPv6 */
+  assert_int_equal(load(&cfg,
+                        UP "cluster:\n"
+                           "  secret: AAECAwQFBgcICQoLDA0ODw\n"
+                           "  bind: \"[::1]:0\"\n"
+                           "  advertise: \"[fd00::7]:7946\"\n"
+                           "  peer_url: https://[fd00::7]\n"
+                           "  join: [Seed.Example.COM, '[::1]', "
+                           "'a-1.b:1', 192.168.0.1:65535]\n"
+                           "  name: \"n!~#\"\n",
+                        err, sizeof err),
+                   0);
+  assert_string_equal(err, "");
+  assert_key_0_to(&cfg.cluster, 16);
+  assert_string_equal(cfg.cluster.bind, "[::1]:0");
+  assert_string_equal(cfg.cluster.advertise, "[fd00::7]:7946");
+  assert_string_equal(cfg.cluster.peer_url, "https://[fd00::7]");
+  assert_int_equal(cfg.cluster.n_join, 4);
+  assert_string_equal(cfg.cluster.join[0], "seed.example.com:7946");
+  assert_string_equal(cfg.cluster.join[1], "[::1]:7946");
+  assert_string_equal(cfg.cluster.join[2], "a-1.b:1");
+  assert_string_equal(cfg.cluster.join[3], "192.168.0.1:65535");
+  assert_string_equal(cfg.cluster.name, "n!~#");
+  config_free(&cfg);
+
+  assert_int_equal(
+      load(&cfg,
+           UP "cluster: {secret: AAECAwQFBgcICQoLDA0ODxAREhMUFRYX, "
+              "name: x}\n",
+           err, sizeof err),
+      0);
+  assert_key_0_to(&cfg.cluster, 24);
+  config_free(&cfg);
+
+  /* a name of exactly 128 bytes; the gossip port shared with nothing */
+  char yaml[1024];
+  char name[129];
+  memset(name, 'n', 128);
+  name[128] = '\0';
+  snprintf(yaml, sizeof yaml, "%scluster:\n  name: %s\n", UP, name);
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), 0);
+  assert_string_equal(cfg.cluster.name, name);
+  config_free(&cfg);
+}
+
+#define K32 "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+#define CL UP "cluster:\n"
+
+static void test_cluster_errors(void **state) {
+  (void)state;
+  static const struct {
+    const char *yaml;
+    const char *want;
+  } cases[] = {
+      {CL "  nam: x\n",
+       "t.yml:5:3: cluster.nam: unknown key (did you mean name?)"},
+      {UP "cluster: [a]\n",
+       "t.yml:4:10: cluster: expected a mapping, got a sequence"},
+      {UP "cluster: on\n",
+       "t.yml:4:10: cluster: expected a mapping, got a scalar"},
+      /* name and zone */
+      {CL "  name: \"\"\n", "t.yml:5:9: cluster.name: value is empty"},
+      {CL "  name: build 07\n",
+       "t.yml:5:9: cluster.name: invalid value \"build 07\": printable ASCII "
+       "without spaces only"},
+      {CL "  name: \"b\\u00e9\"\n",
+       "t.yml:5:9: cluster.name: invalid value \"b\\xc3\\xa9\": printable "
+       "ASCII without spaces only"},
+      {CL "  name: \"a\\tb\"\n",
+       "t.yml:5:9: cluster.name: invalid value \"a\\x09b\": printable ASCII "
+       "without spaces only"},
+      {CL "  name: "
+          "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn"
+          "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn\n",
+       "t.yml:5:9: cluster.name: \"nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn...\" "
+       "is 130 bytes, at most 128"},
+      {CL "  zone: rack 3\n",
+       "t.yml:5:9: cluster.zone: invalid value \"rack 3\": printable ASCII "
+       "without spaces only"},
+      /* bind and advertise */
+      {CL "  bind: localhost:7946\n",
+       "t.yml:5:9: cluster.bind: invalid address \"localhost:7946\": expected "
+       "an IP address, not a host name"},
+      {CL "  bind: 10.0.0.7\n",
+       "t.yml:5:9: cluster.bind: invalid address \"10.0.0.7\": expected "
+       "ip:port or [v6]:port"},
+      {CL "  bind: 10.0.0.7:65536\n",
+       "t.yml:5:9: cluster.bind: invalid address \"10.0.0.7:65536\": port "
+       "must be a number from 0 to 65535"},
+      {CL "  bind: 10.0.0.256:1\n",
+       "t.yml:5:9: cluster.bind: invalid address \"10.0.0.256:1\": invalid "
+       "IPv4 address"},
+      {CL "  bind: \"fd00::1:7946\"\n",
+       "t.yml:5:9: cluster.bind: invalid address \"fd00::1:7946\": IPv6 "
+       "addresses need brackets, as in [fd00::7]:7946"},
+      {CL "  bind: \"[fd00::g]:1\"\n",
+       "t.yml:5:9: cluster.bind: invalid address \"[fd00::g]:1\": invalid "
+       "IPv6 address"},
+      {CL "  advertise: 10.0.0.7:0\n",
+       "t.yml:5:14: cluster.advertise: invalid address \"10.0.0.7:0\": port "
+       "must be a number from 1 to 65535"},
+      {CL "  advertise: 0.0.0.0:7946\n",
+       "t.yml:5:14: cluster.advertise: invalid address \"0.0.0.0:7946\": "
+       "other nodes cannot dial a wildcard address; give this node's own IP"},
+      {CL "  advertise: \"[::]:7946\"\n",
+       "t.yml:5:14: cluster.advertise: invalid address \"[::]:7946\": other "
+       "nodes cannot dial a wildcard address; give this node's own IP"},
+      {CL "  advertise: node7.example.com:7946\n",
+       "t.yml:5:14: cluster.advertise: invalid address "
+       "\"node7.example.com:7946\": expected an IP address, not a host name"},
+      /* peer_url */
+      {CL "  peer_url: 10.0.0.7:5000\n",
+       "t.yml:5:13: cluster.peer_url: invalid URL \"10.0.0.7:5000\": must "
+       "start with http:// or https://"},
+      {CL "  peer_url: http://\n",
+       "t.yml:5:13: cluster.peer_url: invalid URL \"http://\": invalid host "
+       "in URL"},
+      {CL "  peer_url: http://u:p@10.0.0.7:5000\n",
+       "t.yml:5:13: cluster.peer_url: invalid URL \"http://u:p@10.0.0.7:5000\": "
+       "must not carry credentials"},
+      /* join */
+      {CL "  join: 10.0.0.8:7946\n",
+       "t.yml:5:9: cluster.join: expected a sequence of host:port, got a "
+       "scalar"},
+      {CL "  join: [10.0.0.8, {a: b}]\n",
+       "t.yml:5:20: cluster.join[1]: expected a scalar, got a mapping"},
+      {CL "  join:\n    - a.b\n    - \"\"\n",
+       "t.yml:7:7: cluster.join[1]: value is empty"},
+      {CL "  join: [a_b:1]\n",
+       "t.yml:5:10: cluster.join[0]: invalid seed \"a_b:1\": invalid host "
+       "(letters, digits, dots and dashes, or an IP address)"},
+      {CL "  join: [\"10.0.0.8:0\"]\n",
+       "t.yml:5:10: cluster.join[0]: invalid seed \"10.0.0.8:0\": port must be "
+       "a number from 1 to 65535"},
+      {CL "  join: [\"fd00::8\"]\n",
+       "t.yml:5:10: cluster.join[0]: invalid seed \"fd00::8\": IPv6 addresses "
+       "need brackets, as in [fd00::7]:7946"},
+      {CL "  join: [\"[fd00::8]x\"]\n",
+       "t.yml:5:10: cluster.join[0]: invalid seed \"[fd00::8]x\": expected "
+       "[v6] or [v6]:port"},
+      {CL "  join: [\":7946\"]\n",
+       "t.yml:5:10: cluster.join[0]: invalid seed \":7946\": missing host"},
+      {CL "  join: [10.0.0.300]\n",
+       "t.yml:5:10: cluster.join[0]: invalid seed \"10.0.0.300\": invalid "
+       "IPv4 address"},
+      {CL "  join: [http://a.b]\n",
+       "t.yml:5:10: cluster.join[0]: invalid seed \"http://a.b\": expected "
+       "host or host:port, not a URL"},
+      /* secret: never quoted */
+      {CL "  secret: \"AAECAwQFBgcICQoLDA0ODw=!\"\n",
+       "t.yml:5:11: cluster.secret: the secret is not base64 (make one with: "
+       "head -c 32 /dev/urandom | base64)"},
+      {CL "  secret: AAECAwQFBgcICQoLDA0ODxAREhM=\n",
+       "t.yml:5:11: cluster.secret: the secret decodes to 20 bytes; a key is "
+       "16, 24 or 32 bytes (make one with: head -c 32 /dev/urandom | base64)"},
+      {CL "  secret: AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8g\n",
+       "t.yml:5:11: cluster.secret: the secret decodes to 33 bytes; a key is "
+       "16, 24 or 32 bytes (make one with: head -c 32 /dev/urandom | base64)"},
+      {CL "  secret: AAECAwQFBgcICQoLDA0ODw=\n",
+       "t.yml:5:11: cluster.secret: the secret is not base64 (make one with: "
+       "head -c 32 /dev/urandom | base64)"},
+      {CL "  secret: AAECAwQFBgcICQoLDA0ODw===\n",
+       "t.yml:5:11: cluster.secret: the secret is not base64 (make one with: "
+       "head -c 32 /dev/urandom | base64)"},
+      {CL "  secret: AAECAwQF-gcICQoLDA0ODw==\n",
+       "t.yml:5:11: cluster.secret: the secret is not base64 (make one with: "
+       "head -c 32 /dev/urandom | base64)"},
+      {CL "  secret: \"AAECAwQF BgcICQoLDA0ODw==\"\n",
+       "t.yml:5:11: cluster.secret: the secret is not base64 (make one with: "
+       "head -c 32 /dev/urandom | base64)"},
+      {CL "  secret: ~\n", "t.yml:5:11: cluster.secret: value is empty"},
+      {CL "  secret: " K32 "\n  secret_file: /k\n",
+       "t.yml:6:16: cluster.secret_file: secret and secret_file cannot both "
+       "be set"},
+      {CL "  secret_file: /nonexistent/k\n  secret: " K32 "\n",
+       "t.yml:6:11: cluster.secret: secret and secret_file cannot both be "
+       "set"},
+      /* numbers and durations */
+      {CL "  replicas: 0\n",
+       "t.yml:5:13: cluster.replicas: must be at least 1"},
+      {CL "  replicas: 9\n",
+       "t.yml:5:13: cluster.replicas: must be at most 8"},
+      {CL "  weight: 0\n", "t.yml:5:11: cluster.weight: must be at least 1"},
+      {CL "  weight: 17\n", "t.yml:5:11: cluster.weight: must be at most 16"},
+      {CL "  weight: 1.5\n",
+       "t.yml:5:11: cluster.weight: expected a whole number, got \"1.5\""},
+      {CL "  peer_timeout: 0s\n",
+       "t.yml:5:17: cluster.peer_timeout: must be at least 1 ms"},
+      {CL "  peer_stall_timeout: soon\n",
+       "t.yml:5:23: cluster.peer_stall_timeout: invalid duration \"soon\" "
+       "(examples: 500ms, 10s, 5m, 1h)"},
+      {CL "  push_pull_interval: 0\n",
+       "t.yml:5:23: cluster.push_pull_interval: must be at least 1 ms"},
+      {CL "  probe_interval: 0ms\n",
+       "t.yml:5:19: cluster.probe_interval: must be at least 1 ms"},
+      {CL "  probe_timeout: 1s\n",
+       "t.yml:5:18: cluster.probe_timeout: probe_timeout must be shorter "
+       "than probe_interval"},
+      {CL "  probe_interval: 400ms\n",
+       "t.yml:5:19: cluster.probe_interval: probe_timeout must be shorter "
+       "than probe_interval"},
+      {CL "  probe_timeout: 2s\n  probe_interval: 2s\n",
+       "t.yml:6:19: cluster.probe_interval: probe_timeout must be shorter "
+       "than probe_interval"},
+      /* the gossip port against the listeners */
+      {"listen: 0.0.0.0:7946\n" CL "  name: a\n",
+       "t.yml:1:9: listen: address 0.0.0.0:7946 is already used by "
+       "cluster.bind (default)"},
+      {"listen: 127.0.0.1:7000\n" CL "  bind: 0.0.0.0:7000\n",
+       "t.yml:6:9: cluster.bind: address 0.0.0.0:7000 overlaps listen "
+       "(127.0.0.1:7000) on port 7000"},
+      {CL "  bind: 10.0.0.7:7001\nadmin_listen: 10.0.0.7:7001\n",
+       "t.yml:6:15: admin_listen: address 10.0.0.7:7001 is already used by "
+       "cluster.bind"},
+      {CL "  bind: 127.0.0.1:5000\n",
+       "t.yml:5:9: cluster.bind: address 127.0.0.1:5000 is already used by "
+       "listen (default)"},
+  };
+  int failed = 0;
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    struct config cfg;
+    char err[512];
+    int rc = load(&cfg, cases[i].yaml, err, sizeof err);
+    if (rc != RM_ECONFIG || strcmp(err, cases[i].want) != 0) {
+      print_error("case %zu: rc %d\n got: %s\nwant: %s\n", i, rc, err,
+                  cases[i].want);
+      failed++;
+    }
+    /* no message may carry any part of a key */
+    if (strstr(err, "AAECAwQF") != NULL) {
+      print_error("case %zu leaks the secret: %s\n", i, err);
+      failed++;
+    }
+    assert_int_equal(cfg.cluster.enabled, 0);
+    assert_null(cfg.cluster.join);
+    assert_int_equal(cfg.cluster.secret_len, 0);
+    config_free(&cfg);
+  }
+  assert_int_equal(failed, 0);
+
+  /* port 0 for bind never collides, even with a wildcard listener */
+  struct config cfg;
+  char err[512];
+  assert_int_equal(load(&cfg, "listen: 0.0.0.0:5000\n" CL "  bind: 0.0.0.0:0\n",
+                        err, sizeof err),
+                   0);
+  config_free(&cfg);
+  /* without cluster: the default gossip port collides with nothing */
+  assert_int_equal(load(&cfg, "listen: 0.0.0.0:7946\n" UP, err, sizeof err),
+                   0);
+  config_free(&cfg);
+}
+
+static void write_file(const char *path, const char *data, size_t len);
+
+static void test_cluster_secret_file(void **state) {
+  (void)state;
+  struct config cfg;
+  char dir[64], sub[128], cfgpath[160], keypath[160], yaml[512], err[512],
+      want[512];
+  snprintf(dir, sizeof dir, "/tmp/test_config_key.XXXXXX");
+  assert_non_null(mkdtemp(dir));
+  snprintf(sub, sizeof sub, "%s/etc", dir);
+  assert_int_equal(mkdir(sub, 0700), 0);
+  snprintf(cfgpath, sizeof cfgpath, "%s/regmesh.yml", sub);
+  snprintf(keypath, sizeof keypath, "%s/cluster.key", sub);
+
+  /* relative to the config's directory, trailing whitespace ignored */
+  write_file(keypath, K32 "\n \r\n\t", strlen(K32) + 5);
+  snprintf(yaml, sizeof yaml, CL "  secret_file: cluster.key\n");
+  write_file(cfgpath, yaml, strlen(yaml));
+  assert_int_equal(config_load_file(&cfg, cfgpath, err, sizeof err), 0);
+  assert_int_equal(cfg.cluster.enabled, 1);
+  assert_key_0_to(&cfg.cluster, 32);
+  config_free(&cfg);
+
+  /* absolute; unpadded 16-byte key without a newline */
+  write_file(keypath, "AAECAwQFBgcICQoLDA0ODw", 22);
+  snprintf(yaml, sizeof yaml, CL "  secret_file: %s\n", keypath);
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), 0);
+  assert_key_0_to(&cfg.cluster, 16);
+  config_free(&cfg);
+
+  /* missing: the path as resolved, and the system's reason */
+  snprintf(yaml, sizeof yaml, CL "  secret_file: ../missing.key\n");
+  write_file(cfgpath, yaml, strlen(yaml));
+  assert_int_equal(config_load_file(&cfg, cfgpath, err, sizeof err),
+                   RM_ECONFIG);
+  snprintf(want, sizeof want,
+           "%s:5:16: cluster.secret_file: cannot read \"%s/etc/../"
+           "missing.key\": No such file or directory",
+           cfgpath, dir);
+  assert_string_equal(err, want);
+  config_free(&cfg);
+
+  /* a directory */
+  snprintf(yaml, sizeof yaml, CL "  secret_file: %s\n", sub);
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
+  snprintf(want, sizeof want,
+           "t.yml:5:16: cluster.secret_file: cannot read \"%s\": Is a "
+           "directory",
+           sub);
+  assert_string_equal(err, want);
+  config_free(&cfg);
+
+  /* empty, only whitespace, too big, not base64, wrong length: the
+   * message never shows the content */
+  static const struct {
+    const char *content;
+    const char *why;
+  } bad[] = {
+      {"", "is empty"},
+      {" \n\n", "is empty"},
+      {"AAECAwQFBgcICQoLDA0ODxAREhM=\n",
+       "decodes to 20 bytes; a key is 16, 24 or 32 bytes (make one with: "
+       "head -c 32 /dev/urandom | base64)"},
+      {"secret: AAECAwQFBgcICQoLDA0ODw==\n",
+       "is not base64 (make one with: head -c 32 /dev/urandom | base64)"},
+      {" AAECAwQFBgcICQoLDA0ODw==\n",
+       "is not base64 (make one with: head -c 32 /dev/urandom | base64)"},
+  };
+  snprintf(yaml, sizeof yaml, CL "  secret_file: %s\n", keypath);
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    write_file(keypath, bad[i].content, strlen(bad[i].content));
+    assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
+    if (strcmp(bad[i].why, "is empty") == 0)
+      snprintf(want, sizeof want, "t.yml:5:16: cluster.secret_file: \"%s\" %s",
+               keypath, bad[i].why);
+    else
+      snprintf(want, sizeof want,
+               "t.yml:5:16: cluster.secret_file: the content of \"%s\" %s",
+               keypath, bad[i].why);
+    assert_string_equal(err, want);
+    assert_null(strstr(err, "AAECAwQF"));
+    config_free(&cfg);
+  }
+  char *big = malloc(5000);
+  memset(big, 'A', 5000);
+  write_file(keypath, big, 5000);
+  free(big);
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
+  snprintf(want, sizeof want,
+           "t.yml:5:16: cluster.secret_file: \"%s\" is larger than 4096 bytes",
+           keypath);
+  assert_string_equal(err, want);
+  config_free(&cfg);
+
+  /* both given: refused before the file is read (it does not exist) */
+  snprintf(yaml, sizeof yaml,
+           CL "  secret_file: %s/none\n  secret: " K32 "\n", dir);
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
+  assert_string_equal(err, "t.yml:6:11: cluster.secret: secret and "
+                           "secret_file cannot both be set");
+  config_free(&cfg);
+
+  unlink(keypath);
+  unlink(cfgpath);
+  rmdir(sub);
+  rmdir(dir);
+}
+
 /* ---- robustness: nothing may crash, leak, or fail without a message ---- */
 
 static int n_clean_ok, n_clean_err;
@@ -829,6 +1306,10 @@ int main(void) {
       cmocka_unit_test(test_default_rules),
       cmocka_unit_test(test_upstream_find),
       cmocka_unit_test(test_load_file),
+      cmocka_unit_test(test_cluster_defaults),
+      cmocka_unit_test(test_cluster_values),
+      cmocka_unit_test(test_cluster_errors),
+      cmocka_unit_test(test_cluster_secret_file),
       cmocka_unit_test(test_nasty_inputs),
       cmocka_unit_test(test_mutations),
   };
