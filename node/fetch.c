@@ -56,6 +56,8 @@ static const char *src_state_str(enum src_state s) {
 struct fetcher {
   uv_loop_t *loop;
   struct blobstore *bs;
+  fetch_peer_error_cb on_peer_error;
+  void *peer_error_ud;
   struct strmap srcs; /* key "b:<hex>" / "m:<hex>" -> struct fetch_src */
   unsigned active;
 };
@@ -66,7 +68,13 @@ struct fetch_src {
   enum src_state state;
   char key[2 + DIGEST_HEX_LEN + 1];
   char hex[DIGEST_HEX_LEN + 1];
-  char upstream_host[128];
+  char upstream_host[144]; /* label of the current source, for logs */
+  char repo[320];
+  struct fetch_plan plan;
+  size_t cur;         /* index of the source in use */
+  unsigned used_mask; /* sources that delivered bytes */
+  int via_peer;
+  uint64_t skip;      /* a resumed source ignored Range: drop this many */
   int refs;
   int in_table;
   int err;
@@ -181,18 +189,40 @@ static void manifest_media_type(struct fetch_src *s) {
   json_decref(doc);
 }
 
+/* A later source continuing a blob whose writer is open: its answer must
+ * fit what was already written. */
+static int on_resumed_headers(struct fetch_src *s, const struct upstream_response *resp) {
+  int64_t total = resp->status == 206 ? resp->total_size : resp->content_length;
+  if (resp->status == 206 && (uint64_t)resp->range_start != s->written)
+    return RM_EUPSTREAM;
+  if (s->size_known && total >= 0 && (uint64_t)total != s->size)
+    return RM_ESIZE;
+  if (resp->status == 200)
+    s->skip = s->written; /* it sent the whole body again */
+  if (!s->size_known && total >= 0) {
+    s->size_known = 1;
+    s->size = (uint64_t)total;
+    src_set_state(s, SRC_STREAMING);
+    notify(s, NOTIFY_READY, 0);
+  }
+  return 0;
+}
+
 static int on_up_headers(void *ud, const struct upstream_response *resp) {
   struct fetch_src *s = ud;
-  if (resp->status != 200) {
+  int resumed = s->kind == FETCH_BLOB && s->writer;
+  if (resp->status != 200 && !(resumed && s->written > 0 && resp->status == 206)) {
     s->upstream_status = resp->status;
     return status_to_err(resp->status);
   }
   if (resp->digest && strncmp(resp->digest, "sha256:", 7) == 0 &&
       strcmp(resp->digest + 7, s->hex) != 0) {
-    LOG_W("upstream %s announced digest %s for sha256:%s", s->upstream_host,
+    LOG_W("source %s announced digest %s for sha256:%s", s->upstream_host,
           resp->digest, s->hex);
     return RM_EDIGEST;
   }
+  if (resumed)
+    return on_resumed_headers(s, resp);
   if (resp->content_type)
     snprintf(s->media_type, sizeof s->media_type, "%s", resp->content_type);
   if (resp->content_length >= 0) {
@@ -221,6 +251,17 @@ static int on_up_headers(void *ud, const struct upstream_response *resp) {
 
 static int on_up_data(void *ud, const char *p, size_t n) {
   struct fetch_src *s = ud;
+  if (s->skip) {
+    size_t k = s->skip < n ? (size_t)s->skip : n;
+    s->skip -= k;
+    p += k;
+    n -= k;
+    if (!n)
+      return 0;
+  }
+  s->used_mask |= 1u << s->cur;
+  if (s->plan.src[s->cur].kind != FETCH_SRC_UPSTREAM)
+    s->via_peer = 1;
   if (s->kind == FETCH_MANIFEST)
     return buf_append(&s->body, p, n);
   if (s->size_known && s->written + n > s->size)
@@ -229,7 +270,10 @@ static int on_up_data(void *ud, const char *p, size_t n) {
   if (r)
     return r;
   s->written += n;
-  metrics_add("regmesh_upstream_fill_bytes_total", "", n);
+  metrics_add(s->plan.src[s->cur].kind == FETCH_SRC_UPSTREAM
+                  ? "regmesh_upstream_fill_bytes_total"
+                  : "regmesh_peer_bytes_total",
+              "", n);
   hash_kick(s);
   if (s->state == SRC_STREAMING)
     notify(s, NOTIFY_DATA, 0);
@@ -289,9 +333,18 @@ static void src_commit(struct fetch_src *s) {
 
 /* All of a blob arrived and is hashed: check it here, fsync on the pool, so
  * waiters get the last byte as soon as the content is known good. */
+static void report_peers(struct fetch_src *s, int err) {
+  for (size_t i = 0; i < s->plan.n; i++)
+    if ((s->used_mask & (1u << i)) && s->plan.src[i].kind != FETCH_SRC_UPSTREAM &&
+        s->f->on_peer_error)
+      s->f->on_peer_error(s->f->peer_error_ud, &s->plan.src[i], err);
+}
+
 static void blob_finish(struct fetch_src *s) {
   int err = blob_writer_verify(s->writer);
   if (err) {
+    if (err == UV_EINVAL)
+      report_peers(s, RM_EDIGEST);
     src_fail(s, err == UV_EINVAL ? RM_EDIGEST : err);
     return;
   }
@@ -346,6 +399,32 @@ static void hash_kick(struct fetch_src *s) {
   }
 }
 
+static int src_request(struct fetch_src *s);
+
+/* After source s->cur failed with err: start the next one if the rules of
+ * fetch.h allow it. Returns 1 when a request is running again. */
+static int try_next_source(struct fetch_src *s, int err) {
+  const struct fetch_source *cur = &s->plan.src[s->cur];
+  if (cur->kind != FETCH_SRC_UPSTREAM && s->f->on_peer_error)
+    s->f->on_peer_error(s->f->peer_error_ud, cur, err);
+  size_t next = s->cur + 1;
+  if (next >= s->plan.n || s->state == SRC_FAILED)
+    return 0;
+  if (cur->kind == FETCH_SRC_UPSTREAM &&
+      !(err == RM_ERATELIMIT && s->plan.src[next].kind == FETCH_SRC_DELEGATE))
+    return 0;
+  LOG_I("fetch %s sha256:%s: %s failed (%s); trying %s from byte %llu",
+        s->kind == FETCH_BLOB ? "blob" : "manifest", s->hex, cur->label, rm_strerror(err),
+        s->plan.src[next].label, (unsigned long long)s->written);
+  s->cur = next;
+  if (s->kind == FETCH_MANIFEST) {
+    s->body.len = 0;
+    s->media_type[0] = '\0';
+  }
+  metrics_add("regmesh_fetch_fallbacks_total", "", 1);
+  return src_request(s) == 0;
+}
+
 static void on_up_done(void *ud, int err) {
   struct fetch_src *s = ud;
   s->ureq = NULL;
@@ -367,7 +446,9 @@ static void on_up_done(void *ud, int err) {
       s->size = s->body.len;
     }
   }
-  if (err) {
+  if (err && try_next_source(s, err)) {
+    /* the next source's request holds its own reference */
+  } else if (err) {
     src_fail(s, err);
   } else if (s->kind == FETCH_MANIFEST) {
     src_commit(s);
@@ -401,9 +482,46 @@ static void src_unref(struct fetch_src *s) {
     src_free(s);
 }
 
+/* Starts the request to source s->cur (a blob from byte s->written). */
+static int src_request(struct fetch_src *s) {
+  const struct fetch_source *fs = &s->plan.src[s->cur];
+  char path[UPSTREAM_PATH_MAX + 200];
+  int n = snprintf(path, sizeof path, "/v2/%s/%s/sha256:%s%s", s->repo,
+                   s->kind == FETCH_BLOB ? "blobs" : "manifests", s->hex, fs->query);
+  if (n < 0 || (size_t)n >= sizeof path)
+    return UV_EINVAL;
+  struct upstream_fetch_opts o = {
+      .method = UPSTREAM_GET,
+      .path = path,
+      .repo = s->repo,
+      .accept = s->kind == FETCH_MANIFEST ? manifest_accept : NULL,
+      .kind = s->kind == FETCH_BLOB ? "blob" : "manifest",
+      .range_start = s->kind == FETCH_BLOB ? s->written : 0,
+      .resumable = s->kind == FETCH_BLOB,
+      .max_body = s->kind == FETCH_MANIFEST ? MANIFEST_MAX : 0,
+      .extra_headers = fs->headers[0] ? fs->headers : NULL,
+  };
+  snprintf(s->upstream_host, sizeof s->upstream_host, "%s", fs->label);
+  if (fs->kind == FETCH_SRC_DELEGATE) {
+    char labels[200];
+    snprintf(labels, sizeof labels, "upstream=\"%s\"",
+             strncmp(fs->query, "?ns=", 4) == 0 ? fs->query + 4 : "");
+    metrics_add("regmesh_ratelimit_delegations_total", labels, 1);
+  }
+  s->upstream_status = 0;
+  s->skip = 0;
+  s->refs++; /* the request's */
+  int r = upstream_fetch(fs->u, &o, &src_cbs, s, &s->ureq);
+  if (r)
+    s->refs--;
+  return r;
+}
+
 static int src_start(struct fetcher *f, enum fetch_kind kind, const char *hex,
-                     const char *key, struct upstream *u, const char *repo,
+                     const char *key, const struct fetch_plan *plan, const char *repo,
                      struct fetch_src **out) {
+  if (!plan || plan->n == 0 || plan->n > FETCH_MAX_SOURCES)
+    return UV_EINVAL;
   struct fetch_src *s = calloc(1, sizeof *s);
   if (!s)
     return UV_ENOMEM;
@@ -411,25 +529,13 @@ static int src_start(struct fetcher *f, enum fetch_kind kind, const char *hex,
   s->kind = kind;
   s->state = SRC_STARTING;
   s->read_fd = -1;
+  s->plan = *plan;
   snprintf(s->key, sizeof s->key, "%s", key);
   snprintf(s->hex, sizeof s->hex, "%s", hex);
-  snprintf(s->upstream_host, sizeof s->upstream_host, "%s", upstream_config(u)->host);
+  snprintf(s->repo, sizeof s->repo, "%s", repo);
   buf_init(&s->body, MANIFEST_MAX);
-
-  char path[UPSTREAM_PATH_MAX];
-  snprintf(path, sizeof path, "/v2/%s/%s/sha256:%s", repo,
-           kind == FETCH_BLOB ? "blobs" : "manifests", hex);
-  struct upstream_fetch_opts o = {
-      .method = UPSTREAM_GET,
-      .path = path,
-      .repo = repo,
-      .accept = kind == FETCH_MANIFEST ? manifest_accept : NULL,
-      .kind = kind == FETCH_BLOB ? "blob" : "manifest",
-      .resumable = kind == FETCH_BLOB,
-      .max_body = kind == FETCH_MANIFEST ? MANIFEST_MAX : 0,
-  };
-  s->refs = 2; /* the table's and the upstream request's */
-  int r = upstream_fetch(u, &o, &src_cbs, s, &s->ureq);
+  s->refs = 1; /* the table's */
+  int r = src_request(s);
   if (r) {
     buf_free(&s->body);
     free(s);
@@ -445,7 +551,8 @@ static int src_start(struct fetcher *f, enum fetch_kind kind, const char *hex,
   s->in_table = 1;
   f->active++;
   set_inflight_gauge(f);
-  LOG_D("fetch %s sha256:%s from %s started", o.kind, hex, s->upstream_host);
+  LOG_D("fetch %s sha256:%s from %s started", kind == FETCH_BLOB ? "blob" : "manifest",
+        hex, s->upstream_host);
   *out = s;
   return 0;
 }
@@ -460,13 +567,26 @@ struct fetch_src *fetcher_find(struct fetcher *f, enum fetch_kind kind, const ch
   return strmap_get(&f->srcs, key);
 }
 
+void fetch_plan_upstream(struct fetch_plan *p, struct upstream *u) {
+  memset(p, 0, sizeof *p);
+  p->n = 1;
+  p->src[0].kind = FETCH_SRC_UPSTREAM;
+  p->src[0].u = u;
+  snprintf(p->src[0].label, sizeof p->src[0].label, "%s", upstream_config(u)->host);
+}
+
+void fetcher_set_peer_error_cb(struct fetcher *f, fetch_peer_error_cb cb, void *ud) {
+  f->on_peer_error = cb;
+  f->peer_error_ud = ud;
+}
+
 int fetcher_join(struct fetcher *f, enum fetch_kind kind, const char *hex,
-                 struct upstream *u, const char *repo, struct fetch_waiter *w) {
+                 const struct fetch_plan *plan, const char *repo, struct fetch_waiter *w) {
   char key[2 + DIGEST_HEX_LEN + 1];
   make_key(key, sizeof key, kind, hex);
   struct fetch_src *s = strmap_get(&f->srcs, key);
   if (!s) {
-    int r = src_start(f, kind, hex, key, u, repo, &s);
+    int r = src_start(f, kind, hex, key, plan, repo, &s);
     if (r)
       return r;
   }
@@ -524,6 +644,8 @@ const char *fetch_src_media_type(const struct fetch_src *s) { return s->media_ty
 
 int fetch_src_upstream_status(const struct fetch_src *s) { return s->upstream_status; }
 
+int fetch_src_via_peer(const struct fetch_src *s) { return s->via_peer; }
+
 unsigned fetcher_active(const struct fetcher *f) { return f->active; }
 
 int fetcher_new(struct fetcher **out, uv_loop_t *loop, struct blobstore *bs) {
@@ -539,6 +661,10 @@ int fetcher_new(struct fetcher **out, uv_loop_t *loop, struct blobstore *bs) {
                    "Downloads that failed (upstream error, digest mismatch, ...).");
   metrics_describe("regmesh_upstream_fill_bytes_total", METRIC_COUNTER,
                    "Blob bytes written to the cache from upstream.");
+  metrics_describe("regmesh_peer_bytes_total", METRIC_COUNTER,
+                   "Blob bytes written to the cache from peers.");
+  metrics_describe("regmesh_fetch_fallbacks_total", METRIC_COUNTER,
+                   "Downloads moved to their next source after one failed.");
   set_inflight_gauge(f);
   *out = f;
   return 0;

@@ -30,6 +30,38 @@ struct fetch_src;
 
 enum fetch_kind { FETCH_BLOB, FETCH_MANIFEST };
 
+/* Where a download may come from, tried in order (a fleet node asks the
+ * digest's owners before the upstream). A source that fails or stalls is
+ * replaced by the next one, which resumes a blob with Range from the bytes
+ * already written; the waiters see one stream. Rules for moving on: after
+ * a peer or a delegate, on any failure; after the upstream, only on a 429
+ * (to a delegate). A peer whose bytes fail the digest check is reported to
+ * on_peer_error; a manifest then comes from the next source, a blob fails
+ * (its bytes already went out to clients, whose retry is served anew). */
+enum fetch_source_kind {
+  FETCH_SRC_UPSTREAM, /* the configured registry */
+  FETCH_SRC_PEER,     /* an owner of the digest in the fleet */
+  FETCH_SRC_DELEGATE, /* a peer asked to spend its rate-limit budget */
+};
+
+#define FETCH_MAX_SOURCES 8
+
+struct fetch_source {
+  enum fetch_source_kind kind;
+  struct upstream *u;  /* borrowed: must outlive the download */
+  char label[144];     /* for logs: "docker.io", "peer:node-b" */
+  char query[160];     /* appended to the path ("?ns=docker.io"), or "" */
+  char headers[600];   /* extra request headers ("Name: value" lines) */
+};
+
+struct fetch_plan {
+  struct fetch_source src[FETCH_MAX_SOURCES];
+  size_t n;
+};
+
+/* fetch_plan_upstream: a plan of just the upstream u. */
+void fetch_plan_upstream(struct fetch_plan *p, struct upstream *u);
+
 struct fetch_waiter {
   void (*on_ready)(struct fetch_waiter *w, int err);
   void (*on_data)(struct fetch_waiter *w);
@@ -44,11 +76,15 @@ int fetcher_new(struct fetcher **out, uv_loop_t *loop, struct blobstore *bs);
  * download) and every waiter left. */
 void fetcher_free(struct fetcher *f);
 
-/* fetcher_join attaches w to the download of hex (starting it from upstream
- * u, repository repo, when none runs). Returns 0 or a negative error (then w
- * is not attached). */
+/* Told when a peer source failed (err RM_EDIGEST: it sent bad bytes). */
+typedef void (*fetch_peer_error_cb)(void *ud, const struct fetch_source *src, int err);
+void fetcher_set_peer_error_cb(struct fetcher *f, fetch_peer_error_cb cb, void *ud);
+
+/* fetcher_join attaches w to the download of hex (starting it with plan,
+ * repository repo, when none runs; the plan is copied). Returns 0 or a
+ * negative error (then w is not attached). */
 int fetcher_join(struct fetcher *f, enum fetch_kind kind, const char *hex,
-                 struct upstream *u, const char *repo, struct fetch_waiter *w);
+                 const struct fetch_plan *plan, const char *repo, struct fetch_waiter *w);
 void fetcher_leave(struct fetch_waiter *w);
 
 /* fetcher_find returns the running download of hex, or NULL. */
@@ -67,6 +103,8 @@ const char *fetch_src_body(const struct fetch_src *s, size_t *len);
 const char *fetch_src_media_type(const struct fetch_src *s);
 /* The upstream's HTTP status when it failed with one, else 0. */
 int fetch_src_upstream_status(const struct fetch_src *s);
+/* Some of the bytes came from a peer (for the "peer" hit source). */
+int fetch_src_via_peer(const struct fetch_src *s);
 
 unsigned fetcher_active(const struct fetcher *f);
 

@@ -6,6 +6,7 @@
  */
 #include "node.h"
 
+#include "cluster.h"
 #include "fetch.h"
 #include "http_server.h"
 #include "registry.h"
@@ -94,6 +95,9 @@ int node_start(struct node *n, uv_loop_t *loop, struct config *cfg) {
     upstream_ping(n->ups[i]);
   }
 
+  if (cfg->cluster.enabled && (r = cluster_start(&n->cluster, n)) != 0)
+    return r;
+
   uv_signal_init(loop, &n->sigint);
   uv_signal_init(loop, &n->sigterm);
   n->sigint.data = n->sigterm.data = n;
@@ -121,6 +125,9 @@ void node_stop(struct node *n) {
     uv_close((uv_handle_t *)&n->sigint, NULL);
     uv_close((uv_handle_t *)&n->sigterm, NULL);
   }
+  /* Leaving is gossiped while the listeners drain; both end on their own. */
+  if (n->cluster)
+    cluster_stop(n->cluster, NULL, NULL);
   if (n->http)
     http_server_close(n->http, on_http_closed, n);
   else if (n->upc)
@@ -128,6 +135,7 @@ void node_stop(struct node *n) {
 }
 
 void node_free(struct node *n) {
+  cluster_free(n->cluster);
   tagcache_free(n->tags);
   fetcher_free(n->fetcher);
   registry_tagslist_free(n);

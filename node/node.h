@@ -2,7 +2,8 @@
  *
  * The node owns the configuration, the HTTP server and its listeners, the
  * upstream client with one struct upstream per configured registry, the
- * blob store, the single-flight fetcher and the tag cache.
+ * blob store, the single-flight fetcher, the tag cache and, in a fleet, its
+ * cluster membership.
  */
 #ifndef REGMESH_NODE_NODE_H
 #define REGMESH_NODE_NODE_H
@@ -18,6 +19,7 @@ struct blobstore;
 struct fetcher;
 struct tagcache;
 struct tagslist_cache;
+struct cluster;
 
 /* Listener ids handed to the HTTP server: >= 0 is an upstream's own port. */
 #define NODE_LISTENER_MAIN (-1)
@@ -33,6 +35,7 @@ struct node {
   struct fetcher *fetcher;
   struct tagcache *tags;
   struct tagslist_cache *tagslists;
+  struct cluster *cluster;     /* NULL without a cluster: section */
   uv_signal_t sigint, sigterm;
   int ready;
   int stopping;

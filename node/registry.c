@@ -14,10 +14,12 @@
  */
 #include "registry.h"
 
+#include "cluster.h"
 #include "fetch.h"
 #include "http_server.h"
 #include "metrics.h"
 #include "node.h"
+#include "peerauth.h"
 #include "route.h"
 #include "tags.h"
 #include "upstream.h"
@@ -84,6 +86,10 @@ struct rreq {
   struct fetch_waiter fw;
 
   struct tag_waiter tw;
+  /* a request from a fleet peer: never ask further peers */
+  int hop;
+  int hop_authed;         /* its X-Regmesh-Auth checked out */
+  char hop_sig[PEERAUTH_SIG_HEX + 1];
   char accept[ACCEPT_MAX];
   unsigned accept_mask;
   int accept_any;
@@ -105,7 +111,7 @@ struct rreq {
   /* response header scratch: values are formatted into hbuf */
   struct http_header hdrs[MAX_RESP_HEADERS];
   size_t nh;
-  char hbuf[2048];
+  char hbuf[3072];
   size_t hlen;
 };
 
@@ -203,6 +209,13 @@ static void rr_free(struct rreq *r) {
   free(r);
 }
 
+/* A download that took bytes from a peer is a peer hit. */
+static void rr_fix_source(struct rreq *r) {
+  if (r->fw.src && r->source && strcmp(r->source, "upstream") == 0 &&
+      fetch_src_via_peer(r->fw.src))
+    r->source = "peer";
+}
+
 static void rr_metrics(struct rreq *r) {
   char labels[96];
   const char *route = r->route_label ? r->route_label : route_kind_str(r->rt.kind);
@@ -234,6 +247,7 @@ static void rr_finish(struct rreq *r, int ok) {
   if (r->finished)
     return;
   r->finished = 1;
+  rr_fix_source(r);
   r->req->log_source = r->source;
   rr_metrics(r);
   struct http_request *req = r->req;
@@ -260,6 +274,7 @@ static void respond_body(struct rreq *r, int status, const char *ctype,
   /* simple always finishes the request itself, also when it fails, so
    * everything that reads req happens first. */
   r->finished = 1;
+  rr_fix_source(r);
   r->req->log_source = r->source;
   rr_metrics(r);
   http_respond_simple(r->req, status, r->hdrs, r->nh, body, len);
@@ -596,12 +611,25 @@ static void blob_on_done(struct fetch_waiter *w, int err) {
   pump(r);
 }
 
+/* Where a missing digest comes from: in a fleet its owners first, unless
+ * the request is itself from a peer (no loops). */
+static void make_plan(struct rreq *r, int is_manifest, struct fetch_plan *plan) {
+  if (r->n->cluster && !r->hop)
+    cluster_plan(r->n->cluster, is_manifest, r->rt.hex, r->rt.name, r->rt.upstream, plan);
+  else
+    fetch_plan_upstream(plan, r->n->ups[r->rt.upstream]);
+}
+
 static void join_blob(struct rreq *r, int starting) {
   r->fw.on_ready = blob_on_ready;
   r->fw.on_data = blob_on_data;
   r->fw.on_done = blob_on_done;
-  struct upstream *u = r->n->ups[r->rt.upstream];
-  int rc = fetcher_join(r->n->fetcher, FETCH_BLOB, r->rt.hex, u, r->rt.name, &r->fw);
+  struct fetch_plan plan;
+  if (starting)
+    make_plan(r, 0, &plan);
+  else
+    fetch_plan_upstream(&plan, r->n->ups[r->rt.upstream]);
+  int rc = fetcher_join(r->n->fetcher, FETCH_BLOB, r->rt.hex, &plan, r->rt.name, &r->fw);
   if (rc) {
     respond_failure(r, rc, 0);
     return;
@@ -773,8 +801,13 @@ static void manifest_by_digest(struct rreq *r) {
   r->fw.on_ready = manifest_on_ready;
   r->fw.on_data = manifest_on_data;
   r->fw.on_done = manifest_on_done;
-  int rc = fetcher_join(r->n->fetcher, FETCH_MANIFEST, r->rt.hex,
-                        r->n->ups[r->rt.upstream], r->rt.name, &r->fw);
+  struct fetch_plan plan;
+  if (s)
+    fetch_plan_upstream(&plan, r->n->ups[r->rt.upstream]); /* joins; not used */
+  else
+    make_plan(r, 1, &plan);
+  int rc = fetcher_join(r->n->fetcher, FETCH_MANIFEST, r->rt.hex, &plan, r->rt.name,
+                        &r->fw);
   if (rc) {
     respond_failure(r, rc, 0);
     return;
@@ -799,6 +832,14 @@ static void manifest_tag_resolved(struct rreq *r, const struct tag_record *rec, 
     hdr_add(r, "Content-Type", "%s", rec->media_type);
     hdr_add(r, "Docker-Content-Digest", "sha256:%s", rec->hex);
     hdr_add(r, "Etag", "\"sha256:%s\"", rec->hex);
+    if (r->hop_authed) {
+      /* a fleet peer asked us as the tag's owner: sign what we answer */
+      char payload[400], reply[80];
+      tag_reply_payload(payload, sizeof payload, rec);
+      peerauth_reply(cluster_auth(r->n->cluster), r->hop_sig, payload, reply, sizeof reply);
+      hdr_add(r, CLUSTER_TAG_TIME_HEADER, "%lld", (long long)rec->fetched_at_ms);
+      hdr_add(r, CLUSTER_REPLY_HEADER, "%s", reply);
+    }
     if (!r->source)
       r->source = "local";
     if (rr_start(r, 200, (int64_t)rec->size) != 0) {
@@ -833,8 +874,23 @@ static void handle_manifest(struct rreq *r) {
   tag_accept(r, accept, sizeof accept, variant, sizeof variant);
   struct tag_record rec;
   r->tw.cb = tag_cb;
+  struct tag_peer peer, *pp = NULL;
+  if (r->n->cluster && !r->hop) {
+    char key[700];
+    memset(&peer, 0, sizeof peer);
+    snprintf(peer.query, sizeof peer.query, "?ns=%s", up_host(r));
+    char target[900];
+    snprintf(target, sizeof target, "/v2/%s/manifests/%s%s", r->rt.name, r->rt.ref,
+             peer.query);
+    if (tag_owner_key(key, sizeof key, up_host(r), r->rt.name, r->rt.ref) == 0 &&
+        (peer.u = cluster_tag_owner(r->n->cluster, key, target, peer.headers,
+                                    sizeof peer.headers, peer.sig)) != NULL) {
+      peer.auth = cluster_auth(r->n->cluster);
+      pp = &peer;
+    }
+  }
   int rc = tagcache_resolve(r->n->tags, r->n->ups[r->rt.upstream], r->rt.name,
-                            r->rt.ref, variant, accept, &r->tw, &rec);
+                            r->rt.ref, variant, accept, pp, &r->tw, &rec);
   if (rc < 0) {
     respond_failure(r, rc, 0);
   } else if (rc == 1) {
@@ -1038,6 +1094,8 @@ static void handle_referrers(struct rreq *r) {
 /* ---- operational endpoints ------------------------------------------------ */
 
 static void update_gauges(struct node *n) {
+  if (n->cluster)
+    cluster_update_metrics(n->cluster);
   struct blobstore_stats st;
   blobstore_get_stats(n->bs, &st);
   metrics_set("regmesh_storage_bytes", "", (int64_t)st.bytes);
@@ -1064,6 +1122,44 @@ static void update_gauges(struct node *n) {
   }
 }
 
+/* GET /cluster/members and /cluster/owners?digest=|tag= (docs/cluster.md). */
+static void handle_cluster(struct rreq *r) {
+  struct cluster *c = r->n->cluster;
+  const char *p = r->req->path;
+  if (!c) {
+    respond_error(r, 404, "UNSUPPORTED", "this node runs without a cluster: section");
+    return;
+  }
+  char *txt = NULL;
+  if (strcmp(p, "/cluster/members") == 0) {
+    txt = cluster_members_json(c);
+  } else if (strcmp(p, "/cluster/owners") == 0) {
+    char v[600], key[700], hex[DIGEST_HEX_LEN + 1];
+    if (query_param(r->req->query, "digest", v, sizeof v) == 1 &&
+        digest_parse(v, strlen(v), hex) == 0) {
+      snprintf(key, sizeof key, "%s", hex);
+    } else if (query_param(r->req->query, "tag", v, sizeof v) == 1 && strchr(v, '/') &&
+               strrchr(v, ':') > strchr(v, '/')) {
+      snprintf(key, sizeof key, "tag:%s", v);
+    } else {
+      respond_error(r, 400, "UNSUPPORTED",
+                    "want ?digest=sha256:<hex> or ?tag=<upstream>/<name>:<tag>");
+      return;
+    }
+    cluster_owners_json(c, key, &txt);
+  } else {
+    respond_error(r, 404, "NOT_FOUND", "unknown cluster endpoint");
+    return;
+  }
+  hdr_reset(r);
+  if (!txt) {
+    respond_body(r, 500, "text/plain", "out of memory\n", 14);
+    return;
+  }
+  respond_body(r, 200, "application/json", txt, strlen(txt));
+  free(txt);
+}
+
 static int handle_admin(struct rreq *r) {
   const char *p = r->req->path;
   struct node *n = r->n;
@@ -1088,6 +1184,8 @@ static int handle_admin(struct rreq *r) {
     else
       respond_body(r, 200, "text/plain; version=0.0.4", b.data ? b.data : "", b.len);
     buf_free(&b);
+  } else if (strncmp(p, "/cluster/", 9) == 0) {
+    handle_cluster(r);
   } else {
     r->route_label = "other";
     return 0;
@@ -1149,6 +1247,23 @@ void registry_handle(struct http_request *req, void *ud) {
     return;
   }
   r->route_label = NULL;
+  const struct http_header *hop = http_request_header(req, CLUSTER_HOP_HEADER);
+  if (hop && n->cluster) {
+    r->hop = 1;
+    const struct http_header *auth = http_request_header(req, CLUSTER_AUTH_HEADER);
+    char target[2400];
+    int tl = snprintf(target, sizeof target, "%s%s%s", req->path, req->query ? "?" : "",
+                      req->query ? req->query : "");
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    if (auth && tl > 0 && (size_t)tl < sizeof target &&
+        peerauth_verify(cluster_auth(n->cluster), r->is_head ? "HEAD" : "GET", target,
+                        hop->value, auth->value, now, r->hop_sig) == 0)
+      r->hop_authed = 1;
+    else if (auth)
+      LOG_W("peer request from %s (%s) has a bad signature", hop->value, req->remote);
+  }
   /* The spec asks proxies to echo the namespace they used. */
   if (r->rt.via_ns && query_param(req->query, "ns", r->ns_echo, sizeof r->ns_echo) != 1)
     r->ns_echo[0] = '\0';

@@ -10,6 +10,7 @@
 #include "tags.h"
 
 #include "metrics.h"
+#include "peerauth.h"
 #include "upstream.h"
 
 #include "../common/digest.h"
@@ -41,6 +42,13 @@ struct tag_entry {
   struct tag_record rec;
   struct upstream_req *ureq; /* resolution in progress */
   struct tag_waiter *waiters;
+  /* asking the owner first: the upstream comes next if that fails */
+  int via_peer;
+  struct upstream *up;   /* the upstream, for the fallback */
+  char accept[700];
+  struct tag_peer peer;
+  char reply[80];
+  char tag_time[32];
   /* collected from the upstream answer */
   int status;
   struct tag_record fresh;
@@ -61,6 +69,8 @@ int tagcache_new(struct tagcache **out, struct blobstore *bs) {
   strmap_init(&tc->entries);
   metrics_describe("regmesh_tag_resolutions_total", METRIC_COUNTER,
                    "Tag lookups by outcome (fresh, upstream, stale, error).");
+  metrics_describe("regmesh_tag_peer_answers_total", METRIC_COUNTER,
+                   "Tags asked of their owner in the fleet, by result.");
   *out = tc;
   return 0;
 }
@@ -153,6 +163,12 @@ static int on_head_headers(void *ud, const struct upstream_response *resp) {
   }
   if (resp->content_length <= 0)
     return 0;
+  if (e->via_peer) {
+    snprintf(e->reply, sizeof e->reply, "%s",
+             resp->regmesh_auth_reply ? resp->regmesh_auth_reply : "");
+    snprintf(e->tag_time, sizeof e->tag_time, "%s",
+             resp->regmesh_tag_time ? resp->regmesh_tag_time : "");
+  }
   memset(&e->fresh, 0, sizeof e->fresh);
   snprintf(e->fresh.hex, sizeof e->fresh.hex, "%s", resp->digest + 7);
   snprintf(e->fresh.media_type, sizeof e->fresh.media_type, "%s",
@@ -171,9 +187,42 @@ static int on_head_data(void *ud, const char *p, size_t n) {
   return 0;
 }
 
+static int start_head(struct tag_entry *e, struct upstream *u, const struct tag_peer *peer);
+
+/* The owner's answer stands only with its signature; the record then keeps
+ * the owner's fetch time, so the fleet's TTL runs from one upstream HEAD. */
+static int peer_answer_ok(struct tag_entry *e) {
+  if (e->status != 200 || !e->fresh_ok)
+    return 0;
+  char *end;
+  long long t = strtoll(e->tag_time, &end, 10);
+  if (end == e->tag_time || *end || t <= 0)
+    return 0;
+  e->fresh.fetched_at_ms = t;
+  char payload[400];
+  tag_reply_payload(payload, sizeof payload, &e->fresh);
+  if (peerauth_reply_check(e->peer.auth, e->peer.sig, payload, e->reply) != 0) {
+    LOG_W("tag %s/%s:%s: owner's answer is not signed right; asking upstream",
+          e->upstream_host, e->name, e->reftag);
+    return 0;
+  }
+  return 1;
+}
+
 static void on_head_done(void *ud, int err) {
   struct tag_entry *e = ud;
   e->ureq = NULL;
+  if (e->via_peer) {
+    e->via_peer = 0;
+    if (!err && peer_answer_ok(e)) {
+      metrics_add("regmesh_tag_peer_answers_total", "result=\"ok\"", 1);
+    } else {
+      metrics_add("regmesh_tag_peer_answers_total", "result=\"failed\"", 1);
+      if (start_head(e, e->up, NULL) == 0)
+        return;
+      err = RM_EUNREACH;
+    }
+  }
   if (!err) {
     if (e->status == 200 && e->fresh_ok) {
       e->rec = e->fresh;
@@ -230,9 +279,42 @@ static struct tag_entry *entry_get(struct tagcache *tc, const char *host,
   return e;
 }
 
+/* One HEAD for the entry: to the owner peer when given, else upstream. */
+static int start_head(struct tag_entry *e, struct upstream *u, const struct tag_peer *peer) {
+  char path[800];
+  snprintf(path, sizeof path, "/v2/%s/manifests/%s%s", e->name, e->reftag,
+           peer ? peer->query : "");
+  struct upstream_fetch_opts o = {
+      .method = UPSTREAM_HEAD,
+      .path = path,
+      .repo = e->name,
+      .accept = e->accept[0] ? e->accept : NULL,
+      .kind = "tag",
+      .extra_headers = peer ? peer->headers : NULL,
+  };
+  e->status = 0;
+  e->via_peer = peer != NULL;
+  if (peer)
+    e->peer = *peer;
+  e->reply[0] = e->tag_time[0] = '\0';
+  return upstream_fetch(peer ? peer->u : u, &o, &head_cbs, e, &e->ureq);
+}
+
+int tag_owner_key(char *out, size_t len, const char *host, const char *name,
+                  const char *tag) {
+  int n = snprintf(out, len, "tag:%s/%s:%s", host, name, tag);
+  return n > 0 && (size_t)n < len ? 0 : UV_ENOBUFS;
+}
+
+void tag_reply_payload(char *out, size_t len, const struct tag_record *rec) {
+  snprintf(out, len, "%s\n%llu\n%s\n%lld", rec->hex, (unsigned long long)rec->size,
+           rec->media_type, (long long)rec->fetched_at_ms);
+}
+
 int tagcache_resolve(struct tagcache *tc, struct upstream *u, const char *name,
                      const char *tag, const char *variant, const char *accept,
-                     struct tag_waiter *w, struct tag_record *rec) {
+                     const struct tag_peer *peer, struct tag_waiter *w,
+                     struct tag_record *rec) {
   const struct config_upstream *cfg = upstream_config(u);
   struct tag_entry *e = entry_get(tc, cfg->host, name, tag, variant);
   if (!e)
@@ -245,17 +327,9 @@ int tagcache_resolve(struct tagcache *tc, struct upstream *u, const char *name,
     return 1;
   }
   if (!e->ureq) {
-    char path[600];
-    snprintf(path, sizeof path, "/v2/%s/manifests/%s", name, tag);
-    struct upstream_fetch_opts o = {
-        .method = UPSTREAM_HEAD,
-        .path = path,
-        .repo = name,
-        .accept = accept,
-        .kind = "tag",
-    };
-    e->status = 0;
-    int r = upstream_fetch(u, &o, &head_cbs, e, &e->ureq);
+    e->up = u;
+    snprintf(e->accept, sizeof e->accept, "%s", accept ? accept : "");
+    int r = start_head(e, u, peer);
     if (r)
       return r;
   }

@@ -11,11 +11,30 @@
 
 #include "../storage/storage.h"
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct tagcache;
 struct tag_entry;
 struct upstream;
+struct peerauth;
+
+/* In a fleet with a secret, a tag is resolved by its owner: the request
+ * goes there first (signed), and its answer counts only with a valid reply
+ * signature; otherwise (or when the owner fails) the upstream is asked. */
+struct tag_peer {
+  struct upstream *u;             /* the owner's HTTP client */
+  const struct peerauth *auth;
+  char query[160];                /* "?ns=<upstream host>" */
+  char headers[600];              /* hop and signature headers */
+  char sig[65];                   /* the request's signature */
+};
+
+/* tag_owner_key: the ring key of a tag: "tag:<upstream>/<name>:<tag>". */
+int tag_owner_key(char *out, size_t len, const char *host, const char *name,
+                  const char *tag);
+/* tag_reply_payload: what an owner's reply signature covers. */
+void tag_reply_payload(char *out, size_t len, const struct tag_record *rec);
 
 struct tag_waiter {
   /* err 0: rec is valid (stale = 1 when served past its TTL because the
@@ -38,7 +57,8 @@ void tagcache_free(struct tagcache *tc);
  * error (no callback). */
 int tagcache_resolve(struct tagcache *tc, struct upstream *u, const char *name,
                      const char *tag, const char *variant, const char *accept,
-                     struct tag_waiter *w, struct tag_record *rec);
+                     const struct tag_peer *peer, struct tag_waiter *w,
+                     struct tag_record *rec);
 /* tagcache_cancel detaches a waiting w; its callback is not called. */
 void tagcache_cancel(struct tag_waiter *w);
 

@@ -149,6 +149,7 @@ struct upstream {
   struct upq reqs; /* requests of this upstream (r->by_up) */
   struct upq link; /* c->ups */
   struct upstream_ratelimit rl;
+  int is_peer; /* another regmesh node: no ping, auth, retries */
   int closing;
 };
 
@@ -185,6 +186,8 @@ struct uphead {
   char rl_remaining[64];
   char content_range[128];
   char www_auth[4096];
+  char rm_reply[80];
+  char rm_tag_time[32];
   size_t bytes;
 };
 
@@ -198,6 +201,7 @@ struct upstream_req {
   char *url;
   char *accept;
   char *repo;
+  char *extra_headers;
   char kind[32];
   uint64_t range_start;
   int resumable;
@@ -466,6 +470,7 @@ static void req_timer_closed(uv_handle_t *h) {
   free(r->url);
   free(r->accept);
   free(r->repo);
+  free(r->extra_headers);
   free(r->token);
   free(r->token_key);
   free(r);
@@ -985,6 +990,10 @@ static void head_line(struct upstream_req *r, const char *line, size_t n) {
     head_set(h->rl_remaining, sizeof h->rl_remaining, v, vlen);
   } else if (IS("content-range")) {
     head_set(h->content_range, sizeof h->content_range, v, vlen);
+  } else if (IS("x-regmesh-auth-reply")) {
+    head_set(h->rm_reply, sizeof h->rm_reply, v, vlen);
+  } else if (IS("x-regmesh-tag-fetched")) {
+    head_set(h->rm_tag_time, sizeof h->rm_tag_time, v, vlen);
   } else if (IS("www-authenticate")) {
     size_t have = strlen(h->www_auth);
     if (have == 0)
@@ -1041,7 +1050,7 @@ static void note_ratelimit(struct upstream_req *r) {
 /* May this 401 be answered by authenticating? Parses the challenge. */
 static int req_can_auth(struct upstream_req *r) {
   struct upstream *u = r->u;
-  if (r->internal || !r->h.www_auth[0] ||
+  if (r->internal || u->is_peer || !r->h.www_auth[0] ||
       www_auth_parse(r->h.www_auth, strlen(r->h.www_auth), &r->chal) != 0)
     return 0;
   if (r->chal.scheme == WWW_AUTH_BASIC)
@@ -1116,6 +1125,8 @@ static void req_decide(struct upstream_req *r) {
   resp.retry_after = OPT(retry_after);
   resp.ratelimit_remaining = OPT(rl_remaining);
   resp.www_authenticate = OPT(www_auth);
+  resp.regmesh_auth_reply = OPT(rm_reply);
+  resp.regmesh_tag_time = OPT(rm_tag_time);
 #undef OPT
   int64_t start, total;
   if (status == 206 && parse_content_range(r->h.content_range, &start, &total) == 0) {
@@ -1234,12 +1245,27 @@ static void req_attempt_start(struct upstream_req *r) {
   if (r->accept) {
     char line[1200];
     snprintf(line, sizeof line, "Accept: %s", r->accept);
-    struct curl_slist *l = curl_slist_append(NULL, line);
+    struct curl_slist *l = curl_slist_append(r->hdrlist, line);
     if (!l)
       goto fail;
     r->hdrlist = l;
-    SETOPT(e, CURLOPT_HTTPHEADER, l);
   }
+  for (const char *p = r->extra_headers; p && *p;) {
+    const char *nl = strchr(p, '\n');
+    size_t len = nl ? (size_t)(nl - p) : strlen(p);
+    char line[1100];
+    if (len > 0 && len < sizeof line) {
+      memcpy(line, p, len);
+      line[len] = '\0';
+      struct curl_slist *l = curl_slist_append(r->hdrlist, line);
+      if (!l)
+        goto fail;
+      r->hdrlist = l;
+    }
+    p = nl ? nl + 1 : p + len;
+  }
+  if (r->hdrlist)
+    SETOPT(e, CURLOPT_HTTPHEADER, r->hdrlist);
   uint64_t from = r->headers_given ? r->stream_base + r->delivered : r->range_start;
   if (from > 0) {
     char range[32];
@@ -1626,6 +1652,26 @@ int upstream_new(struct upstream **out, struct upclient *c,
   return 0;
 }
 
+int upstream_new_peer(struct upstream **out, struct upclient *c, const char *name,
+                      const char *url, uint64_t connect_timeout_ms, uint64_t stall_ms) {
+  char host[160];
+  snprintf(host, sizeof host, "peer:%s", name);
+  struct config_upstream cfg = {
+      .host = host,
+      .url = (char *)url,
+      .tls_verify = 1,
+      .connect_timeout_ms = connect_timeout_ms,
+      .low_speed_time_ms = stall_ms,
+      .max_retries = 0,
+  };
+  int r = upstream_new(out, c, &cfg);
+  if (r)
+    return r;
+  (*out)->is_peer = 1;
+  (*out)->ping = PING_DONE; /* a regmesh node answers /v2/ without auth */
+  return 0;
+}
+
 void upstream_free(struct upstream *u) {
   if (!u)
     return;
@@ -1665,7 +1711,8 @@ int upstream_fetch(struct upstream *u, const struct upstream_fetch_opts *o,
     return UV_ECANCELED;
   if (!o->path || o->path[0] != '/' || has_ctl(o->path, 0) ||
       (o->accept && has_ctl(o->accept, 1)) || (o->accept && strlen(o->accept) > 1024) ||
-      (o->repo && (has_ctl(o->repo, 0) || strlen(o->repo) > 512)))
+      (o->repo && (has_ctl(o->repo, 0) || strlen(o->repo) > 512)) ||
+      (o->extra_headers && (strchr(o->extra_headers, '\r') || strlen(o->extra_headers) > 1024)))
     return UV_EINVAL;
   struct buf url;
   buf_init(&url, 16384);
@@ -1684,7 +1731,8 @@ int upstream_fetch(struct upstream *u, const struct upstream_fetch_opts *o,
   r->cbs = *cbs;
   r->ud = ud;
   if ((o->accept && !(r->accept = strdup(o->accept))) ||
-      (o->repo && !(r->repo = strdup(o->repo)))) {
+      (o->repo && !(r->repo = strdup(o->repo))) ||
+      (o->extra_headers && !(r->extra_headers = strdup(o->extra_headers)))) {
     /* Not started: unwind without callbacks. */
     r->done_called = 1;
     req_set_state(r, UPREQ_DONE);

@@ -42,6 +42,8 @@ struct upstream_response {
   int64_t range_start;       /* 206: first byte; else 0 */
   int64_t total_size;        /* 206: size from Content-Range; else content_length */
   const char *www_authenticate; /* WWW-Authenticate (several joined by ", "), or NULL */
+  const char *regmesh_auth_reply; /* X-Regmesh-Auth-Reply (from a peer), or NULL */
+  const char *regmesh_tag_time;   /* X-Regmesh-Tag-Fetched (from a peer), or NULL */
 };
 
 struct upstream_cbs {
@@ -71,6 +73,9 @@ struct upstream_fetch_opts {
   uint64_t range_start; /* > 0: ask for bytes from here (expects 206) */
   int resumable;        /* content-addressed body: may resume with Range */
   size_t max_body;      /* > 0: cancel with RM_ETOOBIG past this many bytes */
+  /* More request headers: "Name: value" lines separated by '\n' (no CR,
+   * at most 1 KiB), or NULL. For peer requests (hop, signature). */
+  const char *extra_headers;
 };
 
 /* upclient_new creates the shared curl multi handle on loop. */
@@ -92,6 +97,12 @@ int upstream_new(struct upstream **out, struct upclient *c,
 /* upstream_free cancels the upstream's requests (on_done(UV_ECANCELED),
  * synchronously) and frees it. Not from within on_headers/on_data. */
 void upstream_free(struct upstream *u);
+/* upstream_new_peer: a client for another regmesh node's registry API at
+ * url (metrics label "peer:<name>"). No /v2/ ping, no auth rounds and no
+ * retries or resumes of its own: the caller moves to its next source on any
+ * failure. A stream slower than 1 KiB/s for stall_ms is cut. */
+int upstream_new_peer(struct upstream **out, struct upclient *c, const char *name,
+                      const char *url, uint64_t connect_timeout_ms, uint64_t stall_ms);
 const struct config_upstream *upstream_config(const struct upstream *u);
 
 /* upstream_ping starts the upstream's /v2/ ping now if it has none (the

@@ -1,0 +1,64 @@
+/* cluster.h - the node's place in its fleet: gossip membership, the hash
+ * ring over live members, the peers' HTTP clients, and the plans that send a
+ * missing digest to its owner before the upstream (docs/cluster.md).
+ *
+ * The cluster runs the gossip library on the node's loop (gossip/env_uv.h)
+ * and keeps, per member, a struct cluster_peer built from its metadata
+ * (serf tags: url, weight, zone, version, rl). Peers are never freed while
+ * the node runs (a request may hold their HTTP client); a member that comes
+ * back with another URL gets a new client and the old one is retired.
+ */
+#ifndef REGMESH_NODE_CLUSTER_H
+#define REGMESH_NODE_CLUSTER_H
+
+#include "fetch.h"
+#include "peerauth.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct node;
+struct cluster;
+struct upstream;
+
+#define CLUSTER_HOP_HEADER "X-Regmesh-Hop"
+#define CLUSTER_AUTH_HEADER "X-Regmesh-Auth"
+#define CLUSTER_REPLY_HEADER "X-Regmesh-Auth-Reply"
+#define CLUSTER_TAG_TIME_HEADER "X-Regmesh-Tag-Fetched"
+#define CLUSTER_DELEGATE_HEADER "X-Regmesh-Delegate"
+
+/* cluster_start: gossip bound, metadata set, joining in the background.
+ * Needs n->cfg->cluster.enabled, n->upc and n->ups. Returns 0 or an error
+ * (logged). */
+int cluster_start(struct cluster **out, struct node *n);
+/* cluster_stop leaves gracefully (bounded), then calls done(ud) once. */
+void cluster_stop(struct cluster *c, void (*done)(void *ud), void *ud);
+/* cluster_free after the loop stopped and the upstream client was freed. */
+void cluster_free(struct cluster *c);
+
+const char *cluster_self(const struct cluster *c);
+const struct peerauth *cluster_auth(const struct cluster *c);
+
+/* cluster_plan fills plan for digest hex of upstream index up (repository
+ * name from the request): the owners in preference order (skipping us and
+ * members not alive; none when we are the first owner), then the upstream;
+ * for manifests also delegates with rate-limit budget (before the upstream
+ * when our own budget is spent). */
+void cluster_plan(struct cluster *c, int is_manifest, const char *hex, const char *repo,
+                  int up, struct fetch_plan *plan);
+
+/* cluster_tag_owner: the peer that resolves tag key (NULL when it is us or
+ * tags are not pooled: no secret). Fills the request headers for target
+ * (path?query, method HEAD) into hdrs and the signature into sig (65). */
+struct upstream *cluster_tag_owner(struct cluster *c, const char *key, const char *target,
+                                   char *hdrs, size_t hdrs_len, char *sig);
+
+/* JSON bodies of GET /cluster/members and /cluster/owners (malloc'd, the
+ * caller frees); owners: NULL and UV_EINVAL for a bad key. */
+char *cluster_members_json(struct cluster *c);
+int cluster_owners_json(struct cluster *c, const char *key, char **out);
+
+/* Gauges for /metrics (members by state, ring share). */
+void cluster_update_metrics(struct cluster *c);
+
+#endif
