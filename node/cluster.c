@@ -320,7 +320,9 @@ static void collect_budget(const char *key, void *value, void *ud) {
   (void)key;
   struct cluster_peer *p = value;
   struct budget_scan *b = ud;
-  if (!peer_usable(b->c, p) || p->rl[b->up] <= 0)
+  /* A peer that saw no budget figure (-1) may still have one; only a known
+   * 0 rules it out. Known budgets sort first. */
+  if (!peer_usable(b->c, p) || p->rl[b->up] == 0)
     return;
   /* keep the DELEGATES_MAX richest, richest first */
   size_t i = b->n < DELEGATES_MAX ? b->n++ : DELEGATES_MAX;
@@ -367,9 +369,10 @@ void cluster_plan(struct cluster *c, int is_manifest, const char *hex, const cha
       add_peer_source(c, plan, FETCH_SRC_DELEGATE, b.best[i], target, host);
 }
 
-struct upstream *cluster_tag_owner(struct cluster *c, const char *key, const char *target,
-                                   char *hdrs, size_t hdrs_len, char *sig) {
-  if (!c->auth.enabled)
+struct upstream *cluster_owner_peer(struct cluster *c, const char *key, const char *method,
+                                    const char *target, int need_auth, char *hdrs,
+                                    size_t hdrs_len, char *sig) {
+  if (need_auth && !c->auth.enabled)
     return NULL;
   struct cluster_peer *own[8];
   size_t n = owners_of(c, key, own, c->cfg->replicas);
@@ -377,7 +380,7 @@ struct upstream *cluster_tag_owner(struct cluster *c, const char *key, const cha
     if (own[i]->is_self)
       return NULL;
     if (peer_usable(c, own[i]) &&
-        peer_headers(c, "HEAD", target, 0, hdrs, hdrs_len, sig) == 0)
+        peer_headers(c, method, target, 0, hdrs, hdrs_len, sig) == 0)
       return own[i]->http;
   }
   return NULL;

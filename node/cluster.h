@@ -47,11 +47,14 @@ const struct peerauth *cluster_auth(const struct cluster *c);
 void cluster_plan(struct cluster *c, int is_manifest, const char *hex, const char *repo,
                   int up, struct fetch_plan *plan);
 
-/* cluster_tag_owner: the peer that resolves tag key (NULL when it is us or
- * tags are not pooled: no secret). Fills the request headers for target
- * (path?query, method HEAD) into hdrs and the signature into sig (65). */
-struct upstream *cluster_tag_owner(struct cluster *c, const char *key, const char *target,
-                                   char *hdrs, size_t hdrs_len, char *sig);
+/* cluster_owner_peer: the first usable owner of key that is not us (NULL
+ * when we are the first owner, or when need_auth and there is no secret).
+ * Fills the request headers for method and target (path?query) into hdrs
+ * and the signature (when signed) into sig (65). Tags (need_auth) go to
+ * their owner this way; so do HEADs of missing digests. */
+struct upstream *cluster_owner_peer(struct cluster *c, const char *key, const char *method,
+                                    const char *target, int need_auth, char *hdrs,
+                                    size_t hdrs_len, char *sig);
 
 /* JSON bodies of GET /cluster/members and /cluster/owners (malloc'd, the
  * caller frees); owners: NULL and UV_EINVAL for a bad key. */

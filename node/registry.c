@@ -672,9 +672,10 @@ static const struct upstream_cbs proxy_cbs = {
     .on_done = proxy_on_done,
 };
 
-static void proxy(struct rreq *r, enum upstream_method m, const char *path,
-                  const char *accept, const char *kind,
-                  void (*done)(struct rreq *r, int err)) {
+/* Sends one request to u (the upstream, or a peer with extra headers). */
+static int proxy_to(struct rreq *r, struct upstream *u, enum upstream_method m,
+                    const char *path, const char *accept, const char *kind,
+                    const char *extra_headers, void (*done)(struct rreq *r, int err)) {
   struct upstream_fetch_opts o = {
       .method = m,
       .path = path,
@@ -682,12 +683,22 @@ static void proxy(struct rreq *r, enum upstream_method m, const char *path,
       .accept = accept,
       .kind = kind,
       .max_body = PROXY_BODY_MAX,
+      .extra_headers = extra_headers,
   };
+  buf_free(&r->pbody);
   buf_init(&r->pbody, PROXY_BODY_MAX);
   r->proxy_done = done;
   r->pstatus = 0;
+  r->plen = -1;
+  r->pctype[0] = '\0';
+  return upstream_fetch(u, &o, &proxy_cbs, r, &r->ureq);
+}
+
+static void proxy(struct rreq *r, enum upstream_method m, const char *path,
+                  const char *accept, const char *kind,
+                  void (*done)(struct rreq *r, int err)) {
   r->source = "upstream";
-  int rc = upstream_fetch(r->n->ups[r->rt.upstream], &o, &proxy_cbs, r, &r->ureq);
+  int rc = proxy_to(r, r->n->ups[r->rt.upstream], m, path, accept, kind, NULL, done);
   if (rc)
     respond_failure(r, rc, 0);
 }
@@ -734,11 +745,40 @@ static void head_miss_done(struct rreq *r, int err) {
   rr_finish(r, 1);
 }
 
-static void head_miss(struct rreq *r, const char *what, const char *accept) {
+static void head_miss_upstream(struct rreq *r) {
+  int blob = r->rt.kind == ROUTE_BLOB;
   char path[600];
-  snprintf(path, sizeof path, "/v2/%s/%s/sha256:%s", r->rt.name, what, r->rt.hex);
-  proxy(r, UPSTREAM_HEAD, path, accept, what[0] == 'b' ? "blob" : "manifest",
-        head_miss_done);
+  snprintf(path, sizeof path, "/v2/%s/%s/sha256:%s", r->rt.name, blob ? "blobs" : "manifests",
+           r->rt.hex);
+  proxy(r, UPSTREAM_HEAD, path, blob ? NULL : (r->accept[0] ? r->accept : NULL),
+        blob ? "blob" : "manifest", head_miss_done);
+}
+
+/* The owner's answer to our HEAD: a size from it is as good as the
+ * upstream's (the digest is the same); anything else asks the upstream. */
+static void head_peer_done(struct rreq *r, int err) {
+  if (!err && r->pstatus == 200 && r->plen >= 0) {
+    r->source = "peer";
+    head_miss_done(r, 0);
+    return;
+  }
+  head_miss_upstream(r);
+}
+
+static void head_miss(struct rreq *r) {
+  if (r->n->cluster && !r->hop) {
+    int blob = r->rt.kind == ROUTE_BLOB;
+    char target[900], hdrs[600];
+    snprintf(target, sizeof target, "/v2/%s/%s/sha256:%s?ns=%s", r->rt.name,
+             blob ? "blobs" : "manifests", r->rt.hex, up_host(r));
+    struct upstream *peer = cluster_owner_peer(r->n->cluster, r->rt.hex, "HEAD", target, 0,
+                                               hdrs, sizeof hdrs, NULL);
+    if (peer && proxy_to(r, peer, UPSTREAM_HEAD, target,
+                         blob ? NULL : (r->accept[0] ? r->accept : NULL),
+                         blob ? "blob" : "manifest", hdrs, head_peer_done) == 0)
+      return;
+  }
+  head_miss_upstream(r);
 }
 
 /* ---- blobs ---------------------------------------------------------------- */
@@ -751,7 +791,7 @@ static void handle_blob(struct rreq *r) {
     join_blob(r, s == NULL);
     return;
   }
-  head_miss(r, "blobs", NULL);
+  head_miss(r);
 }
 
 /* ---- manifests ------------------------------------------------------------- */
@@ -795,7 +835,7 @@ static void manifest_by_digest(struct rreq *r) {
     return;
   struct fetch_src *s = fetcher_find(r->n->fetcher, FETCH_MANIFEST, r->rt.hex);
   if (!s && r->is_head) {
-    head_miss(r, "manifests", r->accept[0] ? r->accept : NULL);
+    head_miss(r);
     return;
   }
   r->fw.on_ready = manifest_on_ready;
@@ -883,8 +923,8 @@ static void handle_manifest(struct rreq *r) {
     snprintf(target, sizeof target, "/v2/%s/manifests/%s%s", r->rt.name, r->rt.ref,
              peer.query);
     if (tag_owner_key(key, sizeof key, up_host(r), r->rt.name, r->rt.ref) == 0 &&
-        (peer.u = cluster_tag_owner(r->n->cluster, key, target, peer.headers,
-                                    sizeof peer.headers, peer.sig)) != NULL) {
+        (peer.u = cluster_owner_peer(r->n->cluster, key, "HEAD", target, 1, peer.headers,
+                                     sizeof peer.headers, peer.sig)) != NULL) {
       peer.auth = cluster_auth(r->n->cluster);
       pp = &peer;
     }
