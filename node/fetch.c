@@ -344,8 +344,10 @@ static void blob_finish(struct fetch_src *s) {
   int err = blob_writer_verify(s->writer);
   if (err) {
     if (err == UV_EINVAL)
-      report_peers(s, RM_EDIGEST);
-    src_fail(s, err == UV_EINVAL ? RM_EDIGEST : err);
+      err = RM_EDIGEST; /* the hasher missed bytes: treat as unverifiable */
+    if (err == RM_EDIGEST)
+      report_peers(s, err);
+    src_fail(s, err);
     return;
   }
   s->verified = 1;
