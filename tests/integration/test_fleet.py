@@ -317,3 +317,23 @@ def test_members_cli_and_json(make_fleet, hub, regmesh_binary):
     import json
     members = parse_members(json.loads(cp.stdout.decode()))
     assert {n: field(m, "state") for n, m in members.items()} == {n: ALIVE for n in want}
+
+
+def test_join_through_a_dns_name_that_comes_up_later(make_fleet, hub):
+    """A seed given by DNS name (`localhost`, resolved by the node) that is
+    not running yet: the node runs alone, keeps resolving and joining in
+    the background, and is in the fleet once the seed starts."""
+    fl = make_fleet(hub, 2, start=False)
+    early, late = fl.nodes
+    early.cluster["join"] = ["localhost:%d" % late.gossip_port]
+    early.write_config()
+    late.cluster["join"] = []
+    late.write_config()
+    early.start()
+    time.sleep(2.0)
+    assert early.alive(), "a node whose seed is down must keep running"
+    assert fl.states(early) == {early.name: ALIVE}, fl.states(early)
+    late.start()
+    # join retries back off from 1 s; the node re-resolves every 10 s
+    fl.wait_converged(2, timeout=40.0, nodes=[early, late])
+    assert "joining through" in early.log_text()
