@@ -331,8 +331,7 @@ static void src_commit(struct fetch_src *s) {
   }
 }
 
-/* All of a blob arrived and is hashed: check it here, fsync on the pool, so
- * waiters get the last byte as soon as the content is known good. */
+/* Tells the cluster about every peer that contributed to a bad blob. */
 static void report_peers(struct fetch_src *s, int err) {
   for (size_t i = 0; i < s->plan.n; i++)
     if ((s->used_mask & (1u << i)) && s->plan.src[i].kind != FETCH_SRC_UPSTREAM &&
@@ -340,6 +339,8 @@ static void report_peers(struct fetch_src *s, int err) {
       s->f->on_peer_error(s->f->peer_error_ud, &s->plan.src[i], err);
 }
 
+/* All of a blob arrived and is hashed: check it here, fsync on the pool, so
+ * waiters get the last byte as soon as the content is known good. */
 static void blob_finish(struct fetch_src *s) {
   int err = blob_writer_verify(s->writer);
   if (err) {
