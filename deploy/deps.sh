@@ -10,7 +10,7 @@ libssl-dev libmsgpack-dev libyaml-dev libhttp-parser-dev libjansson-dev curl
 ca-certificates"
 test="libcmocka-dev python3 python3-pytest python3-jwt python3-cryptography
 docker-registry skopeo containerd runc docker.io podman apache2-utils wrk
-iproute2 util-linux procps clang libclang-rt-14-dev serf tcpdump
+iproute2 iptables util-linux procps clang libclang-rt-14-dev serf tcpdump
 containernetworking-plugins uidmap"
 
 want=$build
