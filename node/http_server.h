@@ -123,12 +123,14 @@ int http_respond_start(struct http_request *req, int status,
  * connection's error once it is gone. Several writes may be queued. */
 int http_respond_write(struct http_request *req, const void *data, size_t len,
                        http_write_cb cb, void *ud);
-/* http_respond_sendfile sends len bytes of fd from offset with sendfile(2)
- * as the socket accepts them; cb once all are sent or the connection failed.
- * fd stays the caller's. At most one write or sendfile may be pending. The
- * file bytes go out after any queued writes. A file shorter than
- * offset + len fails with RM_ESIZE and the connection is closed. fd must
- * stay open until cb, also when http_respond_end was called before it. */
+/* http_respond_sendfile sends len bytes of fd from offset as the socket
+ * accepts them, copied with pread through a buffer of the server's fixed
+ * pool, or with sendfile(2) while every buffer is in use; cb once all are
+ * sent or the connection failed. fd stays the caller's. At most one write
+ * or sendfile may be pending. The file bytes go out after any queued
+ * writes. A file shorter than offset + len fails with RM_ESIZE and the
+ * connection is closed. fd must stay open until cb, also when
+ * http_respond_end was called before it. */
 int http_respond_sendfile(struct http_request *req, int fd, uint64_t offset,
                           uint64_t len, http_write_cb cb, void *ud);
 /* http_respond_end finishes the response (after pending writes flush); the
