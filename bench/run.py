@@ -1061,8 +1061,12 @@ class Bench:
             if q is not None and q < tgt and v["regmesh"].vals and v["distribution"].vals and \
                     max(v["regmesh"].vals) >= tgt * min(v["distribution"].vals):
                 note = "; the runs' ranges overlap: within this machine's noise, re-run to confirm"
-            verdict(q is not None and q >= tgt,
-                    f"{label}: regmesh = {rx(q)} distribution (target >= {tgt:.0f}x{note})")
+            if has_rm and not has_d:
+                # the target is a ratio to distribution: nothing to compare with
+                verdicts.append(("SKIP", f"{label} (distribution not run)"))
+            else:
+                verdict(q is not None and q >= tgt,
+                        f"{label}: regmesh = {rx(q)} distribution (target >= {tgt:.0f}x{note})")
             cp = {s: st("wrkcpu_" + key, s) for s in ("regmesh", "distribution", "direct")}
             rows.append([f"  server CPU s per GiB sent ({key} blob)", col("regmesh", cp["regmesh"].fmt(2)),
                          col("distribution", cp["distribution"].fmt(2)), cp["direct"].fmt(2) + " direct",
