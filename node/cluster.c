@@ -718,9 +718,8 @@ static void on_gossip_stopped(void *ud) {
 }
 
 void cluster_stop(struct cluster *c, void (*done)(void *ud), void *ud) {
-  if (!c || c->stopping) {
+  if (!c || c->stopping)
     return;
-  }
   c->stopping = 1;
   c->stop_done = done;
   c->stop_ud = ud;
@@ -767,11 +766,17 @@ static double share_of(struct cluster *c, const char *name) {
   return 0;
 }
 
+struct members_scan {
+  struct cluster *c;
+  json_t *arr;
+};
+
 static void member_json(const char *key, void *value, void *ud) {
   (void)key;
   struct cluster_peer *p = value;
-  json_t *arr = ((json_t **)ud)[0];
-  struct cluster *c = (struct cluster *)((json_t **)ud)[1];
+  struct members_scan *ms = ud;
+  struct cluster *c = ms->c;
+  json_t *arr = ms->arr;
   json_t *rl = json_object();
   for (size_t i = 0; i < c->n->cfg->n_upstreams; i++) {
     int64_t v = p->rl[i];
@@ -791,8 +796,8 @@ static void member_json(const char *key, void *value, void *ud) {
 
 char *cluster_members_json(struct cluster *c) {
   json_t *arr = json_array();
-  void *ud[2] = {arr, c};
-  strmap_each(&c->peers, member_json, ud);
+  struct members_scan ms = {.c = c, .arr = arr};
+  strmap_each(&c->peers, member_json, &ms);
   json_t *doc = json_pack("{s:s,s:o}", "self", c->self->name, "members", arr);
   char *txt = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
   json_decref(doc);
