@@ -11,7 +11,8 @@
  * added that way.
  *
  * Checks that span sections run last, in top_check: the default upstream,
- * and listeners that would collide at bind time. Every error stops the walk
+ * `private: true` without `auth:`, and listeners that would collide at bind
+ * time (the peer listener included). Every error stops the walk
  * and is reported once, as "file:line:col: key.path: why", with the position
  * of the offending node.
  *
@@ -22,12 +23,19 @@
  * The cluster secret is the one value that must not leak: messages about
  * `secret` or `secret_file` never quote the key, only its decoded length,
  * and every buffer that held it is wiped before it is freed.
+ *
+ * Files the configuration names (secret_file, auth.htpasswd, every tls:
+ * block's cert, key and CA) are read and checked during the load, blocking,
+ * with the same code the node uses at start and on reload: check-config
+ * then refuses exactly what the node would, with the key's file:line:col.
  */
 #include "config.h"
 #include "config_internal.h"
 
 #include "errors.h"
+#include "htpasswd.h"
 #include "log.h"
+#include "tlsctx.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -38,6 +46,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <openssl/ssl.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -46,6 +55,8 @@ static const char default_root[] = "./regmesh-data";
 static const char default_log_level[] = "info";
 static const char default_cluster_bind[] = "0.0.0.0:7946";
 static const char default_zone[] = "";
+/* the default bind's port + 1, as cluster_check derives it */
+static const char default_peer_listen[] = "0.0.0.0:7947";
 
 /* A secret file holds one line of base64; a few KiB is already absurd. */
 #define SECRET_FILE_MAX 4096
@@ -58,7 +69,7 @@ static const char default_zone[] = "";
 static int is_static(const char *s) {
   return s == default_listen || s == default_root ||
          s == default_log_level || s == default_cluster_bind ||
-         s == default_zone;
+         s == default_zone || s == default_peer_listen;
 }
 
 static void str_free(char *s) {
@@ -78,6 +89,15 @@ static int str_set(char **field, const char *s, size_t len) {
   return 0;
 }
 
+static void tls_free(struct config_tls *t) {
+  if (t == NULL)
+    return;
+  free(t->cert);
+  free(t->key);
+  free(t->ca);
+  free(t);
+}
+
 static int str_own(char **field) {
   if (*field == NULL || !is_static(*field))
     return 0;
@@ -86,12 +106,25 @@ static int str_own(char **field) {
 
 /* ---- walk state and messages ---- */
 
+/* A tls: block whose files are still to be read: top_check loads them
+ * once the whole structure is valid, so a config with a missing `listen:`
+ * hears about that before about a certificate. */
+struct tls_pending {
+  const struct config_tls *t;
+  const struct config__node *cert, *key, *ca;
+  const char *ca_name; /* "client_ca" or "ca" */
+  char path[256];      /* "upstreams[3].tls", like walk.path */
+};
+
 struct walk {
   struct config *cfg;
   const char *name;
   char *err;
   size_t errlen;
   char path[256]; /* "upstreams[1].url" of the node being applied */
+  /* top-level, one per upstream, cluster */
+  struct tls_pending tls[CONFIG_MAX_UPSTREAMS + 2];
+  size_t n_tls;
 };
 
 static size_t path_push_key(struct walk *w, const char *key, size_t len) {
@@ -192,12 +225,26 @@ struct key_spec {
   uint64_t min, max; /* bounds for numbers, sizes, durations; max 0: none */
   int required;
   const struct section_spec *section; /* for set_section */
+  const char *why;                    /* for set_refused */
 };
 
 #define SECTION_MAX_KEYS 32
 
 static int apply_section(struct walk *w, const struct config__node *map,
                          const struct section_spec *sec, void *base);
+
+/* config_relative_path: a relative path is relative to the configuration's
+ * directory, so a config and the files it names can move together. */
+static int config_relative_path(const struct walk *w, const char *s, char *out,
+                                size_t outlen) {
+  const char *slash = strrchr(w->name, '/');
+  int n;
+  if (s[0] == '/' || slash == NULL)
+    n = snprintf(out, outlen, "%s", s);
+  else
+    n = snprintf(out, outlen, "%.*s/%s", (int)(slash - w->name), w->name, s);
+  return n < 0 || (size_t)n >= outlen ? RM_ETOOBIG : 0;
+}
 
 /* ---- setters, one per value type ---- */
 
@@ -520,6 +567,227 @@ static int set_cluster(struct walk *w, const struct config__node *v,
   return apply_section(w, v, k->section, field);
 }
 
+/* set_refused: a key that belongs to a sibling block; k->why says which. */
+static int set_refused(struct walk *w, const struct config__node *v,
+                       void *field, const struct key_spec *k) {
+  (void)field;
+  return fail(w, v, "%s", k->why);
+}
+
+/* set_path stores a file name resolved against the configuration's
+ * directory: the node may run from anywhere, the message names the file
+ * it actually tried. */
+static int set_path(struct walk *w, const struct config__node *v, void *field,
+                    const struct key_spec *k) {
+  char path[PATH_MAX];
+  const char *s;
+  int rc;
+  (void)k;
+  if ((rc = scalar_text(w, v, &s)) != 0)
+    return rc;
+  if (config_relative_path(w, s, path, sizeof path) != 0)
+    return fail(w, v, "path is too long");
+  return str_set(field, path, strlen(path)) ? fail_nomem(w) : 0;
+}
+
+static int set_tls_version(struct walk *w, const struct config__node *v,
+                           void *field, const struct key_spec *k) {
+  const char *s;
+  char q[CONFIG__QUOTE_MAX];
+  int rc;
+  (void)k;
+  if ((rc = scalar_text(w, v, &s)) != 0)
+    return rc;
+  if (strcmp(s, "1.2") == 0)
+    *(int *)field = TLSCTX_MIN_TLS12;
+  else if (strcmp(s, "1.3") == 0)
+    *(int *)field = TLSCTX_MIN_TLS13;
+  else if (strcmp(s, "1.0") == 0 || strcmp(s, "1.1") == 0)
+    return fail(w, v, "TLS %s is not offered: TLS 1.2 is the minimum", s);
+  else
+    return fail(w, v, "expected \"1.2\" or \"1.3\", got \"%s\"", Q(q, s));
+  return 0;
+}
+
+/* set_tls allocates the block before applying it, so config_free releases
+ * whatever part of it was filled when a key fails. */
+static int set_tls(struct walk *w, const struct config__node *v, void *field,
+                   const struct key_spec *k) {
+  struct config_tls *t = calloc(1, sizeof *t);
+  if (t == NULL)
+    return fail_nomem(w);
+  t->min_version = TLSCTX_MIN_TLS12;
+  *(struct config_tls **)field = t;
+  return apply_section(w, v, k->section, t);
+}
+
+/* names_file: msg is "<file>: ...", as tlsctx_server_new writes it. */
+static int names_file(const char *msg, const char *file) {
+  size_t n = strlen(file);
+  return strncmp(msg, file, n) == 0 && msg[n] == ':';
+}
+
+/* tls_defer records a block for tls_check_files; the section checks call
+ * it with the block's value nodes. */
+static int tls_defer(struct walk *w, const struct config__node *map,
+                     const struct config_tls *t,
+                     const struct config__node *cert,
+                     const struct config__node *key,
+                     const struct config__node *ca, const char *ca_name) {
+  if (w->n_tls == sizeof w->tls / sizeof w->tls[0])
+    return fail(w, map, "too many tls: blocks"); /* the schema allows 66 */
+  struct tls_pending *p = &w->tls[w->n_tls++];
+  *p = (struct tls_pending){t, cert, key, ca, ca_name, ""};
+  snprintf(p->path, sizeof p->path, "%s", w->path);
+  return 0;
+}
+
+/* tls_check_files builds the server context the node would and throws it
+ * away: a wrong pair or an unreadable file is a check-config error, not a
+ * failed start. The error goes to the key whose file the reason names. */
+static int tls_check_files(struct walk *w, const struct tls_pending *p) {
+  const struct config_tls *t = p->t;
+  const struct config__node *cert = p->cert, *key = p->key, *ca = p->ca;
+  const char *ca_name = p->ca_name;
+  char msg[512];
+  SSL_CTX *ctx = NULL;
+  /* OpenSSL says "system lib" for a missing file; say what the system
+   * said. Only what tlsctx would refuse anyway is refused here. */
+  const struct config__node *nodes[3] = {cert, key, ca};
+  const char *files[3] = {t->cert, t->key, t->ca};
+  const char *names[3] = {"cert", "key", ca_name};
+  for (int i = 0; i < 3; i++) {
+    char q[PATH_QUOTE_MAX], ebuf[128];
+    int fd;
+    if (files[i] == NULL)
+      continue;
+    do
+      fd = open(files[i], O_RDONLY | O_CLOEXEC);
+    while (fd < 0 && errno == EINTR);
+    if (fd >= 0) {
+      close(fd);
+      continue;
+    }
+    int e = errno;
+    snprintf(w->path, sizeof w->path, "%s", p->path);
+    path_push_key(w, names[i], strlen(names[i]));
+    return fail(w, nodes[i], "cannot read \"%s\": %s", QP(q, files[i]),
+                strerror_r(e, ebuf, sizeof ebuf));
+  }
+  int rc = tlsctx_server_new(&ctx, t->cert, t->key, t->ca, t->min_version, msg,
+                             sizeof msg);
+  if (rc == 0) {
+    SSL_CTX_free(ctx);
+    return 0;
+  }
+  const struct config__node *at = cert;
+  const char *name = "cert";
+  if (t->ca != NULL && ca != NULL && names_file(msg, t->ca) &&
+      strcmp(t->ca, t->cert) != 0 && strcmp(t->ca, t->key) != 0) {
+    at = ca;
+    name = ca_name;
+  } else if (names_file(msg, t->key) && strcmp(t->key, t->cert) != 0) {
+    at = key;
+    name = "key";
+  }
+  snprintf(w->path, sizeof w->path, "%s", p->path);
+  path_push_key(w, name, strlen(name));
+  return fail(w, at, "%s", msg);
+}
+
+/* set_allow fills cfg->allow entry by entry; n_allow counts the stored
+ * ones. An empty list is refused: it would shut every client out, which
+ * is never what a short list was meant to do. */
+static int set_allow(struct walk *w, const struct config__node *v, void *field,
+                     const struct key_spec *k) {
+  struct config *cfg = w->cfg;
+  int rc;
+  (void)field;
+  if ((rc = check_plain(w, v)) != 0)
+    return rc;
+  if ((v->kind == CONFIG__SCALAR && v->is_null) ||
+      (v->kind == CONFIG__SEQUENCE && v->n_children == 0))
+    return fail(w, v,
+                "empty list lets nobody in; remove the key for loopback-only");
+  if (v->kind != CONFIG__SEQUENCE)
+    return fail(w, v,
+                "expected a sequence of networks (\"10.0.0.0/8\", \"::1\"), "
+                "got %s",
+                kind_name(v));
+  if (v->n_children > k->max)
+    return fail(w, v, "too many entries (%zu, at most %llu)", v->n_children,
+                (unsigned long long)k->max);
+  cfg->allow = calloc(v->n_children, sizeof *cfg->allow);
+  if (cfg->allow == NULL)
+    return fail_nomem(w);
+  size_t i = 0;
+  for (const struct config__node *item = v->child; item;
+       item = item->next, i++) {
+    const char *s, *why = NULL;
+    char q[CONFIG__QUOTE_MAX], net[64];
+    struct config_cidr c, guess;
+    size_t old = path_push_index(w, i);
+    memset(&guess, 0, sizeof guess);
+    rc = scalar_text(w, item, &s);
+    if (rc == 0 && config__parse_cidr(s, &c, &guess, &why) != 0) {
+      if (guess.family != 0)
+        rc = fail(w, item,
+                  "invalid network \"%s\": %s; did you mean %s?", Q(q, s), why,
+                  config__format_cidr(&guess, net, sizeof net));
+      else
+        rc = fail(w, item, "invalid network \"%s\": %s", Q(q, s), why);
+    }
+    path_pop(w, old);
+    if (rc != 0)
+      return rc;
+    cfg->allow[i] = c;
+    cfg->n_allow = i + 1;
+  }
+  cfg->allow_set = 1;
+  return 0;
+}
+
+/* set_htpasswd reads and validates the file now, so a typo in it is a
+ * check-config error at this key rather than a node that answers 401 to
+ * everyone. The users themselves are the node's to load (it reloads them
+ * when the file changes); only the resolved path is kept. */
+static int set_htpasswd(struct walk *w, const struct config__node *v,
+                        void *field, const struct key_spec *k) {
+  char path[PATH_MAX], msg[512];
+  struct htpasswd h;
+  const char *s;
+  int rc;
+  (void)k;
+  if ((rc = scalar_text(w, v, &s)) != 0)
+    return rc;
+  if (config_relative_path(w, s, path, sizeof path) != 0)
+    return fail(w, v, "path is too long");
+  rc = htpasswd_load(&h, path, msg, sizeof msg);
+  if (rc == UV_ENOMEM)
+    return fail_nomem(w);
+  if (rc != 0)
+    return fail(w, v, "%s", msg);
+  htpasswd_free(&h);
+  return str_set(field, path, strlen(path)) ? fail_nomem(w) : 0;
+}
+
+/* set_peer_listen: a numeric ip:port, as the node's listener takes it
+ * (it binds without resolving), wildcards allowed: this is where we
+ * listen, not what others dial. */
+static int set_peer_listen(struct walk *w, const struct config__node *v,
+                           void *field, const struct key_spec *k) {
+  const char *s, *why = NULL;
+  struct config__addr addr;
+  char q[CONFIG__QUOTE_MAX];
+  int rc;
+  (void)k;
+  if ((rc = scalar_text(w, v, &s)) != 0)
+    return rc;
+  if (config__parse_ip_port(s, 1, &addr, &why) != 0)
+    return fail(w, v, "invalid address \"%s\": %s", Q(q, s), why);
+  return str_set(field, s, v->len) ? fail_nomem(w) : 0;
+}
+
 /* ---- sections ---- */
 
 #define FIELD(type, member) .offset = offsetof(type, member)
@@ -571,6 +839,84 @@ static const struct key_spec http_keys[] = {
 static const struct section_spec http_section = {
     http_keys, sizeof http_keys / sizeof http_keys[0], NULL};
 
+/* `tls:` of client listeners (top level and upstreams[].tls) */
+enum { TLS_CERT, TLS_KEY, TLS_CLIENT_CA, TLS_MIN_VERSION, TLS_CA };
+
+static const struct key_spec tls_keys[] = {
+    [TLS_CERT] = {.name = "cert",
+                  .set = set_path,
+                  FIELD(struct config_tls, cert),
+                  .required = 1},
+    [TLS_KEY] = {.name = "key",
+                 .set = set_path,
+                 FIELD(struct config_tls, key),
+                 .required = 1},
+    [TLS_CLIENT_CA] = {.name = "client_ca",
+                       .set = set_path,
+                       FIELD(struct config_tls, ca)},
+    [TLS_MIN_VERSION] = {.name = "min_version",
+                         .set = set_tls_version,
+                         FIELD(struct config_tls, min_version)},
+    /* a likely slip from cluster.tls; say so rather than "unknown key" */
+    [TLS_CA] = {.name = "ca",
+                .set = set_refused,
+                .why = "a client listener's CA is client_ca: (clients must "
+                       "then present a certificate it signed); ca: is for "
+                       "cluster.tls"},
+};
+
+static int tls_check(struct walk *w, const struct config__node *map,
+                     const struct config__node *const *vals, void *base) {
+  return tls_defer(w, map, base, vals[TLS_CERT], vals[TLS_KEY],
+                   vals[TLS_CLIENT_CA], "client_ca");
+}
+
+static const struct section_spec tls_section = {
+    tls_keys, sizeof tls_keys / sizeof tls_keys[0], tls_check};
+
+/* `cluster.tls:`: mutual TLS between nodes, so the CA is required */
+enum { CTLS_CERT, CTLS_KEY, CTLS_CA, CTLS_CLIENT_CA };
+
+static const struct key_spec cluster_tls_keys[] = {
+    [CTLS_CERT] = {.name = "cert",
+                   .set = set_path,
+                   FIELD(struct config_tls, cert),
+                   .required = 1},
+    [CTLS_KEY] = {.name = "key",
+                  .set = set_path,
+                  FIELD(struct config_tls, key),
+                  .required = 1},
+    [CTLS_CA] = {.name = "ca",
+                 .set = set_path,
+                 FIELD(struct config_tls, ca),
+                 .required = 1},
+    [CTLS_CLIENT_CA] = {.name = "client_ca",
+                        .set = set_refused,
+                        .why = "cluster.tls takes ca: (it verifies peers both "
+                               "ways), not client_ca:"},
+};
+
+static int cluster_tls_check(struct walk *w, const struct config__node *map,
+                             const struct config__node *const *vals,
+                             void *base) {
+  return tls_defer(w, map, base, vals[CTLS_CERT], vals[CTLS_KEY],
+                   vals[CTLS_CA], "ca");
+}
+
+static const struct section_spec cluster_tls_section = {
+    cluster_tls_keys, sizeof cluster_tls_keys / sizeof cluster_tls_keys[0],
+    cluster_tls_check};
+
+static const struct key_spec auth_keys[] = {
+    {.name = "htpasswd",
+     .set = set_htpasswd,
+     FIELD(struct config, auth_htpasswd),
+     .required = 1},
+};
+
+static const struct section_spec auth_section = {
+    auth_keys, sizeof auth_keys / sizeof auth_keys[0], NULL};
+
 enum {
   UP_HOST,
   UP_URL,
@@ -586,6 +932,8 @@ enum {
   UP_CONNECT_TIMEOUT,
   UP_LOW_SPEED_TIME,
   UP_MAX_RETRIES,
+  UP_PRIVATE,
+  UP_TLS,
 };
 
 /* indexed by the enum above, which upstream_check relies on */
@@ -644,6 +992,13 @@ static const struct key_spec upstream_keys[] = {
                         FIELD(struct config_upstream, max_retries),
                         .min = 0,
                         .max = 100},
+    [UP_PRIVATE] = {.name = "private",
+                    .set = set_bool,
+                    FIELD(struct config_upstream, is_private)},
+    [UP_TLS] = {.name = "tls",
+                .set = set_tls,
+                FIELD(struct config_upstream, tls),
+                .section = &tls_section},
 };
 
 static int upstream_check(struct walk *w, const struct config__node *map,
@@ -663,6 +1018,14 @@ static int upstream_check(struct walk *w, const struct config__node *map,
     path_pop(w, old);
     return rc;
   }
+  if (vals[UP_TLS] != NULL && vals[UP_LISTEN] == NULL) {
+    size_t old = path_push_key(w, "tls", 3);
+    int rc = fail(w, vals[UP_TLS],
+                  "tls: is for this upstream's own listen:, and it has none "
+                  "(the top-level tls: covers the shared listeners)");
+    path_pop(w, old);
+    return rc;
+  }
   return 0;
 }
 
@@ -675,6 +1038,8 @@ enum {
   CL_BIND,
   CL_ADVERTISE,
   CL_PEER_URL,
+  CL_PEER_LISTEN,
+  CL_TLS,
   CL_JOIN,
   CL_SECRET,
   CL_SECRET_FILE,
@@ -707,6 +1072,13 @@ static const struct key_spec cluster_keys[] = {
                      .set = set_peer_url,
                      FIELD(struct config_cluster, peer_url),
                      .max = CLUSTER_URL_MAX},
+    [CL_PEER_LISTEN] = {.name = "peer_listen",
+                        .set = set_peer_listen,
+                        FIELD(struct config_cluster, peer_listen)},
+    [CL_TLS] = {.name = "tls",
+                .set = set_tls,
+                FIELD(struct config_cluster, tls),
+                .section = &cluster_tls_section},
     [CL_JOIN] = {.name = "join",
                  .set = set_join,
                  FIELD(struct config_cluster, join),
@@ -775,7 +1147,10 @@ enum {
   TOP_STORAGE,
   TOP_HTTP,
   TOP_UPSTREAMS,
-  TOP_CLUSTER
+  TOP_CLUSTER,
+  TOP_ALLOW,
+  TOP_AUTH,
+  TOP_TLS,
 };
 
 static int top_check(struct walk *w, const struct config__node *map,
@@ -809,6 +1184,18 @@ static const struct key_spec top_keys[] = {
                      .set = set_cluster,
                      FIELD(struct config, cluster),
                      .section = &cluster_section},
+    [TOP_ALLOW] = {.name = "allow",
+                   .set = set_allow,
+                   FIELD(struct config, allow),
+                   .max = CONFIG_MAX_ALLOW},
+    [TOP_AUTH] = {.name = "auth",
+                  .set = set_section,
+                  .offset = 0, /* auth's one key is a field of struct config */
+                  .section = &auth_section},
+    [TOP_TLS] = {.name = "tls",
+                 .set = set_tls,
+                 FIELD(struct config, tls),
+                 .section = &tls_section},
 };
 
 static const struct section_spec top_section = {
@@ -926,6 +1313,7 @@ static void upstream_free(struct config_upstream *u) {
   free(u->password);
   free(u->password_env);
   free(u->ca_file);
+  tls_free(u->tls);
   memset(u, 0, sizeof *u);
 }
 
@@ -1056,18 +1444,6 @@ static int set_key(struct walk *w, const struct config__node *v,
   return rc;
 }
 
-/* secret_file_path: a relative path is relative to the configuration's
- * directory, so a config and its key can move together. */
-static int secret_file_path(const struct walk *w, const char *s, char *out,
-                            size_t outlen) {
-  const char *slash = strrchr(w->name, '/');
-  int n;
-  if (s[0] == '/' || slash == NULL)
-    n = snprintf(out, outlen, "%s", s);
-  else
-    n = snprintf(out, outlen, "%.*s/%s", (int)(slash - w->name), w->name, s);
-  return n < 0 || (size_t)n >= outlen ? RM_ETOOBIG : 0;
-}
 
 /* read_secret_file reads the key's base64 from v's path; trailing
  * whitespace (the newline `base64` writes) is ignored. */
@@ -1078,7 +1454,7 @@ static int read_secret_file(struct walk *w, const struct config__node *v,
   size_t len = 0, old = path_push_key(w, "secret_file", 11);
   int fd, rc = 0;
 
-  if (secret_file_path(w, v->text, path, sizeof path) != 0) {
+  if (config_relative_path(w, v->text, path, sizeof path) != 0) {
     rc = fail(w, v, "path is too long");
     goto out;
   }
@@ -1163,6 +1539,32 @@ static int cluster_default_name(struct walk *w, const struct config__node *at,
   return rc;
 }
 
+/* cluster_default_peer_listen: the bind address's host, port + 1, so a
+ * node needs one line of config for both ports and two nodes on one host
+ * need only distinct binds. Port 0 (the kernel's pick, for tests) stays 0. */
+static int cluster_default_peer_listen(struct walk *w,
+                                       const struct config__node *map,
+                                       const struct config__node *bind,
+                                       struct config_cluster *c) {
+  struct config__addr a;
+  const char *why = NULL, *colon = strrchr(c->bind, ':');
+  char buf[96];
+  /* the setter (or the default) already checked bind */
+  if (colon == NULL || config__parse_ip_port(c->bind, 0, &a, &why) != 0)
+    return fail(w, bind ? bind : map, "invalid bind address");
+  if (a.port == 65535) {
+    size_t old = path_push_key(w, "bind", 4);
+    int rc = fail(w, bind ? bind : map,
+                  "port 65535 leaves no port for the default peer_listen "
+                  "(bind port + 1); set peer_listen");
+    path_pop(w, old);
+    return rc;
+  }
+  snprintf(buf, sizeof buf, "%.*s:%u", (int)(colon - c->bind), c->bind,
+           a.port == 0 ? 0 : a.port + 1);
+  return str_set(&c->peer_listen, buf, strlen(buf)) ? fail_nomem(w) : 0;
+}
+
 static int cluster_check(struct walk *w, const struct config__node *map,
                          const struct config__node *const *vals, void *base) {
   struct config_cluster *c = base;
@@ -1187,6 +1589,9 @@ static int cluster_check(struct walk *w, const struct config__node *map,
   if (c->probe_timeout_ms >= c->probe_interval_ms)
     return blame_later(w, pi, "probe_interval", pt, "probe_timeout",
                        "probe_timeout must be shorter than probe_interval");
+  if (vals[CL_PEER_LISTEN] == NULL &&
+      (rc = cluster_default_peer_listen(w, map, vals[CL_BIND], c)) != 0)
+    return rc;
   if (vals[CL_NAME] == NULL)
     return cluster_default_name(w, map, c);
   return 0;
@@ -1194,7 +1599,7 @@ static int cluster_check(struct walk *w, const struct config__node *map,
 
 static int check_listeners(struct walk *w,
                            const struct config__node *const *vals) {
-  struct listener ls[CONFIG_MAX_UPSTREAMS + 3];
+  struct listener ls[CONFIG_MAX_UPSTREAMS + 4];
   const struct config__node *ups = vals[TOP_UPSTREAMS];
   const struct config__node *item = ups ? ups->child : NULL;
   size_t n = 0;
@@ -1225,6 +1630,17 @@ static int check_listeners(struct walk *w,
       ls[n] = (struct listener){cfg->cluster.bind, b, "cluster.bind"};
       if (b == NULL)
         snprintf(ls[n].label, sizeof ls[n].label, "cluster.bind (default)");
+      n++;
+    }
+    if (config__parse_ip_port(cfg->cluster.peer_listen, 0, &a, &why) == 0 &&
+        a.port != 0) {
+      const struct config__node *p =
+          map_get(vals[TOP_CLUSTER], "peer_listen");
+      ls[n] = (struct listener){cfg->cluster.peer_listen, p,
+                                "cluster.peer_listen"};
+      if (p == NULL)
+        snprintf(ls[n].label, sizeof ls[n].label,
+                 "cluster.peer_listen (default)");
       n++;
     }
   }
@@ -1276,7 +1692,21 @@ static int top_check(struct walk *w, const struct config__node *map,
   if (def == NULL)
     def = &cfg->upstreams[0];
   def->is_default = 1;
-  return check_listeners(w, vals);
+  /* here, not in upstream_check: auth: may come after upstreams: */
+  const struct config__node *item = vals[TOP_UPSTREAMS]->child;
+  for (size_t i = 0; i < cfg->n_upstreams && cfg->auth_htpasswd == NULL;
+       i++, item = item ? item->next : NULL) {
+    if (!cfg->upstreams[i].is_private)
+      continue;
+    snprintf(w->path, sizeof w->path, "upstreams[%zu].private", i);
+    return fail(w, map_get(item, "private"),
+                "private: true needs auth.htpasswd (nobody could pull it)");
+  }
+  int rc = check_listeners(w, vals);
+  /* last: the only checks that read files (and the slowest) */
+  for (size_t i = 0; rc == 0 && i < w->n_tls; i++)
+    rc = tls_check_files(w, &w->tls[i]);
+  return rc;
 }
 
 /* ---- public API ---- */
@@ -1295,6 +1725,7 @@ void config_init(struct config *cfg) {
   cfg->http.send_timeout_ms = 60 * 1000;
   cfg->http.max_connections = 4096;
   cfg->cluster.bind = (char *)default_cluster_bind;
+  cfg->cluster.peer_listen = (char *)default_peer_listen;
   cfg->cluster.zone = (char *)default_zone;
   cfg->cluster.replicas = 2;
   cfg->cluster.weight = 1;
@@ -1309,7 +1740,9 @@ static void cluster_free(struct config_cluster *c) {
   free(c->name);
   str_free(c->bind);
   free(c->advertise);
+  str_free(c->peer_listen);
   free(c->peer_url);
+  tls_free(c->tls);
   for (size_t i = 0; i < c->n_join; i++)
     free(c->join[i]);
   free(c->join);
@@ -1330,6 +1763,9 @@ void config_free(struct config *cfg) {
   str_free(cfg->log_level);
   str_free(cfg->storage.root);
   cluster_free(&cfg->cluster);
+  free(cfg->allow);
+  free(cfg->auth_htpasswd);
+  tls_free(cfg->tls);
   memset(cfg, 0, sizeof *cfg);
 }
 
@@ -1341,7 +1777,7 @@ static int own_strings(struct config *cfg) {
   char host[256];
   if (str_own(&cfg->listen) || str_own(&cfg->log_level) ||
       str_own(&cfg->storage.root) || str_own(&cfg->cluster.bind) ||
-      str_own(&cfg->cluster.zone))
+      str_own(&cfg->cluster.zone) || str_own(&cfg->cluster.peer_listen))
     return UV_ENOMEM;
   if (cfg->cluster.name == NULL && host_name(host, sizeof host) == 0 &&
       str_set(&cfg->cluster.name, host, strlen(host)) != 0)

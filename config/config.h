@@ -13,9 +13,33 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct sockaddr;
+
 #define CONFIG_MAX_UPSTREAMS 64
+/* `allow:` entries; a list longer than this wants a firewall, not a config */
+#define CONFIG_MAX_ALLOW 1024
 /* Configuration files (and strings) larger than this are refused. */
 #define CONFIG_MAX_FILE_SIZE (1024 * 1024)
+
+/* One entry of an `allow:` list: an IPv4 or IPv6 network. A bare address
+ * is a host (/32 or /128). */
+struct config_cidr {
+  int family;      /* AF_INET or AF_INET6 */
+  unsigned prefix; /* 0..32 or 0..128 */
+  uint8_t addr[16]; /* network bytes, host bits zero; v4 in the first 4 */
+};
+
+/* A `tls:` block. On a client listener `ca` is `client_ca:` (clients must
+ * then present a certificate it signed); under `cluster.tls:` it is `ca:`,
+ * required, and verifies peers both ways. Files are read and checked when
+ * the config is loaded (so check-config names file:line:col) and again by
+ * the node at start and on every reload. */
+struct config_tls {
+  char *cert;      /* PEM certificate chain, leaf first */
+  char *key;       /* PEM private key */
+  char *ca;        /* PEM CA bundle, or NULL */
+  int min_version; /* 0x0303 (TLS 1.2, default) or 0x0304 (TLS 1.3) */
+};
 
 struct config_upstream {
   char *host;       /* registry name clients use: "docker.io", "ghcr.io" */
@@ -32,6 +56,10 @@ struct config_upstream {
   uint64_t connect_timeout_ms; /* default 10 s */
   uint64_t low_speed_time_ms;  /* abort when below 1 KiB/s this long (30 s) */
   unsigned max_retries;        /* for idempotent requests (default 3) */
+  int is_private;   /* `private: true`: authenticated clients only, blobs only
+                       under repositories the upstream confirmed */
+  struct config_tls *tls; /* `tls:` of its own listener, NULL = the top-level
+                             one (which may be NULL too: plain HTTP) */
 };
 
 struct config_storage {
@@ -63,7 +91,9 @@ struct config_cluster {
                                be read */
   char *bind;               /* default "0.0.0.0:7946" */
   char *advertise;          /* NULL = derived from bind at start */
-  char *peer_url;           /* NULL = http://<advertise ip>:<listen port> */
+  char *peer_listen;        /* default "<bind ip>:<bind port + 1>" */
+  char *peer_url;           /* NULL = http(s)://<advertise ip>:<peer_listen port> */
+  struct config_tls *tls;   /* `cluster.tls:` (cert, key, ca), or NULL */
   char **join;              /* n_join "host:port" seeds (port defaults to 7946 when omitted) */
   size_t n_join;
   uint8_t secret[32];       /* decoded key */
@@ -89,6 +119,15 @@ struct config {
   struct config_upstream *upstreams; /* n_upstreams entries, owned */
   size_t n_upstreams;
   struct config_cluster cluster;
+  /* `allow:`: who may use the client listeners (and the peer listener when
+   * there is no cluster secret). allow_set is 0 when the key is absent:
+   * then only loopback may, and the node warns for every listener bound
+   * beyond loopback. */
+  struct config_cidr *allow; /* n_allow entries, owned */
+  size_t n_allow;
+  int allow_set;
+  char *auth_htpasswd;     /* `auth: {htpasswd: FILE}`, or NULL */
+  struct config_tls *tls;  /* `tls:` of the client listeners, or NULL */
 };
 
 /* config_init fills every default, with no upstreams and cluster.name
@@ -130,6 +169,16 @@ const struct config_upstream *config_upstream_find(const struct config *cfg,
                                                    const char *host,
                                                    size_t len);
 const struct config_upstream *config_upstream_default(const struct config *cfg);
+
+/* config_parse_cidr: "10.0.0.0/8", "::1", "fd00::/8", "192.168.1.7" ->
+ * *out. Host bits set under the prefix ("10.0.0.1/8") are an error, so a
+ * typo does not silently open a wider net. Returns 0 or RM_EPARSE. */
+int config_parse_cidr(const char *s, struct config_cidr *out);
+/* config_cidr_match: 1 when the address (AF_INET or AF_INET6; an
+ * IPv4-mapped IPv6 address counts as its IPv4 address) is inside one of
+ * the n entries, else 0. */
+int config_cidr_match(const struct config_cidr *list, size_t n,
+                      const struct sockaddr *sa);
 
 void config_free(struct config *cfg);
 

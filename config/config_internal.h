@@ -5,6 +5,9 @@
  *   config_value.c  pure string parsers: sizes, durations, numbers,
  *                   booleans, listen addresses, registry hosts, URLs,
  *                   gossip addresses, join seeds, base64.
+ *   config_cidr.c   `allow:` entries: CIDR parsing and address matching.
+ *   htpasswd.c      the `auth.htpasswd` file (its own header, htpasswd.h,
+ *                   since the node reloads it too).
  *   config.c        the schema (a key table per section), the walk over the
  *                   tree, cross-key validation, and the public API.
  */
@@ -13,6 +16,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+struct config_cidr;
 
 /* ---- tree (config_tree.c) ---- */
 
@@ -114,5 +119,16 @@ int config__is_docker_hub(const char *host, size_t len);
  * transpositions; strings over 64 bytes compare as "far" (SIZE_MAX). */
 size_t config__edit_distance(const char *a, size_t alen, const char *b,
                              size_t blen);
+
+/* ---- allow entries (config_cidr.c) ---- */
+
+/* config__parse_cidr is config_parse_cidr with a reason in *why. When the
+ * only fault is host bits set below the prefix, *network (if not NULL)
+ * receives the net the text probably meant, for the message. */
+int config__parse_cidr(const char *s, struct config_cidr *out,
+                       struct config_cidr *network, const char **why);
+/* config__format_cidr writes "net/prefix" into buf and returns buf. */
+const char *config__format_cidr(const struct config_cidr *c, char *buf,
+                                size_t len);
 
 #endif

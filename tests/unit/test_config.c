@@ -13,10 +13,16 @@
 /* cmocka.h needs the four headers above first */
 #include <cmocka.h>
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
@@ -41,6 +47,7 @@ static const char full_yaml[] =
     "admin_listen: 127.0.0.1:6001\n"
     "log_level: debug\n"
     "access_log: false\n"
+    "allow: [10.0.0.0/8, \"fd00::/8\", 192.168.7.1]\n"
     "storage:\n"
     "  root: /var/cache/regmesh\n"
     "  max_size: 500MB\n"
@@ -72,11 +79,13 @@ static const char full_yaml[] =
     "    ca_file: /etc/ssl/x.pem\n"
     "    max_retries: 0\n"
     "    tag_ttl: 0\n"
+    "    private: false\n"
     "cluster:\n"
     "  name: build-07\n"
     "  bind: 0.0.0.0:7946\n"
     "  advertise: 10.0.0.7:7946\n"
     "  peer_url: http://10.0.0.7:6000/\n"
+    "  peer_listen: 10.0.0.7:7950\n"
     "  join:\n"
     "    - regmesh-headless.ci.svc.cluster.local:7946\n"
     "    - 10.0.0.8\n"
@@ -208,6 +217,12 @@ static void test_full(void **state) {
   assert_string_equal(c->bind, "0.0.0.0:7946");
   assert_string_equal(c->advertise, "10.0.0.7:7946");
   assert_string_equal(c->peer_url, "http://10.0.0.7:6000"); /* no slash */
+  assert_string_equal(c->peer_listen, "10.0.0.7:7950");
+  assert_null(c->tls);
+  assert_int_equal(cfg.allow_set, 1);
+  assert_int_equal(cfg.n_allow, 3);
+  assert_int_equal(cfg.allow[2].prefix, 32);
+  assert_int_equal(b->is_private, 0);
   assert_int_equal(c->n_join, 3);
   assert_string_equal(c->join[0], "regmesh-headless.ci.svc.cluster.local:7946");
   assert_string_equal(c->join[1], "10.0.0.8:7946"); /* default port */
@@ -753,7 +768,9 @@ static void test_load_file(void **state) {
 static void check_cluster_defaults(const struct config_cluster *c) {
   assert_string_equal(c->bind, "0.0.0.0:7946");
   assert_null(c->advertise);
+  assert_string_equal(c->peer_listen, "0.0.0.0:7947");
   assert_null(c->peer_url);
+  assert_null(c->tls);
   assert_null(c->join);
   assert_int_equal(c->n_join, 0);
   assert_int_equal(c->secret_len, 0);
@@ -1175,6 +1192,742 @@ static void test_cluster_secret_file(void **state) {
   rmdir(dir);
 }
 
+/* ---- allow: ---- */
+
+static void test_parse_cidr(void **state) {
+  (void)state;
+  static const struct {
+    const char *s;
+    int rc;
+    int family;
+    unsigned prefix;
+    const char *net; /* the stored address, as inet_ntop writes it */
+  } cases[] = {
+      {"10.0.0.0/8", 0, AF_INET, 8, "10.0.0.0"},
+      {"192.168.1.7", 0, AF_INET, 32, "192.168.1.7"},
+      {"0.0.0.0/0", 0, AF_INET, 0, "0.0.0.0"},
+      {"172.16.0.0/12", 0, AF_INET, 12, "172.16.0.0"},
+      {"10.1.2.128/25", 0, AF_INET, 25, "10.1.2.128"},
+      {"::1", 0, AF_INET6, 128, "::1"},
+      {"fd00::/8", 0, AF_INET6, 8, "fd00::"},
+      {"::/0", 0, AF_INET6, 0, "::"},
+      {"2001:DB8::/32", 0, AF_INET6, 32, "2001:db8::"},
+      {"fe80::1/128", 0, AF_INET6, 128, "fe80::1"},
+      /* the long spelling of an IPv4 net is that net */
+      {"::ffff:10.0.0.0/104", 0, AF_INET, 8, "10.0.0.0"},
+      {"::ffff:192.168.1.7", 0, AF_INET, 32, "192.168.1.7"},
+      {"::ffff:0:0/96", 0, AF_INET, 0, "0.0.0.0"},
+      {"10.0.0.1/8", RM_EPARSE, 0, 0, NULL},
+      {"11.0.0.0/7", RM_EPARSE, 0, 0, NULL},
+      {"10.0.0.0/7", 0, AF_INET, 7, "10.0.0.0"},
+      {"fd00::1/8", RM_EPARSE, 0, 0, NULL},
+      {"10.0.0.0/33", RM_EPARSE, 0, 0, NULL},
+      {"::/129", RM_EPARSE, 0, 0, NULL},
+      {"10.0.0.0/", RM_EPARSE, 0, 0, NULL},
+      {"10.0.0.0/8/8", RM_EPARSE, 0, 0, NULL},
+      {"10.0.0.0/+8", RM_EPARSE, 0, 0, NULL},
+      {"10.0.0.0/0x8", RM_EPARSE, 0, 0, NULL},
+      {"10.0.0.0/1000", RM_EPARSE, 0, 0, NULL},
+      {"/8", RM_EPARSE, 0, 0, NULL},
+      {"", RM_EPARSE, 0, 0, NULL},
+      {"10.0.0", RM_EPARSE, 0, 0, NULL},
+      {"10.0.0.256", RM_EPARSE, 0, 0, NULL},
+      {" 10.0.0.0/8", RM_EPARSE, 0, 0, NULL},
+      {"10.0.0.0/8 ", RM_EPARSE, 0, 0, NULL},
+      {"fe80::1%eth0", RM_EPARSE, 0, 0, NULL},
+      {"[::1]", RM_EPARSE, 0, 0, NULL},
+      {"localhost", RM_EPARSE, 0, 0, NULL},
+      {"garbage", RM_EPARSE, 0, 0, NULL},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    struct config_cidr c;
+    char ip[INET6_ADDRSTRLEN] = "";
+    memset(&c, 0x5a, sizeof c);
+    int rc = config_parse_cidr(cases[i].s, &c);
+    if (rc == 0)
+      inet_ntop(c.family, c.addr, ip, sizeof ip);
+    if (rc != cases[i].rc ||
+        (rc == 0 && (c.family != cases[i].family ||
+                     c.prefix != cases[i].prefix ||
+                     strcmp(ip, cases[i].net) != 0)))
+      fail_msg("cidr \"%s\": rc %d family %d prefix %u net %s", cases[i].s, rc,
+               c.family, c.prefix, ip);
+    if (rc == 0 && c.family == AF_INET)
+      for (int b = 4; b < 16; b++)
+        assert_int_equal(c.addr[b], 0);
+  }
+  assert_int_equal(config_parse_cidr(NULL, NULL), RM_EPARSE);
+}
+
+static struct sockaddr_storage sa_of(const char *ip) {
+  struct sockaddr_storage ss;
+  memset(&ss, 0, sizeof ss);
+  if (strchr(ip, ':') != NULL) {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+    a->sin6_family = AF_INET6;
+    assert_int_equal(inet_pton(AF_INET6, ip, &a->sin6_addr), 1);
+  } else {
+    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+    a->sin_family = AF_INET;
+    assert_int_equal(inet_pton(AF_INET, ip, &a->sin_addr), 1);
+  }
+  return ss;
+}
+
+static void test_cidr_match(void **state) {
+  (void)state;
+  static const char *const nets[] = {"10.0.0.0/8",    "192.168.1.7",
+                                     "172.16.0.0/12", "fd00::/8",
+                                     "2001:db8::5",   "10.200.1.128/25"};
+  struct config_cidr list[6];
+  for (size_t i = 0; i < 6; i++)
+    assert_int_equal(config_parse_cidr(nets[i], &list[i]), 0);
+  static const struct {
+    const char *ip;
+    int want;
+  } cases[] = {
+      /* IPv4 in and out */
+      {"10.0.0.0", 1},
+      {"10.255.255.255", 1},
+      {"11.0.0.0", 0},
+      {"9.255.255.255", 0},
+      {"172.16.0.1", 1},
+      {"172.31.255.255", 1},
+      {"172.32.0.0", 0},
+      {"172.15.255.255", 0},
+      /* a /32 is that host only */
+      {"192.168.1.7", 1},
+      {"192.168.1.6", 0},
+      {"192.168.1.8", 0},
+      /* IPv6 in and out; a /128 is that host only */
+      {"fd00::1", 1},
+      {"fdff:ffff::1", 1},
+      {"fe00::1", 0},
+      {"fc00::1", 0},
+      {"2001:db8::5", 1},
+      {"2001:db8::4", 0},
+      {"2001:db8::5:0", 0},
+      {"::1", 0},
+      /* IPv4-mapped addresses are their IPv4 address */
+      {"::ffff:10.1.2.3", 1},
+      {"::ffff:192.168.1.7", 1},
+      {"::ffff:192.168.1.8", 0},
+      {"::ffff:11.0.0.1", 0},
+      /* a partial last byte */
+      {"10.200.1.128", 1},
+      {"10.200.1.255", 1},
+      {"127.0.0.1", 0},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    struct sockaddr_storage ss = sa_of(cases[i].ip);
+    int got = config_cidr_match(list, 6, (struct sockaddr *)&ss);
+    if (got != cases[i].want)
+      fail_msg("%s: match %d, want %d", cases[i].ip, got, cases[i].want);
+  }
+
+  /* /0 of one family is every address of that family, and only of it */
+  struct config_cidr any4, any6;
+  assert_int_equal(config_parse_cidr("0.0.0.0/0", &any4), 0);
+  assert_int_equal(config_parse_cidr("::/0", &any6), 0);
+  static const char *const v4[] = {"0.0.0.0", "1.2.3.4", "255.255.255.255",
+                                   "::ffff:1.2.3.4"};
+  static const char *const v6[] = {"::", "::1", "fd00::1", "ffff::ffff"};
+  for (size_t i = 0; i < 4; i++) {
+    struct sockaddr_storage a = sa_of(v4[i]), b = sa_of(v6[i]);
+    assert_int_equal(config_cidr_match(&any4, 1, (struct sockaddr *)&a), 1);
+    assert_int_equal(config_cidr_match(&any6, 1, (struct sockaddr *)&a), 0);
+    assert_int_equal(config_cidr_match(&any6, 1, (struct sockaddr *)&b), 1);
+    assert_int_equal(config_cidr_match(&any4, 1, (struct sockaddr *)&b), 0);
+  }
+  /* an empty list, and a family we do not know, match nothing */
+  struct sockaddr_storage lo = sa_of("127.0.0.1");
+  assert_int_equal(config_cidr_match(list, 0, (struct sockaddr *)&lo), 0);
+  struct sockaddr_storage unix_sa;
+  memset(&unix_sa, 0, sizeof unix_sa);
+  unix_sa.ss_family = AF_UNIX;
+  assert_int_equal(config_cidr_match(&any4, 1, (struct sockaddr *)&unix_sa),
+                   0);
+}
+
+/* check_errors loads each case and compares the message; returns the number
+ * of mismatches, after printing them. */
+struct error_case {
+  const char *yaml;
+  const char *want;
+};
+
+static int check_errors(const struct error_case *cases, size_t n) {
+  int failed = 0;
+  for (size_t i = 0; i < n; i++) {
+    struct config cfg;
+    char err[1024];
+    int rc = load(&cfg, cases[i].yaml, err, sizeof err);
+    if (rc != RM_ECONFIG || strcmp(err, cases[i].want) != 0) {
+      print_error("case %zu: rc %d\n got: %s\nwant: %s\n", i, rc, err,
+                  cases[i].want);
+      failed++;
+    }
+    /* a refused file leaves nothing of the new keys behind */
+    assert_null(cfg.allow);
+    assert_int_equal(cfg.allow_set, 0);
+    assert_null(cfg.auth_htpasswd);
+    assert_null(cfg.tls);
+    assert_null(cfg.cluster.tls);
+    config_free(&cfg);
+  }
+  return failed;
+}
+
+static void test_allow(void **state) {
+  (void)state;
+  struct config cfg;
+  char err[512];
+
+  /* absent: not set, nothing stored (the node then serves loopback only) */
+  assert_int_equal(load(&cfg, minimal_yaml, err, sizeof err), 0);
+  assert_int_equal(cfg.allow_set, 0);
+  assert_int_equal(cfg.n_allow, 0);
+  assert_null(cfg.allow);
+  config_free(&cfg);
+  config_init(&cfg);
+  assert_int_equal(cfg.allow_set, 0);
+  assert_null(cfg.allow);
+  assert_null(cfg.auth_htpasswd);
+  assert_null(cfg.tls);
+  config_free(&cfg);
+
+  assert_int_equal(load(&cfg,
+                        UP "allow:\n"
+                           "  - 10.0.0.0/8\n"
+                           "  - \"::1\"\n"
+                           "  - fd00::/8\n"
+                           "  - 0.0.0.0/0\n"
+                           "  - \"::/0\"\n"
+                           "  - 192.168.1.7\n",
+                        err, sizeof err),
+                   0);
+  assert_string_equal(err, "");
+  assert_int_equal(cfg.allow_set, 1);
+  assert_int_equal(cfg.n_allow, 6);
+  assert_int_equal(cfg.allow[0].family, AF_INET);
+  assert_int_equal(cfg.allow[0].prefix, 8);
+  assert_int_equal(cfg.allow[0].addr[0], 10);
+  assert_int_equal(cfg.allow[1].family, AF_INET6);
+  assert_int_equal(cfg.allow[1].prefix, 128);
+  assert_int_equal(cfg.allow[1].addr[15], 1);
+  assert_int_equal(cfg.allow[2].family, AF_INET6);
+  assert_int_equal(cfg.allow[2].prefix, 8);
+  assert_int_equal(cfg.allow[2].addr[0], 0xfd);
+  assert_int_equal(cfg.allow[3].family, AF_INET);
+  assert_int_equal(cfg.allow[3].prefix, 0);
+  assert_int_equal(cfg.allow[4].family, AF_INET6);
+  assert_int_equal(cfg.allow[4].prefix, 0);
+  assert_int_equal(cfg.allow[5].prefix, 32);
+  struct sockaddr_storage ss = sa_of("203.0.113.9");
+  assert_int_equal(
+      config_cidr_match(cfg.allow, cfg.n_allow, (struct sockaddr *)&ss), 1);
+  config_free(&cfg);
+  assert_null(cfg.allow);
+  assert_int_equal(cfg.n_allow, 0);
+
+  /* flow style */
+  assert_int_equal(load(&cfg, UP "allow: [127.0.0.1, '::1']\n", err, sizeof err),
+                   0);
+  assert_int_equal(cfg.n_allow, 2);
+  config_free(&cfg);
+
+  static const struct error_case cases[] = {
+      {UP "allow: []\n",
+       "t.yml:4:8: allow: empty list lets nobody in; remove the key for "
+       "loopback-only"},
+      {UP "allow:\nlisten: 127.0.0.1:5000\n",
+       "t.yml:4:7: allow: empty list lets nobody in; remove the key for "
+       "loopback-only"},
+      {UP "allow: 10.0.0.0/8\n",
+       "t.yml:4:8: allow: expected a sequence of networks (\"10.0.0.0/8\", "
+       "\"::1\"), got a scalar"},
+      {UP "allow: {net: 10.0.0.0/8}\n",
+       "t.yml:4:8: allow: expected a sequence of networks (\"10.0.0.0/8\", "
+       "\"::1\"), got a mapping"},
+      {UP "allow:\n  - 10.0.0.0/8\n  - 10.0.0.1/8\n",
+       "t.yml:6:5: allow[1]: invalid network \"10.0.0.1/8\": host bits are "
+       "set below the prefix; did you mean 10.0.0.0/8?"},
+      {UP "allow: [192.168.1.1/24]\n",
+       "t.yml:4:9: allow[0]: invalid network \"192.168.1.1/24\": host bits "
+       "are set below the prefix; did you mean 192.168.1.0/24?"},
+      {UP "allow: ['::1', 'fd00::1/8']\n",
+       "t.yml:4:16: allow[1]: invalid network \"fd00::1/8\": host bits are "
+       "set below the prefix; did you mean fd00::/8?"},
+      {UP "allow: [10.0.0.0/33]\n",
+       "t.yml:4:9: allow[0]: invalid network \"10.0.0.0/33\": an IPv4 prefix "
+       "is at most /32"},
+      {UP "allow: ['::/129']\n",
+       "t.yml:4:9: allow[0]: invalid network \"::/129\": an IPv6 prefix is at "
+       "most /128"},
+      {UP "allow: [10.0.0.0/]\n",
+       "t.yml:4:9: allow[0]: invalid network \"10.0.0.0/\": the prefix after "
+       "/ must be a number"},
+      {UP "allow: [10.0.0.0/x]\n",
+       "t.yml:4:9: allow[0]: invalid network \"10.0.0.0/x\": the prefix "
+       "after / must be a number"},
+      {UP "allow:\n  - garbage\n",
+       "t.yml:5:5: allow[0]: invalid network \"garbage\": expected an IPv4 "
+       "or IPv6 address, optionally with /prefix"},
+      {UP "allow: [localhost]\n",
+       "t.yml:4:9: allow[0]: invalid network \"localhost\": expected an IPv4 "
+       "or IPv6 address, optionally with /prefix"},
+      {UP "allow: ['fe80::1%eth0']\n",
+       "t.yml:4:9: allow[0]: invalid network \"fe80::1%eth0\": expected an "
+       "IPv4 or IPv6 address, optionally with /prefix"},
+      {UP "allow: ['']\n", "t.yml:4:9: allow[0]: value is empty"},
+      {UP "allow:\n  -\n", "t.yml:5:4: allow[0]: value is empty"},
+      {UP "allow: [[10.0.0.0/8]]\n",
+       "t.yml:4:9: allow[0]: expected a scalar, got a sequence"},
+      {UP "allow: ['::1']\nallow: ['::1']\n",
+       "t.yml:5:1: allow: duplicate key (first at 4:1)"},
+      {UP "alow: ['::1']\n",
+       "t.yml:4:1: alow: unknown key (did you mean allow?)"},
+  };
+  assert_int_equal(check_errors(cases, sizeof cases / sizeof cases[0]), 0);
+
+  /* at most 1024 entries; exactly that many load */
+  char *yaml = malloc(64 * 1024);
+  assert_non_null(yaml);
+  size_t n = (size_t)sprintf(yaml, UP "allow:\n");
+  for (int i = 0; i < CONFIG_MAX_ALLOW; i++)
+    n += (size_t)sprintf(yaml + n, "  - 10.%d.%d.0/24\n", i / 256, i % 256);
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), 0);
+  assert_int_equal(cfg.n_allow, CONFIG_MAX_ALLOW);
+  assert_int_equal(cfg.allow[1023].addr[1], 3);
+  assert_int_equal(cfg.allow[1023].addr[2], 255);
+  config_free(&cfg);
+  sprintf(yaml + n, "  - 11.0.0.0/8\n");
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
+  assert_string_equal(err,
+                      "t.yml:5:3: allow: too many entries (1025, at most 1024)");
+  assert_null(cfg.allow);
+  config_free(&cfg);
+  free(yaml);
+}
+
+/* ---- auth: and private: ---- */
+
+#define BCRYPT_PASS "$2y$05$j5BGT5g5j0fHLdn0hBk2hugKJf.DUyrYst4v37xpYLZ9.XgJa5HjW"
+
+static void test_auth(void **state) {
+  (void)state;
+  struct config cfg;
+  char dir[64], sub[128], cfgpath[192], pwpath[192], yaml[1024], err[1024],
+      want[1024];
+  snprintf(dir, sizeof dir, "/tmp/test_config_auth.XXXXXX");
+  assert_non_null(mkdtemp(dir));
+  snprintf(sub, sizeof sub, "%s/etc", dir);
+  assert_int_equal(mkdir(sub, 0700), 0);
+  snprintf(cfgpath, sizeof cfgpath, "%s/regmesh.yml", sub);
+  snprintf(pwpath, sizeof pwpath, "%s/htpasswd", sub);
+  static const char users[] = "# mirror users\nci:" BCRYPT_PASS "\n"
+                              "dev:" BCRYPT_PASS "\n";
+  write_file(pwpath, users, strlen(users));
+
+  /* relative to the config's directory; stored resolved; private ok */
+  snprintf(yaml, sizeof yaml,
+           "upstreams:\n"
+           "  - host: ghcr.io\n"
+           "    url: https://ghcr.io\n"
+           "    private: true\n"
+           "  - host: quay.io\n"
+           "    url: https://quay.io\n"
+           "    private: no\n"
+           "auth:\n"
+           "  htpasswd: htpasswd\n");
+  write_file(cfgpath, yaml, strlen(yaml));
+  assert_int_equal(config_load_file(&cfg, cfgpath, err, sizeof err), 0);
+  assert_string_equal(err, "");
+  assert_string_equal(cfg.auth_htpasswd, pwpath);
+  assert_int_equal(cfg.upstreams[0].is_private, 1);
+  assert_int_equal(cfg.upstreams[1].is_private, 0);
+  config_free(&cfg);
+  assert_null(cfg.auth_htpasswd);
+
+  /* absolute; private defaults to false */
+  snprintf(yaml, sizeof yaml, "auth: {htpasswd: %s}\n" UP, pwpath);
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), 0);
+  assert_string_equal(cfg.auth_htpasswd, pwpath);
+  assert_int_equal(cfg.upstreams[0].is_private, 0);
+  config_free(&cfg);
+
+  /* a bad line in the file: both positions, config first */
+  static const char bad[] = "ci:" BCRYPT_PASS "\n\ndev:$apr1$abc$def\n";
+  write_file(pwpath, bad, strlen(bad));
+  snprintf(yaml, sizeof yaml, UP "auth:\n  htpasswd: htpasswd\n");
+  write_file(cfgpath, yaml, strlen(yaml));
+  assert_int_equal(config_load_file(&cfg, cfgpath, err, sizeof err),
+                   RM_ECONFIG);
+  snprintf(want, sizeof want,
+           "%s:5:13: auth.htpasswd: %s:3:5: an MD5 ($apr1$) hash; only bcrypt "
+           "(htpasswd -B) is accepted",
+           cfgpath, pwpath);
+  assert_string_equal(err, want);
+  config_free(&cfg);
+  static const char dup[] = "ci:" BCRYPT_PASS "\r\nci:" BCRYPT_PASS "\r\n";
+  write_file(pwpath, dup, strlen(dup));
+  assert_int_equal(config_load_file(&cfg, cfgpath, err, sizeof err),
+                   RM_ECONFIG);
+  snprintf(want, sizeof want,
+           "%s:5:13: auth.htpasswd: %s:2:1: user \"ci\" is listed twice "
+           "(first on line 1)",
+           cfgpath, pwpath);
+  assert_string_equal(err, want);
+  config_free(&cfg);
+
+  /* missing: the resolved path and the system's reason */
+  snprintf(yaml, sizeof yaml, UP "auth:\n  htpasswd: ../none\n");
+  write_file(cfgpath, yaml, strlen(yaml));
+  assert_int_equal(config_load_file(&cfg, cfgpath, err, sizeof err),
+                   RM_ECONFIG);
+  snprintf(want, sizeof want,
+           "%s:5:13: auth.htpasswd: %s/etc/../none: No such file or directory",
+           cfgpath, dir);
+  assert_string_equal(err, want);
+  config_free(&cfg);
+
+  static const struct error_case cases[] = {
+      {UP "auth: {}\n", "t.yml:4:7: auth.htpasswd: required key is missing"},
+      {UP "auth:\n", "t.yml:4:6: auth.htpasswd: required key is missing"},
+      {UP "auth: /etc/htpasswd\n",
+       "t.yml:4:7: auth: expected a mapping, got a scalar"},
+      {UP "auth:\n  passwd: /etc/htpasswd\n",
+       "t.yml:5:3: auth.passwd: unknown key (did you mean htpasswd?)"},
+      {UP "auth:\n  realm: regmesh\n  htpasswd: /nonexistent\n",
+       "t.yml:5:3: auth.realm: unknown key"},
+      {UP "auth:\n  htpasswd: \"\"\n",
+       "t.yml:5:13: auth.htpasswd: value is empty"},
+      {UP "auth:\n  htpasswd: /nonexistent/htpasswd\n",
+       "t.yml:5:13: auth.htpasswd: /nonexistent/htpasswd: No such file or "
+       "directory"},
+      {UP "auth:\n  htpasswd: /tmp\n",
+       "t.yml:5:13: auth.htpasswd: /tmp: Is a directory"},
+      /* private */
+      {UP "    private: true\n",
+       "t.yml:4:14: upstreams[0].private: private: true needs auth.htpasswd "
+       "(nobody could pull it)"},
+      {UP "  - host: ghcr.io\n    url: https://ghcr.io\n    private: yes\n",
+       "t.yml:6:14: upstreams[1].private: private: true needs auth.htpasswd "
+       "(nobody could pull it)"},
+      {UP "    private: maybe\n",
+       "t.yml:4:14: upstreams[0].private: expected true or false, got "
+       "\"maybe\""},
+  };
+  assert_int_equal(check_errors(cases, sizeof cases / sizeof cases[0]), 0);
+
+  unlink(pwpath);
+  unlink(cfgpath);
+  rmdir(sub);
+  rmdir(dir);
+}
+
+/* ---- cluster.peer_listen ---- */
+
+static void test_peer_listen(void **state) {
+  (void)state;
+  struct config cfg;
+  char err[512];
+
+  /* without cluster: the default bind's + 1, like everything else there */
+  config_init(&cfg);
+  assert_string_equal(cfg.cluster.peer_listen, "0.0.0.0:7947");
+  config_free(&cfg);
+  assert_int_equal(load(&cfg, minimal_yaml, err, sizeof err), 0);
+  assert_string_equal(cfg.cluster.peer_listen, "0.0.0.0:7947");
+  free(cfg.cluster.peer_listen); /* owned after a load */
+  cfg.cluster.peer_listen = strdup("127.0.0.1:1");
+  config_free(&cfg);
+  assert_int_equal(config_default_builtin(&cfg), 0);
+  assert_string_equal(cfg.cluster.peer_listen, "0.0.0.0:7947");
+  config_free(&cfg);
+
+  /* derived from bind: its host as written, port + 1; port 0 stays 0 */
+  static const struct {
+    const char *cluster;
+    const char *want;
+  } derived[] = {
+      {"cluster: {}\n", "0.0.0.0:7947"},
+      {"cluster:\n  bind: 10.0.0.7:8000\n", "10.0.0.7:8001"},
+      {"cluster:\n  bind: \"[::]:7946\"\n", "[::]:7947"},
+      {"cluster:\n  bind: \"[fd00::7]:65534\"\n", "[fd00::7]:65535"},
+      {"cluster:\n  bind: 127.0.0.1:0\n", "127.0.0.1:0"},
+      {"cluster:\n  bind: 10.0.0.7:8000\n  peer_listen: 10.0.0.7:9000\n",
+       "10.0.0.7:9000"},
+      {"cluster:\n  peer_listen: \"[::]:9000\"\n", "[::]:9000"},
+      {"cluster:\n  bind: 127.0.0.1:65535\n  peer_listen: 127.0.0.1:7000\n",
+       "127.0.0.1:7000"},
+  };
+  for (size_t i = 0; i < sizeof derived / sizeof derived[0]; i++) {
+    char yaml[512];
+    snprintf(yaml, sizeof yaml, UP "%s", derived[i].cluster);
+    int rc = load(&cfg, yaml, err, sizeof err);
+    if (rc != 0 || strcmp(cfg.cluster.peer_listen, derived[i].want) != 0)
+      fail_msg("case %zu: rc %d err %s peer_listen %s, want %s", i, rc, err,
+               rc == 0 ? cfg.cluster.peer_listen : "-", derived[i].want);
+    config_free(&cfg);
+  }
+
+  static const struct error_case cases[] = {
+      {CL "  bind: 10.0.0.7:65535\n",
+       "t.yml:5:9: cluster.bind: port 65535 leaves no port for the default "
+       "peer_listen (bind port + 1); set peer_listen"},
+      {CL "  peer_listen: localhost:7947\n",
+       "t.yml:5:16: cluster.peer_listen: invalid address \"localhost:7947\": "
+       "expected an IP address, not a host name"},
+      {CL "  peer_listen: 10.0.0.7\n",
+       "t.yml:5:16: cluster.peer_listen: invalid address \"10.0.0.7\": "
+       "expected ip:port or [v6]:port"},
+      {CL "  peer_listen: 10.0.0.7:0\n",
+       "t.yml:5:16: cluster.peer_listen: invalid address \"10.0.0.7:0\": "
+       "port must be a number from 1 to 65535"},
+      {CL "  peer_listen: \"::1:7947\"\n",
+       "t.yml:5:16: cluster.peer_listen: invalid address \"::1:7947\": IPv6 "
+       "addresses need brackets, as in [fd00::7]:7946"},
+      /* against the other listeners, explicit or derived */
+      {CL "  peer_listen: 127.0.0.1:5000\n",
+       "t.yml:5:16: cluster.peer_listen: address 127.0.0.1:5000 is already "
+       "used by listen (default)"},
+      {"listen: 0.0.0.0:7947\n" CL "  name: a\n",
+       "t.yml:1:9: listen: address 0.0.0.0:7947 is already used by "
+       "cluster.peer_listen (default)"},
+      {"listen: 127.0.0.1:7001\n" CL "  bind: 0.0.0.0:7000\n",
+       "t.yml:1:9: listen: address 127.0.0.1:7001 overlaps "
+       "cluster.peer_listen (default) (0.0.0.0:7001) on port 7001"},
+      {CL "  peer_listen: 0.0.0.0:7946\n",
+       "t.yml:5:16: cluster.peer_listen: address 0.0.0.0:7946 is already "
+       "used by cluster.bind (default)"},
+      {CL "  bind: 10.0.0.7:7000\n  peer_listen: 10.0.0.7:7000\n",
+       "t.yml:6:16: cluster.peer_listen: address 10.0.0.7:7000 is already "
+       "used by cluster.bind"},
+      {"admin_listen: 127.0.0.1:9000\n" CL "  peer_listen: 127.0.0.1:9000\n",
+       "t.yml:6:16: cluster.peer_listen: address 127.0.0.1:9000 is already "
+       "used by admin_listen"},
+      {UP "    listen: 10.0.0.7:6000\ncluster:\n  peer_listen: "
+          "\"0.0.0.0:6000\"\n",
+       "t.yml:6:16: cluster.peer_listen: address 0.0.0.0:6000 overlaps "
+       "upstreams[0].listen (10.0.0.7:6000) on port 6000"},
+  };
+  assert_int_equal(check_errors(cases, sizeof cases / sizeof cases[0]), 0);
+
+  /* a peer_listen of port 0 (derived from bind port 0) collides with
+   * nothing; without cluster: the default peer port is nobody's */
+  assert_int_equal(load(&cfg, "listen: 0.0.0.0:1\n" CL "  bind: 0.0.0.0:0\n",
+                        err, sizeof err),
+                   0);
+  config_free(&cfg);
+  assert_int_equal(load(&cfg, "listen: 0.0.0.0:7947\n" UP, err, sizeof err),
+                   0);
+  config_free(&cfg);
+}
+
+/* ---- tls: ---- */
+
+/* make_pair writes a throwaway self-signed P-256 certificate and its key. */
+static void make_pair(const char *cert_path, const char *key_path,
+                      const char *cn) {
+  EVP_PKEY *pk = EVP_EC_gen("P-256");
+  assert_non_null(pk);
+  X509 *x = X509_new();
+  assert_non_null(x);
+  assert_int_equal(X509_set_version(x, 2), 1);
+  ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+  X509_gmtime_adj(X509_getm_notBefore(x), -60);
+  X509_gmtime_adj(X509_getm_notAfter(x), 3600);
+  assert_int_equal(X509_set_pubkey(x, pk), 1);
+  X509_NAME *name = X509_get_subject_name(x);
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                             (const unsigned char *)cn, -1, -1, 0);
+  assert_int_equal(X509_set_issuer_name(x, name), 1);
+  assert_true(X509_sign(x, pk, EVP_sha256()) > 0);
+  FILE *f = fopen(cert_path, "wb");
+  assert_non_null(f);
+  assert_int_equal(PEM_write_X509(f, x), 1);
+  fclose(f);
+  f = fopen(key_path, "wb");
+  assert_non_null(f);
+  assert_int_equal(PEM_write_PrivateKey(f, pk, NULL, NULL, 0, NULL, NULL), 1);
+  fclose(f);
+  X509_free(x);
+  EVP_PKEY_free(pk);
+}
+
+static void test_tls(void **state) {
+  (void)state;
+  struct config cfg;
+  char dir[64], cfgpath[128], crt[128], key[128], crt2[128], key2[128],
+      junk[128], yaml[2048], err[1024], want[1024];
+  snprintf(dir, sizeof dir, "/tmp/test_config_tls.XXXXXX");
+  assert_non_null(mkdtemp(dir));
+  snprintf(cfgpath, sizeof cfgpath, "%s/regmesh.yml", dir);
+  snprintf(crt, sizeof crt, "%s/node.crt", dir);
+  snprintf(key, sizeof key, "%s/node.key", dir);
+  snprintf(crt2, sizeof crt2, "%s/other.crt", dir);
+  snprintf(key2, sizeof key2, "%s/other.key", dir);
+  snprintf(junk, sizeof junk, "%s/junk.pem", dir);
+  make_pair(crt, key, "node");
+  make_pair(crt2, key2, "other");
+  write_file(junk, "-----BEGIN CERTIFICATE-----\nnot base64\n", 40);
+
+  /* every block, relative paths resolved against the config's directory */
+  snprintf(yaml, sizeof yaml,
+           "listen: 127.0.0.1:5000\n"
+           "tls:\n"
+           "  cert: node.crt\n"
+           "  key: node.key\n"
+           "upstreams:\n"
+           "  - host: docker.io\n"
+           "    url: https://registry-1.docker.io\n"
+           "    listen: 127.0.0.1:5002\n"
+           "    tls:\n"
+           "      cert: other.crt\n"
+           "      key: other.key\n"
+           "      client_ca: node.crt\n"
+           "      min_version: \"1.3\"\n"
+           "  - host: ghcr.io\n"
+           "    url: https://ghcr.io\n"
+           "cluster:\n"
+           "  tls:\n"
+           "    cert: %s\n"
+           "    key: node.key\n"
+           "    ca: other.crt\n",
+           crt);
+  write_file(cfgpath, yaml, strlen(yaml));
+  assert_int_equal(config_load_file(&cfg, cfgpath, err, sizeof err), 0);
+  assert_string_equal(err, "");
+  assert_non_null(cfg.tls);
+  assert_string_equal(cfg.tls->cert, crt);
+  assert_string_equal(cfg.tls->key, key);
+  assert_null(cfg.tls->ca);
+  assert_int_equal(cfg.tls->min_version, 0x0303);
+  const struct config_tls *ut = cfg.upstreams[0].tls;
+  assert_non_null(ut);
+  assert_string_equal(ut->cert, crt2);
+  assert_string_equal(ut->key, key2);
+  assert_string_equal(ut->ca, crt);
+  assert_int_equal(ut->min_version, 0x0304);
+  assert_null(cfg.upstreams[1].tls);
+  assert_non_null(cfg.cluster.tls);
+  assert_string_equal(cfg.cluster.tls->cert, crt);
+  assert_string_equal(cfg.cluster.tls->key, key);
+  assert_string_equal(cfg.cluster.tls->ca, crt2);
+  config_free(&cfg);
+  assert_null(cfg.tls);
+
+  /* absent: every block NULL */
+  assert_int_equal(load(&cfg, minimal_yaml, err, sizeof err), 0);
+  assert_null(cfg.tls);
+  assert_null(cfg.upstreams[0].tls);
+  assert_null(cfg.cluster.tls);
+  config_free(&cfg);
+
+  /* a key from another pair: at key:, naming the key file (OpenSSL
+   * notices when the key is loaded next to the certificate) */
+  snprintf(yaml, sizeof yaml, UP "tls:\n  cert: %s\n  key: %s\n", crt, key2);
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
+  snprintf(want, sizeof want, "t.yml:6:8: tls.key: %s: ", key2);
+  if (strncmp(err, want, strlen(want)) != 0 ||
+      strstr(err, "mismatch") == NULL)
+    fail_msg("got: %s\nwant: %s...mismatch...", err, want);
+  assert_null(cfg.tls);
+  config_free(&cfg);
+
+  /* garbage for a certificate: at cert: */
+  snprintf(yaml, sizeof yaml, UP "tls:\n  key: %s\n  cert: %s\n", key, junk);
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
+  snprintf(want, sizeof want,
+           "t.yml:6:9: tls.cert: %s: no usable PEM certificate (", junk);
+  if (strncmp(err, want, strlen(want)) != 0)
+    fail_msg("got: %s\nwant: %s...", err, want);
+  config_free(&cfg);
+
+  /* a missing key file, a garbage CA: the key that names them */
+  snprintf(yaml, sizeof yaml,
+           UP "    listen: 127.0.0.1:5002\n    tls:\n      cert: %s\n"
+              "      key: %s/none.key\n",
+           crt, dir);
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
+  snprintf(want, sizeof want,
+           "t.yml:7:12: upstreams[0].tls.key: cannot read \"%s/none.key\": "
+           "No such file or directory",
+           dir);
+  assert_string_equal(err, want);
+  config_free(&cfg);
+  snprintf(yaml, sizeof yaml,
+           CL "  tls:\n    cert: %s\n    key: %s\n    ca: %s\n", crt, key,
+           junk);
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
+  snprintf(want, sizeof want,
+           "t.yml:8:9: cluster.tls.ca: %s: no usable PEM CA certificate (",
+           junk);
+  if (strncmp(err, want, strlen(want)) != 0)
+    fail_msg("got: %s\nwant: %s...", err, want);
+  config_free(&cfg);
+
+  /* min_version 1.1 (and 1.0): refused before any file is read */
+  snprintf(yaml, sizeof yaml,
+           UP "tls:\n  cert: %s\n  key: %s\n  min_version: \"1.1\"\n", crt,
+           key);
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
+  assert_string_equal(err, "t.yml:7:16: tls.min_version: TLS 1.1 is not "
+                           "offered: TLS 1.2 is the minimum");
+  config_free(&cfg);
+
+  static const struct error_case cases[] = {
+      {UP "tls:\n  key: /k\n",
+       "t.yml:5:3: tls.cert: required key is missing"},
+      {UP "tls:\n  cert: /c\n", "t.yml:5:3: tls.key: required key is missing"},
+      {UP "tls:\n", "t.yml:4:5: tls.cert: required key is missing"},
+      {UP "tls: on\n", "t.yml:4:6: tls: expected a mapping, got a scalar"},
+      {UP "tls: {cert: /c, key: /k, min_version: 1.0}\n",
+       "t.yml:4:39: tls.min_version: TLS 1.0 is not offered: TLS 1.2 is the "
+       "minimum"},
+      {UP "tls: {cert: /c, key: /k, min_version: 2}\n",
+       "t.yml:4:39: tls.min_version: expected \"1.2\" or \"1.3\", got \"2\""},
+      {UP "tls: {cert: /c, key: /k, min_version: TLSv1.3}\n",
+       "t.yml:4:39: tls.min_version: expected \"1.2\" or \"1.3\", got "
+       "\"TLSv1.3\""},
+      {UP "tls: {cert: /c, key: /k, ca: /a}\n",
+       "t.yml:4:30: tls.ca: a client listener's CA is client_ca: (clients "
+       "must then present a certificate it signed); ca: is for cluster.tls"},
+      {UP "tls: {cert: /c, key: /k, chain: /a}\n",
+       "t.yml:4:26: tls.chain: unknown key"},
+      {UP "tls: {cert: \"\", key: /k}\n", "t.yml:4:13: tls.cert: value is empty"},
+      /* an upstream's tls: is for its own listener */
+      {UP "    tls: {cert: /c, key: /k}\n",
+       "t.yml:4:10: upstreams[0].tls: tls: is for this upstream's own "
+       "listen:, and it has none (the top-level tls: covers the shared "
+       "listeners)"},
+      {UP "    listen: 127.0.0.1:5002\n    tls: {cert: /c}\n",
+       "t.yml:5:10: upstreams[0].tls.key: required key is missing"},
+      /* cluster.tls: ca required, client_ca refused */
+      {CL "  tls: {cert: /c, key: /k}\n",
+       "t.yml:5:8: cluster.tls.ca: required key is missing"},
+      {CL "  tls: {cert: /c, key: /k, client_ca: /a}\n",
+       "t.yml:5:39: cluster.tls.client_ca: cluster.tls takes ca: (it "
+       "verifies peers both ways), not client_ca:"},
+      {CL "  tls: {cert: /c, key: /k, ca: /a, min_version: 1.3}\n",
+       "t.yml:5:36: cluster.tls.min_version: unknown key"},
+      /* files are read last: a structural error elsewhere comes first */
+      {"tls: {cert: /nonexistent/c, key: /k}\n" UP "    private: true\n",
+       "t.yml:5:14: upstreams[0].private: private: true needs auth.htpasswd "
+       "(nobody could pull it)"},
+  };
+  assert_int_equal(check_errors(cases, sizeof cases / sizeof cases[0]), 0);
+
+  unlink(crt);
+  unlink(key);
+  unlink(crt2);
+  unlink(key2);
+  unlink(junk);
+  unlink(cfgpath);
+  rmdir(dir);
+}
+
 /* ---- robustness: nothing may crash, leak, or fail without a message ---- */
 
 static int n_clean_ok, n_clean_err;
@@ -1310,6 +2063,12 @@ int main(void) {
       cmocka_unit_test(test_cluster_values),
       cmocka_unit_test(test_cluster_errors),
       cmocka_unit_test(test_cluster_secret_file),
+      cmocka_unit_test(test_parse_cidr),
+      cmocka_unit_test(test_cidr_match),
+      cmocka_unit_test(test_allow),
+      cmocka_unit_test(test_auth),
+      cmocka_unit_test(test_peer_listen),
+      cmocka_unit_test(test_tls),
       cmocka_unit_test(test_nasty_inputs),
       cmocka_unit_test(test_mutations),
   };
