@@ -20,6 +20,7 @@ const char *rm_strerror(int err) {
   case RM_ERATELIMIT: return "upstream rate limit reached";
   case RM_ESIZE: return "content length mismatch";
   case RM_ENOSPACE: return "storage budget exceeded";
+  case RM_ETLS: return "TLS error";
   default: return uv_strerror(err);
   }
 }

@@ -14,6 +14,16 @@
  * driven by a uv_poll_t on a dup of the socket, because a uv_tcp_t has no
  * "writable" callback.
  *
+ * TLS sits between the socket and all of the above (memory BIOs, so the
+ * libuv I/O stays as it is): ciphertext read by libuv is fed to OpenSSL and
+ * the plaintext lands in the same input buffer; every output buffer is
+ * encrypted as it is queued, through a "sink" BIO that appends to the
+ * connection's scratch buffer. A file body is read into a scratch buffer and
+ * encrypted straight into a pool buffer, which then goes out with write(2)
+ * like a plain one; with the pool empty a connection encrypts into a small
+ * buffer of its own instead of using sendfile. Kernel TLS is not used: the
+ * kernels we run on had no `tls` ULP (docs/decisions.md).
+ *
  * Lifetime: a connection is refcounted - one reference for its libuv handles
  * (dropped in the last close callback), one while the handler holds the
  * request, one while it sits in the server's deferred-work list. Work that
@@ -29,6 +39,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <http_parser.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <signal.h>
@@ -62,6 +74,16 @@
  * and 1 MiB was not measurably better than 512 KiB. */
 #define COPY_BUFS 16
 #define COPY_BUF_SIZE (512 * 1024)
+/* TLS: a file piece is encrypted into a pool buffer whole, so it leaves
+ * room for each 16 KiB record's header, IV, MAC and padding (at most ~85
+ * bytes with CBC suites; 128 are kept per record). The own buffer of a TLS
+ * connection that found the pool empty holds four records. */
+#define TLS_RECORD 16384
+#define TLS_RECORD_ROOM 128
+#define TLS_PIECE (COPY_BUF_SIZE - (COPY_BUF_SIZE / TLS_RECORD) * TLS_RECORD_ROOM)
+#define TLS_OWN_PLAIN (4 * TLS_RECORD)
+#define TLS_OWN_BUF (4 * (TLS_RECORD + TLS_RECORD_ROOM))
+#define TLS_READ_BUF (64 * 1024)
 #define CONN_MAX_RESP_HEAD (64 * 1024)
 #define CONN_MAX_WRITE ((size_t)1 << 30)
 
@@ -112,6 +134,7 @@ struct http_listener {
   uv_tcp_t tcp;
   struct http_server *srv;
   int id;
+  SSL_CTX *const *tls_ctx; /* NULL: plain HTTP */
   struct http_listener *next;
 };
 
@@ -138,6 +161,10 @@ struct http_server {
   uint64_t refuse_log_ms;
   char *copy_free[COPY_BUFS]; /* copy buffers not held by a connection */
   unsigned n_copy_free, n_copy_alloc;
+  /* TLS scratch, used only within one call: ciphertext read by libuv on
+   * its way into OpenSSL, and file plaintext on its way to encryption */
+  char *tls_rbuf, *tls_plain;
+  BIO_METHOD *sink_meth;
 };
 
 /* A client connection. Owns its buffers; embedded handles keep it alive
@@ -157,6 +184,7 @@ struct http_conn {
   unsigned handles_open;
   int err; /* why the connection went down, returned by late calls */
   char remote[64];
+  struct sockaddr_storage remote_addr;
 
   unsigned deferred : 1, reading : 1, poll_init : 1, poll_active : 1;
   unsigned got_bytes : 1, peer_eof : 1, keep_alive : 1, notify_close : 1;
@@ -199,6 +227,18 @@ struct http_conn {
   struct conn_write *dropped_head, *dropped_tail;
   size_t mark_queue;      /* send-progress marks taken when the timer armed */
   uint64_t mark_sf, sf_progress;
+
+  /* TLS: OpenSSL's output appends to sink_buf while a file piece is
+   * encrypted into a copy buffer, else to tout (turned into a conn_write
+   * as soon as the call that produced it returns) */
+  SSL *ssl;
+  BIO *rbio;
+  char *tout;
+  size_t tout_len, tout_cap;
+  char *sink_buf;
+  size_t sink_len, sink_cap;
+  size_t cp_plain; /* plaintext bytes behind the ciphertext in cp_buf */
+  unsigned tls_up : 1, tls_seen : 1, tls_failed : 1, cp_own : 1;
 
   /* file body (copied through a pool buffer, or sendfile) */
   int dupfd;
@@ -244,6 +284,8 @@ static void conn_free(struct http_conn *c) {
   free(c->in);
   free(c->arena);
   free(c->hdrs);
+  SSL_free(c->ssl); /* and its BIOs */
+  free(c->tout);
   free(c);
   srv->n_conns--;
   server_maybe_done(srv);
@@ -475,8 +517,9 @@ static struct conn_write *conn_write_new(struct http_conn *c, size_t len) {
   return w;
 }
 
-/* conn_write_send queues w; on failure w is freed and no callback runs. */
-static int conn_write_send(struct http_conn *c, struct conn_write *w) {
+/* conn_write_send_raw queues w's bytes as they are; on failure w is freed
+ * and no callback runs. */
+static int conn_write_send_raw(struct http_conn *c, struct conn_write *w) {
   uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
   int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, conn_on_write);
   if (rc < 0) {
@@ -486,6 +529,119 @@ static int conn_write_send(struct http_conn *c, struct conn_write *w) {
   c->n_writes++;
   conn_send_timer_update(c, 0);
   return 0;
+}
+
+/* ---- TLS ---- */
+
+/* The sink BIO: OpenSSL's output for this connection. */
+static int tls_sink_write(BIO *b, const char *data, int len) {
+  struct http_conn *c = BIO_get_data(b);
+  size_t n = (size_t)len;
+  BIO_clear_retry_flags(b);
+  if (len <= 0)
+    return 0;
+  if (c->sink_buf) {
+    if (n > c->sink_cap - c->sink_len)
+      return -1; /* cannot happen with TLS_RECORD_ROOM; fails the write */
+    memcpy(c->sink_buf + c->sink_len, data, n);
+    c->sink_len += n;
+    return len;
+  }
+  if (n > c->tout_cap - c->tout_len) {
+    size_t cap = c->tout_cap ? c->tout_cap : 4096;
+    while (cap - c->tout_len < n)
+      cap *= 2;
+    char *p = realloc(c->tout, cap);
+    if (!p)
+      return -1;
+    c->tout = p;
+    c->tout_cap = cap;
+  }
+  memcpy(c->tout + c->tout_len, data, n);
+  c->tout_len += n;
+  return len;
+}
+
+static long tls_sink_ctrl(BIO *b, int cmd, long num, void *ptr) {
+  (void)b;
+  (void)num;
+  (void)ptr;
+  return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static BIO_METHOD *tls_sink_method(void) {
+  BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK,
+                               "regmesh sink");
+  if (m && (!BIO_meth_set_write(m, tls_sink_write) ||
+            !BIO_meth_set_ctrl(m, tls_sink_ctrl))) {
+    BIO_meth_free(m);
+    m = NULL;
+  }
+  return m;
+}
+
+/* conn_tls_take moves OpenSSL's pending output into a new conn_write
+ * (NULL when there is none or memory ran out; *err says which). A scratch
+ * buffer that grew large for one response is given back. */
+static struct conn_write *conn_tls_take(struct http_conn *c, int *err) {
+  *err = 0;
+  if (c->tout_len == 0)
+    return NULL;
+  struct conn_write *w = conn_write_new(c, c->tout_len);
+  if (!w) {
+    *err = UV_ENOMEM;
+    return NULL;
+  }
+  memcpy(w->data, c->tout, c->tout_len);
+  c->tout_len = 0;
+  if (c->tout_cap > 64 * 1024) {
+    free(c->tout);
+    c->tout = NULL;
+    c->tout_cap = 0;
+  }
+  return w;
+}
+
+/* conn_tls_flush queues handshake records, alerts and tickets. */
+static int conn_tls_flush(struct http_conn *c) {
+  int err;
+  struct conn_write *w = conn_tls_take(c, &err);
+  return w ? conn_write_send_raw(c, w) : err;
+}
+
+static void conn_tls_log_error(struct http_conn *c, const char *what) {
+  char reason[200] = "connection closed";
+  unsigned long e = ERR_get_error();
+  if (e)
+    ERR_error_string_n(e, reason, sizeof reason);
+  ERR_clear_error();
+  LOG_D("http conn=%" PRIu64 " remote=%s: TLS %s: %s", c->id, c->remote, what,
+        reason);
+}
+
+/* conn_write_send queues w, encrypted on a TLS connection (the buffer that
+ * goes out carries w's callback); on failure w is freed and no callback
+ * runs. */
+static int conn_write_send(struct http_conn *c, struct conn_write *w) {
+  if (!c->ssl || w->len == 0)
+    return conn_write_send_raw(c, w);
+  ERR_clear_error();
+  int n = SSL_write(c->ssl, w->data, (int)w->len);
+  int err = 0;
+  struct conn_write *cw = n > 0 ? conn_tls_take(c, &err) : NULL;
+  if (!cw) {
+    if (n <= 0) {
+      conn_tls_log_error(c, "write");
+      err = RM_ETLS;
+    }
+    free(w);
+    return err ? err : RM_ETLS;
+  }
+  cw->cb = w->cb;
+  cw->ud = w->ud;
+  cw->body_len = w->body_len;
+  free(w);
+  return conn_write_send_raw(c, cw);
 }
 
 static int conn_write_copy(struct http_conn *c, const void *data, size_t len) {
@@ -576,9 +732,13 @@ static void conn_copy_release(struct http_conn *c) {
   struct http_server *srv = c->srv;
   if (!c->cp_buf)
     return;
-  srv->copy_free[srv->n_copy_free++] = c->cp_buf;
+  if (c->cp_own)
+    free(c->cp_buf);
+  else
+    srv->copy_free[srv->n_copy_free++] = c->cp_buf;
   c->cp_buf = NULL;
-  c->cp_pos = c->cp_len = 0;
+  c->cp_own = 0;
+  c->cp_pos = c->cp_len = c->cp_plain = 0;
 }
 
 static void conn_sendfile_done(struct http_conn *c, int status) {
@@ -607,10 +767,14 @@ static void conn_sendfile_done(struct http_conn *c, int status) {
   conn_after_io(c, status == 0);
 }
 
-/* conn_sent counts n body bytes the socket took. */
+/* conn_sent counts n bytes of a file body the socket took (ciphertext on
+ * TLS, whose plaintext is counted once its whole buffer is out). */
 static void conn_sent(struct http_conn *c, size_t n) {
   c->sf_progress += n;
-  c->body_sent += n;
+  if (!c->ssl)
+    c->body_sent += n;
+  else if (c->cp_pos == c->cp_len)
+    c->body_sent += c->cp_plain;
 }
 
 /* conn_copy_fill reads the next file bytes into c->cp_buf (which is
@@ -630,6 +794,42 @@ static int conn_copy_fill(struct http_conn *c) {
   c->cp_len = (size_t)n;
   c->sf_off += (uint64_t)n;
   c->sf_left -= (uint64_t)n;
+  return 0;
+}
+
+/* conn_tls_fill reads the next file piece and encrypts it into c->cp_buf
+ * (which is empty): 0, RM_ESIZE at the end of a file shorter than
+ * promised, RM_ETLS, or a negative errno. */
+static int conn_tls_fill(struct http_conn *c) {
+  struct http_server *srv = c->srv;
+  size_t room = c->cp_own ? TLS_OWN_PLAIN : TLS_PIECE;
+  size_t want = c->sf_left < room ? (size_t)c->sf_left : room;
+  if (!srv->tls_plain && !(srv->tls_plain = malloc(TLS_PIECE)))
+    return UV_ENOMEM;
+  ssize_t n;
+  do
+    n = pread(c->sf_fd, srv->tls_plain, want, (off_t)c->sf_off);
+  while (n < 0 && errno == EINTR);
+  if (n < 0)
+    return -errno;
+  if (n == 0)
+    return RM_ESIZE;
+  c->sink_buf = c->cp_buf;
+  c->sink_len = 0;
+  c->sink_cap = c->cp_own ? TLS_OWN_BUF : COPY_BUF_SIZE;
+  ERR_clear_error();
+  int w = SSL_write(c->ssl, srv->tls_plain, (int)n);
+  c->sink_buf = NULL;
+  if (w != (int)n) {
+    conn_tls_log_error(c, "file write");
+    return RM_ETLS;
+  }
+  c->cp_pos = 0;
+  c->cp_len = c->sink_len;
+  c->cp_plain = (size_t)n;
+  c->sf_off += (uint64_t)n;
+  c->sf_left -= (uint64_t)n;
+  srv->stats.tls_file_bytes += (uint64_t)n;
   return 0;
 }
 
@@ -663,8 +863,17 @@ static void conn_sendfile_step(struct http_conn *c) {
       break;
     if (!c->cp_buf)
       c->cp_buf = server_copy_get(c->srv);
+    if (!c->cp_buf && c->ssl) {
+      /* no sendfile for TLS: a small buffer of its own instead */
+      c->cp_buf = malloc(TLS_OWN_BUF);
+      c->cp_own = c->cp_buf != NULL;
+      if (!c->cp_buf) {
+        err = UV_ENOMEM;
+        break;
+      }
+    }
     if (c->cp_buf) {
-      err = conn_copy_fill(c);
+      err = c->ssl ? conn_tls_fill(c) : conn_copy_fill(c);
       if (err)
         break;
       continue;
@@ -759,6 +968,15 @@ static void conn_linger(struct http_conn *c) {
   }
   conn_set_state(c, CONN_LINGER);
   c->in_len = 0;
+  if (c->ssl && c->tls_up) {
+    /* close_notify, so the client can tell our end from a cut */
+    ERR_clear_error();
+    SSL_shutdown(c->ssl);
+    if (conn_tls_flush(c) < 0) {
+      conn_close(c, UV_EPIPE);
+      return;
+    }
+  }
   int rc = uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, NULL);
   if (rc < 0) {
     conn_close(c, rc);
@@ -802,6 +1020,8 @@ static void conn_after_io(struct http_conn *c, int progressed) {
     conn_finish(c);
 }
 
+static void conn_tls_input(struct http_conn *c);
+
 static void conn_run_deferred(struct http_conn *c) {
   while (c->dropped_head) {
     struct conn_write *w = c->dropped_head;
@@ -820,6 +1040,8 @@ static void conn_run_deferred(struct http_conn *c) {
   conn_after_io(c, 0);
   if (c->state == CONN_READ_HEAD && c->in_len > 0)
     conn_parse(c);
+  if (c->ssl)
+    conn_tls_input(c);
 }
 
 static const char *server_date(struct http_server *srv) {
@@ -1117,6 +1339,8 @@ static void conn_dispatch(struct http_conn *c) {
   r->n_headers = c->n_hdrs;
   r->listener_id = c->listener_id;
   memcpy(r->remote, c->remote, sizeof r->remote);
+  r->remote_addr = c->remote_addr;
+  r->tls = c->ssl != NULL;
   r->start_ms = uv_now(srv->loop);
   r->id = ++srv->next_req_id;
   r->log_source = NULL;
@@ -1171,6 +1395,12 @@ static void conn_parse(struct http_conn *c) {
 static void conn_on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   struct http_conn *c = h->data;
   (void)hint;
+  if (c->ssl) {
+    /* consumed by conn_on_read before the next alloc: one buffer for all */
+    buf->base = c->srv->tls_rbuf;
+    buf->len = TLS_READ_BUF;
+    return;
+  }
   if (c->state == CONN_LINGER || (c->state == CONN_FLUSHING && !c->keep_alive))
     c->in_len = 0; /* input is thrown away from here on */
   buf->base = c->in + c->in_len;
@@ -1241,11 +1471,114 @@ static void conn_input(struct http_conn *c, ssize_t nread) {
   }
 }
 
+/* conn_tls_plain_reject: a plain HTTP request on a TLS port gets a plain
+ * 400 saying so (as Go and nginx do), not a handshake failure. */
+static void conn_tls_plain_reject(struct http_conn *c) {
+  static const char msg[] =
+      "HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\n"
+      "Connection: close\r\n\r\n"
+      "Client sent an HTTP request to an HTTPS server.\n";
+  c->srv->stats.tls_handshake_errors++;
+  LOG_D("http conn=%" PRIu64 " remote=%s: plain HTTP on a TLS port", c->id,
+        c->remote);
+  c->keep_alive = 0;
+  c->in_len = 0;
+  SSL_free(c->ssl); /* nothing of TLS goes out on this connection */
+  c->ssl = NULL;
+  c->rbio = NULL;
+  conn_set_state(c, CONN_FLUSHING);
+  int rc = conn_write_copy(c, msg, sizeof msg - 1);
+  if (rc < 0)
+    conn_close(c, rc);
+}
+
+/* conn_tls_input runs the handshake and decrypts buffered ciphertext into
+ * the input buffer while there is room; input waits while a file body is
+ * being sent, so no record OpenSSL writes (a key update) can overtake the
+ * file's records. */
+static void conn_tls_input(struct http_conn *c) {
+  struct http_server *srv = c->srv;
+  if (!c->ssl || c->state >= CONN_CLOSING)
+    return;
+  if (c->tls_failed) {
+    /* the alert is on its way out; later bytes are noise, not a second
+     * failed handshake */
+    (void)BIO_reset(c->rbio);
+    c->in_len = 0;
+    return;
+  }
+  if (!c->tls_up) {
+    ERR_clear_error();
+    int r = SSL_do_handshake(c->ssl);
+    int rc = conn_tls_flush(c);
+    if (r != 1) {
+      int e = SSL_get_error(c->ssl, r);
+      if (e == SSL_ERROR_WANT_READ && rc == 0)
+        return;
+      srv->stats.tls_handshake_errors++;
+      c->tls_failed = 1;
+      conn_tls_log_error(c, "handshake");
+      /* the alert, if any, is queued: let it go before closing */
+      if (rc == 0 && c->n_writes > 0) {
+        c->keep_alive = 0;
+        c->in_len = 0;
+        conn_set_state(c, CONN_FLUSHING);
+        c->broken = 1;
+      } else {
+        conn_close(c, RM_ETLS);
+      }
+      return;
+    }
+    c->tls_up = 1;
+    srv->stats.tls_handshakes++;
+  }
+  while (c->state < CONN_CLOSING && !c->sf_pending) {
+    if (c->state == CONN_LINGER ||
+        (c->state == CONN_FLUSHING && !c->keep_alive))
+      c->in_len = 0; /* thrown away from here on */
+    if (c->in_len >= c->in_cap)
+      break;
+    ERR_clear_error();
+    int n = SSL_read(c->ssl, c->in + c->in_len, (int)(c->in_cap - c->in_len));
+    if (n > 0) {
+      conn_input(c, n);
+      continue;
+    }
+    int e = SSL_get_error(c->ssl, n);
+    if (e == SSL_ERROR_WANT_READ)
+      break;
+    if (e == SSL_ERROR_ZERO_RETURN) {
+      conn_tls_flush(c);
+      conn_input(c, UV_EOF);
+      return;
+    }
+    conn_tls_log_error(c, "read");
+    conn_close(c, RM_ETLS);
+    return;
+  }
+  if (c->state < CONN_CLOSING && conn_tls_flush(c) < 0)
+    conn_close(c, UV_ENOMEM);
+}
+
 static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   struct http_conn *c = s->data;
-  (void)buf;
   if (nread == 0)
     return;
+  if (c->ssl && nread > 0) {
+    if (!c->tls_seen) {
+      c->tls_seen = 1;
+      if ((unsigned char)buf->base[0] != 0x16) {
+        conn_tls_plain_reject(c);
+        return;
+      }
+    }
+    if (BIO_write(c->rbio, buf->base, (int)nread) != (int)nread) {
+      conn_close(c, UV_ENOMEM);
+      return;
+    }
+    conn_tls_input(c);
+    return;
+  }
   conn_input(c, nread);
 }
 
@@ -1255,6 +1588,12 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
 static void conn_update_reading(struct http_conn *c) {
   int want = c->state < CONN_CLOSING && c->state != CONN_NEW &&
              !c->peer_eof && c->in_len < c->in_cap;
+  if (c->ssl && want) {
+    if (c->sf_pending)
+      want = 0; /* see conn_tls_input */
+    else if (BIO_ctrl_pending(c->rbio) > 0 || SSL_pending(c->ssl) > 0)
+      conn_defer(c); /* decrypt what is buffered, outside this call chain */
+  }
   if (want && !c->reading) {
     int rc = uv_read_start((uv_stream_t *)&c->tcp, conn_on_alloc, conn_on_read);
     if (rc < 0) {
@@ -1339,8 +1678,10 @@ static void conn_remote_name(struct http_conn *c) {
   char ip[INET6_ADDRSTRLEN] = "?";
   int port = 0;
   strcpy(c->remote, "?");
+  memset(&c->remote_addr, 0, sizeof c->remote_addr);
   if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) < 0)
     return;
+  c->remote_addr = ss;
   if (ss.ss_family == AF_INET6) {
     struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
     uv_ip6_name(a, ip, sizeof ip);
@@ -1352,6 +1693,36 @@ static void conn_remote_name(struct http_conn *c) {
     port = ntohs(a->sin_port);
     snprintf(c->remote, sizeof c->remote, "%s:%d", ip, port);
   }
+}
+
+/* conn_tls_init gives c its TLS session on ctx, server side. */
+static int conn_tls_init(struct http_conn *c, SSL_CTX *ctx) {
+  struct http_server *srv = c->srv;
+  if (!ctx)
+    return RM_ETLS;
+  if (!srv->tls_rbuf && !(srv->tls_rbuf = malloc(TLS_READ_BUF)))
+    return UV_ENOMEM;
+  if (!srv->sink_meth && !(srv->sink_meth = tls_sink_method()))
+    return UV_ENOMEM;
+  SSL *ssl = SSL_new(ctx);
+  BIO *rb = BIO_new(BIO_s_mem());
+  BIO *wb = BIO_new(srv->sink_meth);
+  if (!ssl || !rb || !wb) {
+    SSL_free(ssl);
+    BIO_free(rb);
+    BIO_free(wb);
+    return UV_ENOMEM;
+  }
+  BIO_set_data(wb, c);
+  BIO_set_init(wb, 1);
+  /* an empty memory BIO says "retry", not EOF */
+  BIO_set_mem_eof_return(rb, -1);
+  SSL_set_bio(ssl, rb, wb);
+  SSL_set_accept_state(ssl);
+  c->ssl = ssl;
+  c->rbio = rb;
+  c->got_bytes = 1; /* no plain-port TLS sniffing */
+  return 0;
 }
 
 static void server_accept(struct http_listener *l) {
@@ -1409,6 +1780,11 @@ static void server_accept(struct http_listener *l) {
   }
   uv_tcp_nodelay(&c->tcp, 1);
   conn_remote_name(c);
+  if (l->tls_ctx && (rc = conn_tls_init(c, *l->tls_ctx)) < 0) {
+    LOG_W("http: TLS for a connection from %s: %s", c->remote, rm_strerror(rc));
+    conn_close(c, rc);
+    return;
+  }
   LOG_D("http conn=%" PRIu64 " from %s on listener %d", c->id, c->remote,
         l->id);
   conn_set_state(c, CONN_READ_HEAD);
@@ -1445,6 +1821,9 @@ static void server_on_idle_closed(uv_handle_t *h) {
   /* every connection returned its buffer before it was freed */
   while (srv->n_copy_free > 0)
     free(srv->copy_free[--srv->n_copy_free]);
+  free(srv->tls_rbuf);
+  free(srv->tls_plain);
+  BIO_meth_free(srv->sink_meth);
   free(srv);
   if (cb)
     cb(ud);
@@ -1556,8 +1935,8 @@ static int server_parse_addr(const char *addr, struct sockaddr_storage *ss) {
   return uv_ip4_addr(hl ? host : "0.0.0.0", (int)port, (struct sockaddr_in *)ss);
 }
 
-int http_server_listen(struct http_server *srv, const char *addr,
-                       int listener_id) {
+static int server_listen(struct http_server *srv, const char *addr,
+                         int listener_id, SSL_CTX *const *ctxp) {
   struct sockaddr_storage ss;
   if (srv->closing)
     return UV_EINVAL;
@@ -1569,6 +1948,7 @@ int http_server_listen(struct http_server *srv, const char *addr,
     return UV_ENOMEM;
   l->srv = srv;
   l->id = listener_id;
+  l->tls_ctx = ctxp;
   rc = uv_tcp_init(srv->loop, &l->tcp);
   if (rc < 0) {
     free(l);
@@ -1587,6 +1967,18 @@ int http_server_listen(struct http_server *srv, const char *addr,
   srv->listeners = l;
   LOG_D("http: listening on %s (listener %d)", addr, listener_id);
   return 0;
+}
+
+int http_server_listen(struct http_server *srv, const char *addr,
+                       int listener_id) {
+  return server_listen(srv, addr, listener_id, NULL);
+}
+
+int http_server_listen_tls(struct http_server *srv, const char *addr,
+                           int listener_id, struct ssl_ctx_st *const *ctxp) {
+  if (!ctxp)
+    return UV_EINVAL;
+  return server_listen(srv, addr, listener_id, ctxp);
 }
 
 int http_server_bound_port(struct http_server *srv, int listener_id) {
@@ -1893,6 +2285,10 @@ void http_respond_end(struct http_request *req) {
     conn_retire(c);
   }
   conn_unref(c);
+}
+
+void http_request_close_after(struct http_request *req) {
+  conn_of(req)->keep_alive = 0;
 }
 
 void http_respond_abort(struct http_request *req) {

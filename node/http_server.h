@@ -6,8 +6,10 @@
  * One request per connection is in service at a time; pipelined requests
  * wait. Keep-alive, limits on the request head (size, header count), and
  * timeouts for slow heads, idle keep-alive and stalled sends are enforced
- * here. A connection whose first byte is a TLS handshake (0x16) gets a quick
- * 400 and is closed (skopeo probes TLS on every start).
+ * here. On a plain listener a connection whose first byte is a TLS
+ * handshake (0x16) gets a quick 400 and is closed (skopeo probes TLS on
+ * every start); on a TLS listener (http_server_listen_tls) the server does
+ * the handshake and the handler sees plaintext requests as usual.
  *
  * Lifetime: a struct http_request is owned by the server and stays valid
  * until the handler calls http_respond_end or http_respond_abort - even if
@@ -21,6 +23,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
+
+struct ssl_ctx_st; /* OpenSSL's SSL_CTX */
 
 struct http_server;
 struct http_conn;
@@ -42,6 +46,8 @@ struct http_request {
   size_t n_headers;
   int listener_id;     /* the id given to http_server_listen */
   char remote[64];     /* "ip:port" of the client */
+  struct sockaddr_storage remote_addr; /* the same, for allow lists */
+  int tls;             /* arrived over TLS */
   uint64_t start_ms;   /* uv_now when the head was complete */
   uint64_t id;         /* request id for logs */
   /* Set by the handler, read by the access log: where the response came
@@ -80,6 +86,12 @@ int http_server_new(struct http_server **out, uv_loop_t *loop,
  * negative error (UV_EINVAL for a malformed address, UV_EADDRINUSE ...). */
 int http_server_listen(struct http_server *srv, const char *addr,
                        int listener_id);
+/* http_server_listen_tls: the same, speaking TLS. *ctxp is read at every
+ * accept, so the owner swaps certificates by storing a new SSL_CTX there
+ * (connections keep the one they started with: SSL_new holds a
+ * reference). *ctxp must stay valid until the server is closed. */
+int http_server_listen_tls(struct http_server *srv, const char *addr,
+                           int listener_id, struct ssl_ctx_st *const *ctxp);
 /* http_server_bound_port returns the local port of the first listener
  * tagged listener_id (useful after binding port 0), or UV_ENOENT. */
 int http_server_bound_port(struct http_server *srv, int listener_id);
@@ -146,6 +158,10 @@ void http_respond_abort(struct http_request *req);
  * before the handler ended the request. */
 void http_request_on_close(struct http_request *req, http_close_cb cb, void *ud);
 
+/* http_request_close_after: the connection closes once this response is
+ * sent (a refused client is not kept alive). */
+void http_request_close_after(struct http_request *req);
+
 /* http_respond_simple: start + whole body + end. The request is always
  * finished when it returns (aborted if start or write failed); returns 0 or
  * that error. */
@@ -161,6 +177,9 @@ struct http_server_stats {
   uint64_t tls_rejected;
   uint64_t timeouts;
   uint64_t bad_requests;
+  uint64_t tls_handshakes;       /* completed */
+  uint64_t tls_handshake_errors; /* failed, incl. refused versions */
+  uint64_t tls_file_bytes;       /* file body bytes encrypted in user space */
 };
 void http_server_get_stats(struct http_server *srv, struct http_server_stats *st);
 

@@ -6,6 +6,12 @@
  * thread talks to it with plain blocking sockets, so it controls every byte
  * and every split: pipelining, fragmented heads, slowloris, hang-ups, TLS
  * probes. State the handler records for the test lives in atomics.
+ *
+ * The same server also listens with TLS (listener 8, and listener 9 which
+ * requires client certificates), on certificates made at start by a
+ * throwaway CA in a temp dir. The client side of those tests is a blocking
+ * socket under SSL_connect that verifies the server against that CA, so
+ * the same request/response helpers drive plain and TLS connections.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +21,7 @@
 
 #include "http_server.h"
 #include "log.h"
+#include "tlsctx.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -22,6 +29,11 @@
 #include <http_parser.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <pthread.h>
 #include <semaphore.h>
 #include <stdatomic.h>
@@ -31,6 +43,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -48,6 +61,10 @@ struct tsrv {
   struct http_server_limits limits;
   int port;
   int listen_rc;
+  /* TLS listeners: 8 reads tls_ctx at each accept (/swap changes it on the
+   * loop thread), 9 requires a client certificate */
+  SSL_CTX *tls_ctx, *mtls_ctx;
+  int tls_port, mtls_port;
   sem_t ready;
   atomic_int closed; /* http_server_close's callback ran */
   atomic_int stop_sent;
@@ -63,6 +80,10 @@ static atomic_int g_close_calls;  /* /slow close callbacks */
 static atomic_int g_slow_done;    /* /slow timers fired */
 static atomic_int g_slow_rc;      /* what http_respond_simple returned then */
 static atomic_int g_big_failed;   /* /big write error status */
+
+/* TLS server contexts, built once by group_setup: the first certificate,
+ * the one /swap installs, and the first with client certificates required */
+static SSL_CTX *g_ctx_a, *g_ctx_b, *g_ctx_mtls;
 
 /* ---- handler ---- */
 
@@ -227,13 +248,17 @@ static void stats_handle(struct http_request *req) {
   char body[512];
   http_server_get_stats(g_srv.srv, &st);
   snprintf(body, sizeof body,
-           "open=%llu total=%llu requests=%llu tls=%llu timeouts=%llu bad=%llu",
+           "open=%llu total=%llu requests=%llu tls=%llu timeouts=%llu bad=%llu "
+           "hs=%llu hserr=%llu tlsfile=%llu",
            (unsigned long long)st.connections_open,
            (unsigned long long)st.connections_total,
            (unsigned long long)st.requests_total,
            (unsigned long long)st.tls_rejected,
            (unsigned long long)st.timeouts,
-           (unsigned long long)st.bad_requests);
+           (unsigned long long)st.bad_requests,
+           (unsigned long long)st.tls_handshakes,
+           (unsigned long long)st.tls_handshake_errors,
+           (unsigned long long)st.tls_file_bytes);
   respond_text(req, 200, body);
 }
 
@@ -258,6 +283,14 @@ static void handler(struct http_request *req, void *ud) {
     big_handle(req);
   } else if (strcmp(p, "/stats") == 0) {
     stats_handle(req);
+  } else if (strcmp(p, "/whoami") == 0) {
+    char body[64];
+    snprintf(body, sizeof body, "tls=%d listener=%d", req->tls, req->listener_id);
+    respond_text(req, 200, body);
+  } else if (strcmp(p, "/swap") == 0) {
+    /* on the loop thread, like a reload: the next TLS accept reads it */
+    g_srv.tls_ctx = g_ctx_b;
+    respond_text(req, 200, "swapped");
   } else if (strcmp(p, "/abort") == 0) {
     if (http_respond_start(req, 200, NULL, 0, 100) == 0)
       http_respond_write(req, "0123456789", 10, NULL, NULL);
@@ -296,11 +329,19 @@ static void *server_thread(void *arg) {
   http_server_new(&t->srv, &t->loop, &t->limits, handler, t);
   t->listen_rc = http_server_listen(t->srv, "127.0.0.1:0", 7);
   t->port = http_server_bound_port(t->srv, 7);
+  if (t->listen_rc == 0)
+    t->listen_rc = http_server_listen_tls(t->srv, "127.0.0.1:0", 8, &t->tls_ctx);
+  if (t->listen_rc == 0)
+    t->listen_rc = http_server_listen_tls(t->srv, "127.0.0.1:0", 9, &t->mtls_ctx);
+  t->tls_port = http_server_bound_port(t->srv, 8);
+  t->mtls_port = http_server_bound_port(t->srv, 9);
   sem_post(&t->ready);
   uv_run(&t->loop, UV_RUN_DEFAULT);
   t->loop_close_rc = uv_loop_close(&t->loop);
   return NULL;
 }
+
+static uint64_t g_send_timeout_ms = 300;
 
 static int server_start(unsigned max_connections) {
   memset(&g_srv, 0, sizeof g_srv);
@@ -312,13 +353,18 @@ static int server_start(unsigned max_connections) {
   g_srv.limits.max_headers = 32;
   g_srv.limits.header_timeout_ms = 300;
   g_srv.limits.idle_timeout_ms = 600;
-  g_srv.limits.send_timeout_ms = 300;
+  g_srv.limits.send_timeout_ms = g_send_timeout_ms;
   g_srv.limits.max_connections = max_connections;
+  g_srv.tls_ctx = g_ctx_a;
+  g_srv.mtls_ctx = g_ctx_mtls;
   sem_init(&g_srv.ready, 0, 0);
   if (pthread_create(&g_srv.th, NULL, server_thread, &g_srv) != 0)
     return -1;
   sem_wait(&g_srv.ready);
-  return g_srv.listen_rc == 0 && g_srv.port > 0 ? 0 : -1;
+  return g_srv.listen_rc == 0 && g_srv.port > 0 && g_srv.tls_port > 0 &&
+                 g_srv.mtls_port > 0
+             ? 0
+             : -1;
 }
 
 static int setup(void **state) {
@@ -329,6 +375,14 @@ static int setup(void **state) {
 static int setup_two_conns(void **state) {
   (void)state;
   return server_start(2);
+}
+
+static int setup_slow_send(void **state) {
+  (void)state;
+  g_send_timeout_ms = 10000; /* ASan builds are several times slower */
+  int rc = server_start(64);
+  g_send_timeout_ms = 300;
+  return rc;
 }
 
 static void server_stop(void) {
@@ -359,13 +413,19 @@ static void sleep_ms(unsigned ms) {
   nanosleep(&ts, NULL);
 }
 
+/* How a TLS connection ended, as the client saw it. */
+enum tls_end { TLS_END_NONE, TLS_END_NOTIFY, TLS_END_CUT, TLS_END_ERROR };
+
 struct client {
   int fd;
+  SSL *ssl;        /* NULL: plain HTTP */
+  enum tls_end tls_end;
+  size_t max_read; /* 0: read as much as fits */
   char *buf;
   size_t len, cap;
 };
 
-static void cl_open_opts(struct client *cl, int rcvbuf) {
+static void cl_open_port(struct client *cl, int port, int rcvbuf) {
   memset(cl, 0, sizeof *cl);
   cl->fd = socket(AF_INET, SOCK_STREAM, 0);
   assert_true(cl->fd >= 0);
@@ -378,16 +438,22 @@ static void cl_open_opts(struct client *cl, int rcvbuf) {
   struct sockaddr_in a;
   memset(&a, 0, sizeof a);
   a.sin_family = AF_INET;
-  a.sin_port = htons((uint16_t)g_srv.port);
+  a.sin_port = htons((uint16_t)port);
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   assert_int_equal(connect(cl->fd, (struct sockaddr *)&a, sizeof a), 0);
   cl->cap = 1 << 16;
   cl->buf = malloc(cl->cap);
 }
 
+static void cl_open_opts(struct client *cl, int rcvbuf) {
+  cl_open_port(cl, g_srv.port, rcvbuf);
+}
+
 static void cl_open(struct client *cl) { cl_open_opts(cl, 0); }
 
 static void cl_close(struct client *cl) {
+  SSL_free(cl->ssl);
+  cl->ssl = NULL;
   close(cl->fd);
   free(cl->buf);
   cl->buf = NULL;
@@ -396,7 +462,8 @@ static void cl_close(struct client *cl) {
 static void cl_send(struct client *cl, const void *p, size_t n) {
   const char *s = p;
   while (n > 0) {
-    ssize_t w = send(cl->fd, s, n, MSG_NOSIGNAL);
+    ssize_t w = cl->ssl ? SSL_write(cl->ssl, s, (int)n)
+                        : send(cl->fd, s, n, MSG_NOSIGNAL);
     assert_true(w > 0);
     s += w;
     n -= (size_t)w;
@@ -407,13 +474,44 @@ static void cl_sends(struct client *cl, const char *s) {
   cl_send(cl, s, strlen(s));
 }
 
+/* tls_read is SSL_read with recv's answers: bytes, 0 when the server
+ * closed (cl->tls_end says whether with close_notify), -1 on an error or
+ * an alert (TLS_END_ERROR) or a timeout. */
+static ssize_t tls_read(struct client *cl, void *p, size_t want) {
+  ERR_clear_error();
+  int n = SSL_read(cl->ssl, p, (int)want);
+  int saved = errno;
+  if (n > 0)
+    return n;
+  int e = SSL_get_error(cl->ssl, n);
+  unsigned long le = ERR_peek_error();
+  ERR_clear_error();
+  if (e == SSL_ERROR_ZERO_RETURN) {
+    cl->tls_end = TLS_END_NOTIFY;
+    return 0;
+  }
+  if ((e == SSL_ERROR_SSL &&
+       ERR_GET_REASON(le) == SSL_R_UNEXPECTED_EOF_WHILE_READING) ||
+      (e == SSL_ERROR_SYSCALL && (saved == ECONNRESET || saved == EPIPE))) {
+    cl->tls_end = TLS_END_CUT;
+    return 0;
+  }
+  if (e != SSL_ERROR_WANT_READ)
+    cl->tls_end = TLS_END_ERROR;
+  return -1;
+}
+
 /* cl_fill reads more; returns bytes read, 0 on EOF, -1 on error/timeout. */
 static ssize_t cl_fill(struct client *cl) {
   if (cl->cap - cl->len < 65536) {
     cl->cap *= 2;
     cl->buf = realloc(cl->buf, cl->cap);
   }
-  ssize_t n = recv(cl->fd, cl->buf + cl->len, cl->cap - cl->len - 1, 0);
+  size_t want = cl->cap - cl->len - 1;
+  if (cl->max_read && want > cl->max_read)
+    want = cl->max_read;
+  ssize_t n = cl->ssl ? tls_read(cl, cl->buf + cl->len, want)
+                      : recv(cl->fd, cl->buf + cl->len, want, 0);
   if (n > 0)
     cl->len += (size_t)n;
   return n < 0 ? -1 : n;
@@ -557,6 +655,8 @@ static int cl_read_resp(struct client *cl, struct resp *r, int no_body) {
  * bytes, 0 on extra data or timeout. */
 static int cl_wait_eof(struct client *cl) {
   char c;
+  if (cl->ssl)
+    return tls_read(cl, &c, 1) == 0;
   ssize_t n = recv(cl->fd, &c, 1, 0);
   if (n == 0)
     return 1;
@@ -585,21 +685,25 @@ static int wait_for(atomic_int *v, int want, unsigned ms) {
 static void fetch_stats(struct http_server_stats *st) {
   struct client cl;
   struct resp r;
-  unsigned long long open, total, requests, tls, timeouts, bad;
+  unsigned long long open, total, requests, tls, timeouts, bad, hs, hserr, tf;
   cl_open(&cl);
   cl_sends(&cl, "GET /stats HTTP/1.1\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
   assert_int_equal(sscanf(r.body,
                           "open=%llu total=%llu requests=%llu tls=%llu "
-                          "timeouts=%llu bad=%llu",
-                          &open, &total, &requests, &tls, &timeouts, &bad),
-                   6);
+                          "timeouts=%llu bad=%llu hs=%llu hserr=%llu tlsfile=%llu",
+                          &open, &total, &requests, &tls, &timeouts, &bad, &hs,
+                          &hserr, &tf),
+                   9);
   st->connections_open = open;
   st->connections_total = total;
   st->requests_total = requests;
   st->tls_rejected = tls;
   st->timeouts = timeouts;
   st->bad_requests = bad;
+  st->tls_handshakes = hs;
+  st->tls_handshake_errors = hserr;
+  st->tls_file_bytes = tf;
   resp_free(&r);
   cl_close(&cl);
 }
@@ -1340,6 +1444,848 @@ static void test_listen_addresses(void **state) {
   assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* ---- a throwaway PKI ---- */
+
+enum cert_kind { CERT_CA, CERT_SERVER, CERT_CLIENT };
+
+/* The CA signs two server certificates (SAN IP 127.0.0.1; the second is
+ * what /swap installs) and a client certificate; "rogue" is a client
+ * certificate that signs itself. Files live in dir until group_teardown. */
+struct pki {
+  char dir[64];
+  EVP_PKEY *ca_key, *srv_key, *cli_key, *rogue_key;
+  X509 *ca, *srv, *srv2, *cli, *rogue;
+};
+
+static struct pki g_pki;
+
+#define SERIAL_SRV 1001
+#define SERIAL_SRV2 1002
+
+static int cert_ext(X509 *x, X509 *issuer, int nid, const char *value) {
+  X509V3_CTX v;
+  X509V3_set_ctx_nodb(&v);
+  X509V3_set_ctx(&v, issuer, x, NULL, NULL, 0);
+  X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, &v, nid, value);
+  if (!e)
+    return -1;
+  int ok = X509_add_ext(x, e, -1);
+  X509_EXTENSION_free(e);
+  return ok ? 0 : -1;
+}
+
+/* cert_make: a certificate for key, signed by issuer_key (self-signed when
+ * issuer is NULL); NULL on failure. */
+static X509 *cert_make(EVP_PKEY *key, long serial, const char *cn,
+                       enum cert_kind kind, X509 *issuer, EVP_PKEY *issuer_key) {
+  X509 *x = X509_new();
+  if (!x)
+    return NULL;
+  X509_NAME *name = X509_get_subject_name(x);
+  int ok = X509_set_version(x, 2) &&
+           ASN1_INTEGER_set(X509_get_serialNumber(x), serial) &&
+           X509_gmtime_adj(X509_getm_notBefore(x), -3600) &&
+           X509_gmtime_adj(X509_getm_notAfter(x), 86400) &&
+           X509_set_pubkey(x, key) &&
+           X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC,
+                                      (const unsigned char *)"regmesh test", -1,
+                                      -1, 0) &&
+           X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                                      (const unsigned char *)cn, -1, -1, 0) &&
+           X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : name);
+  X509 *iss = issuer ? issuer : x;
+  if (ok)
+    ok = cert_ext(x, iss, NID_subject_key_identifier, "hash") == 0 &&
+         cert_ext(x, iss, NID_authority_key_identifier, "keyid:always") == 0;
+  if (ok && kind == CERT_CA)
+    ok = cert_ext(x, iss, NID_basic_constraints, "critical,CA:TRUE") == 0 &&
+         cert_ext(x, iss, NID_key_usage, "critical,keyCertSign,cRLSign") == 0;
+  if (ok && kind != CERT_CA)
+    ok = cert_ext(x, iss, NID_basic_constraints, "critical,CA:FALSE") == 0 &&
+         cert_ext(x, iss, NID_key_usage, "critical,digitalSignature") == 0 &&
+         cert_ext(x, iss, NID_ext_key_usage,
+                  kind == CERT_SERVER ? "serverAuth" : "clientAuth") == 0;
+  if (ok && kind == CERT_SERVER)
+    ok = cert_ext(x, iss, NID_subject_alt_name, "IP:127.0.0.1") == 0;
+  if (ok)
+    ok = X509_sign(x, issuer_key ? issuer_key : key, EVP_sha256()) > 0;
+  if (!ok) {
+    X509_free(x);
+    return NULL;
+  }
+  return x;
+}
+
+static int pki_write(const char *dir, const char *file, X509 *x, EVP_PKEY *k) {
+  char path[256];
+  snprintf(path, sizeof path, "%s/%s", dir, file);
+  FILE *f = fopen(path, "w");
+  if (!f)
+    return -1;
+  int ok = x ? PEM_write_X509(f, x) : PEM_write_PrivateKey(f, k, NULL, NULL, 0,
+                                                           NULL, NULL);
+  return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+static int pki_ctx(SSL_CTX **out, const char *cert, const char *key,
+                   const char *ca) {
+  char c[256], k[256], a[256], err[256];
+  snprintf(c, sizeof c, "%s/%s", g_pki.dir, cert);
+  snprintf(k, sizeof k, "%s/%s", g_pki.dir, key);
+  snprintf(a, sizeof a, "%s/%s", g_pki.dir, ca ? ca : "");
+  int rc = tlsctx_server_new(out, c, k, ca ? a : NULL, TLSCTX_MIN_TLS12, err,
+                             sizeof err);
+  if (rc != 0)
+    fprintf(stderr, "tlsctx_server_new: %s\n", err);
+  return rc;
+}
+
+static int pki_make(void) {
+  struct pki *p = &g_pki;
+  strcpy(p->dir, "/tmp/rm_http_tls_XXXXXX");
+  if (!mkdtemp(p->dir))
+    return -1;
+  p->ca_key = EVP_EC_gen("P-256");
+  p->srv_key = EVP_EC_gen("P-256");
+  p->cli_key = EVP_EC_gen("P-256");
+  p->rogue_key = EVP_EC_gen("P-256");
+  if (!p->ca_key || !p->srv_key || !p->cli_key || !p->rogue_key)
+    return -1;
+  p->ca = cert_make(p->ca_key, 1, "regmesh test CA", CERT_CA, NULL, NULL);
+  if (!p->ca)
+    return -1;
+  p->srv = cert_make(p->srv_key, SERIAL_SRV, "regmesh test server", CERT_SERVER,
+                     p->ca, p->ca_key);
+  p->srv2 = cert_make(p->srv_key, SERIAL_SRV2, "regmesh test server 2",
+                      CERT_SERVER, p->ca, p->ca_key);
+  p->cli = cert_make(p->cli_key, 2001, "regmesh test client", CERT_CLIENT, p->ca,
+                     p->ca_key);
+  p->rogue = cert_make(p->rogue_key, 3001, "regmesh rogue client", CERT_CLIENT,
+                       NULL, NULL);
+  if (!p->srv || !p->srv2 || !p->cli || !p->rogue)
+    return -1;
+  if (pki_write(p->dir, "ca.pem", p->ca, NULL) < 0 ||
+      pki_write(p->dir, "srv.pem", p->srv, NULL) < 0 ||
+      pki_write(p->dir, "srv2.pem", p->srv2, NULL) < 0 ||
+      pki_write(p->dir, "srv.key", NULL, p->srv_key) < 0)
+    return -1;
+  if (pki_ctx(&g_ctx_a, "srv.pem", "srv.key", NULL) != 0 ||
+      pki_ctx(&g_ctx_b, "srv2.pem", "srv.key", NULL) != 0 ||
+      pki_ctx(&g_ctx_mtls, "srv.pem", "srv.key", "ca.pem") != 0)
+    return -1;
+  return 0;
+}
+
+static void pki_free(void) {
+  static const char *files[] = {"ca.pem", "srv.pem", "srv2.pem", "srv.key"};
+  struct pki *p = &g_pki;
+  char path[256];
+  for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+    snprintf(path, sizeof path, "%s/%s", p->dir, files[i]);
+    unlink(path);
+  }
+  if (p->dir[0])
+    rmdir(p->dir);
+  SSL_CTX_free(g_ctx_a);
+  SSL_CTX_free(g_ctx_b);
+  SSL_CTX_free(g_ctx_mtls);
+  X509_free(p->ca);
+  X509_free(p->srv);
+  X509_free(p->srv2);
+  X509_free(p->cli);
+  X509_free(p->rogue);
+  EVP_PKEY_free(p->ca_key);
+  EVP_PKEY_free(p->srv_key);
+  EVP_PKEY_free(p->cli_key);
+  EVP_PKEY_free(p->rogue_key);
+  memset(p, 0, sizeof *p);
+}
+
+/* ---- TLS client side ---- */
+
+enum tcl_cert { TCL_NO_CERT, TCL_CLIENT_CERT, TCL_ROGUE_CERT };
+
+/* tcl_ctx_new: a client context that verifies the server against the test
+ * CA; versions 0 mean OpenSSL's defaults. */
+static SSL_CTX *tcl_ctx_new(int min_version, int max_version, enum tcl_cert cert) {
+  SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+  assert_non_null(ctx);
+  assert_int_equal(X509_STORE_add_cert(SSL_CTX_get_cert_store(ctx), g_pki.ca), 1);
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+  if (min_version)
+    assert_int_equal(SSL_CTX_set_min_proto_version(ctx, min_version), 1);
+  if (max_version)
+    assert_int_equal(SSL_CTX_set_max_proto_version(ctx, max_version), 1);
+  if (cert == TCL_CLIENT_CERT) {
+    assert_int_equal(SSL_CTX_use_certificate(ctx, g_pki.cli), 1);
+    assert_int_equal(SSL_CTX_use_PrivateKey(ctx, g_pki.cli_key), 1);
+  } else if (cert == TCL_ROGUE_CERT) {
+    assert_int_equal(SSL_CTX_use_certificate(ctx, g_pki.rogue), 1);
+    assert_int_equal(SSL_CTX_use_PrivateKey(ctx, g_pki.rogue_key), 1);
+  }
+  return ctx;
+}
+
+/* tcl_open_alpn connects to port and runs the handshake, checking the
+ * server's certificate for IP 127.0.0.1. 1 on success, else what
+ * SSL_connect returned; cl must be closed either way. */
+static int tcl_open_opts(struct client *cl, int port, SSL_CTX *ctx,
+                         const char *alpn, size_t alpn_len, int rcvbuf) {
+  cl_open_port(cl, port, rcvbuf);
+  cl->ssl = SSL_new(ctx);
+  assert_non_null(cl->ssl);
+  assert_int_equal(SSL_set_fd(cl->ssl, cl->fd), 1);
+  assert_int_equal(X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(cl->ssl),
+                                                 "127.0.0.1"),
+                   1);
+  if (alpn)
+    assert_int_equal(SSL_set_alpn_protos(cl->ssl, (const unsigned char *)alpn,
+                                         (unsigned)alpn_len),
+                     0);
+  ERR_clear_error();
+  int rc = SSL_connect(cl->ssl);
+  if (rc == 1)
+    assert_int_equal(SSL_get_verify_result(cl->ssl), X509_V_OK);
+  ERR_clear_error();
+  return rc;
+}
+
+static int tcl_open_alpn(struct client *cl, int port, SSL_CTX *ctx,
+                         const char *alpn, size_t alpn_len) {
+  return tcl_open_opts(cl, port, ctx, alpn, alpn_len, 0);
+}
+
+static int tcl_open(struct client *cl, int port, SSL_CTX *ctx) {
+  return tcl_open_opts(cl, port, ctx, NULL, 0, 0);
+}
+
+/* tcl_serial: the serial number of the server's certificate. */
+static long tcl_serial(struct client *cl) {
+  X509 *x = SSL_get1_peer_certificate(cl->ssl);
+  assert_non_null(x);
+  long serial = ASN1_INTEGER_get(X509_get0_serialNumber(x));
+  X509_free(x);
+  return serial;
+}
+
+/* tcl_try_send: SSL_write that may fail (the server refused us). */
+static int tcl_try_send(struct client *cl, const char *s) {
+  ERR_clear_error();
+  int n = SSL_write(cl->ssl, s, (int)strlen(s));
+  ERR_clear_error();
+  return n == (int)strlen(s) ? 0 : -1;
+}
+
+/* tcl_wait_closed: the server closes the connection (EOF, reset, alert)
+ * within ms, without sending anything readable. 1 if so. */
+static int tcl_wait_closed_raw(int fd, unsigned ms) {
+  struct timeval tv = {ms / 1000, (long)(ms % 1000) * 1000};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char buf[4096];
+  for (;;) {
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n == 0 || (n < 0 && errno == ECONNRESET))
+      return 1;
+    if (n < 0)
+      return 0; /* timeout */
+    /* an alert record is fine; keep reading until the close */
+  }
+}
+
+static void get_file_ok(struct client *cl, const char *req, uint64_t off,
+                        size_t len) {
+  struct resp r;
+  cl_sends(cl, req);
+  assert_int_equal(cl_read_resp(cl, &r, 0), 0);
+  assert_int_equal(r.status, 200);
+  assert_int_equal(r.body_len, len);
+  assert_memory_equal(r.body, g_file + off, len);
+  resp_free(&r);
+}
+
+/* ---- TLS tests ---- */
+
+static void test_tls_get(void **state) {
+  (void)state;
+  struct client cl;
+  struct resp r;
+  struct http_server_stats st0, st;
+  char v[64];
+  fetch_stats(&st0);
+  SSL_CTX *ctx = tcl_ctx_new(0, 0, TCL_NO_CERT);
+  assert_int_equal(tcl_open(&cl, g_srv.tls_port, ctx), 1);
+  assert_int_equal(tcl_serial(&cl), SERIAL_SRV);
+  cl_sends(&cl, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+  assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
+  assert_int_equal(r.status, 200);
+  assert_string_equal(r.body, "hello world\n");
+  assert_true(resp_header(&r, "Content-Length", v, sizeof v));
+  assert_string_equal(v, "12");
+  assert_true(resp_header(&r, "X-Test", v, sizeof v));
+  assert_string_equal(v, "yes");
+  resp_free(&r);
+  /* the handler sees req->tls and the listener */
+  get_ok(&cl, "GET /whoami HTTP/1.1\r\n\r\n", "tls=1 listener=8");
+  /* Connection: close ends with close_notify, not a bare FIN */
+  cl_sends(&cl, "GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n");
+  assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
+  assert_string_equal(r.body, "hello world\n");
+  assert_true(resp_header(&r, "Connection", v, sizeof v));
+  assert_string_equal(v, "close");
+  resp_free(&r);
+  assert_true(cl_wait_eof(&cl));
+  assert_int_equal(cl.tls_end, TLS_END_NOTIFY);
+  cl_close(&cl);
+
+  /* and the plain listener says tls=0 */
+  cl_open(&cl);
+  get_ok(&cl, "GET /whoami HTTP/1.1\r\n\r\n", "tls=0 listener=7");
+  cl_close(&cl);
+  SSL_CTX_free(ctx);
+
+  fetch_stats(&st);
+  assert_int_equal(st.tls_handshakes - st0.tls_handshakes, 1);
+  assert_int_equal(st.tls_handshake_errors, st0.tls_handshake_errors);
+}
+
+static void test_tls_keep_alive(void **state) {
+  (void)state;
+  struct client cl;
+  struct resp r;
+  struct http_server_stats st0, st;
+  fetch_stats(&st0);
+  SSL_CTX *ctx = tcl_ctx_new(0, 0, TCL_NO_CERT);
+  assert_int_equal(tcl_open(&cl, g_srv.tls_port, ctx), 1);
+  get_ok(&cl, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  get_ok(&cl, "GET /info?a=b HTTP/1.1\r\nX-A: 1\r\n\r\n",
+         "method=GET path=/info query=a=b n=1 x-a=1 x-b=-,-,-");
+  get_ok(&cl, "GET /chunked HTTP/1.1\r\n\r\n", "first partsecond part");
+
+  /* three requests in one SSL_write (one record), answered in order */
+  cl_sends(&cl, "GET /hello HTTP/1.1\r\n\r\n"
+                "GET /info?x=1 HTTP/1.1\r\nX-B: one\r\nX-B: two\r\n\r\n"
+                "GET /whoami HTTP/1.1\r\n\r\n");
+  assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
+  assert_string_equal(r.body, "hello world\n");
+  resp_free(&r);
+  assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
+  assert_string_equal(r.body,
+                      "method=GET path=/info query=x=1 n=2 x-a=- x-b=one,two,-");
+  resp_free(&r);
+  assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
+  assert_string_equal(r.body, "tls=1 listener=8");
+  resp_free(&r);
+
+  /* a file body in the middle: input waits while it is sent, then the
+   * buffered request behind it is served */
+  cl_sends(&cl, "GET /hello HTTP/1.1\r\n\r\n"
+                "GET /file?part HTTP/1.1\r\n\r\n"
+                "GET /whoami HTTP/1.1\r\n\r\n");
+  assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
+  assert_string_equal(r.body, "hello world\n");
+  resp_free(&r);
+  assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
+  assert_int_equal(r.body_len, 70000);
+  assert_memory_equal(r.body, g_file + 1000, 70000);
+  resp_free(&r);
+  assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
+  assert_string_equal(r.body, "tls=1 listener=8");
+  resp_free(&r);
+
+  /* more pipelined plaintext than the 4 KiB input buffer holds: the rest
+   * waits inside OpenSSL and is decrypted as the buffer drains */
+  const char *one = "GET /hello HTTP/1.1\r\n\r\n";
+  size_t ol = strlen(one), n = 300;
+  char *many = malloc(ol * n + 1);
+  for (size_t i = 0; i < n; i++)
+    memcpy(many + i * ol, one, ol);
+  many[ol * n] = '\0';
+  cl_sends(&cl, many);
+  free(many);
+  for (size_t i = 0; i < n; i++) {
+    assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "hello world\n");
+    resp_free(&r);
+  }
+  get_ok(&cl, "GET /whoami HTTP/1.1\r\n\r\n", "tls=1 listener=8");
+  cl_close(&cl);
+  SSL_CTX_free(ctx);
+  fetch_stats(&st);
+  assert_int_equal(st.tls_handshakes - st0.tls_handshakes, 1);
+}
+
+static void test_tls_file(void **state) {
+  (void)state;
+  struct client cl;
+  struct resp r;
+  struct http_server_stats st0, st;
+  fetch_stats(&st0);
+  SSL_CTX *ctx = tcl_ctx_new(0, 0, TCL_NO_CERT);
+  assert_int_equal(tcl_open(&cl, g_srv.tls_port, ctx), 1);
+  get_file_ok(&cl, "GET /file HTTP/1.1\r\n\r\n", 0, FILE_SIZE);
+  fetch_stats(&st);
+  assert_int_equal(st.tls_file_bytes - st0.tls_file_bytes, FILE_SIZE);
+
+  get_file_ok(&cl, "GET /file?part HTTP/1.1\r\n\r\n", 1000, 70000);
+
+  cl_sends(&cl, "GET /file?chunked HTTP/1.1\r\n\r\n");
+  assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
+  assert_int_equal(r.body_len, FILE_SIZE);
+  assert_memory_equal(r.body, g_file, FILE_SIZE);
+  char frame[32];
+  int fl = snprintf(frame, sizeof frame, "%x\r\n", FILE_SIZE);
+  assert_memory_equal(r.raw, frame, (size_t)fl);
+  assert_int_equal(r.raw_len, (size_t)fl + FILE_SIZE + 2 + 5);
+  resp_free(&r);
+
+  /* the handler ends before the file is out */
+  get_file_ok(&cl, "GET /file?chunked-end HTTP/1.1\r\n\r\n", 0, FILE_SIZE);
+  get_file_ok(&cl, "GET /file?plain-end HTTP/1.1\r\n\r\n", 0, FILE_SIZE);
+  get_ok(&cl, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  fetch_stats(&st);
+  assert_int_equal(st.tls_file_bytes - st0.tls_file_bytes,
+                   (uint64_t)FILE_SIZE * 4 + 70000);
+
+  /* a file shorter than promised: every byte it has, then a cut (no
+   * close_notify, so the client can tell it from a complete body) */
+  cl_sends(&cl, "GET /file?short HTTP/1.1\r\n\r\n");
+  assert_int_equal(cl_read_resp(&cl, &r, 1), 0);
+  while (cl_fill(&cl) > 0)
+    ;
+  assert_int_equal(cl.len, FILE_SIZE);
+  assert_memory_equal(cl.buf, g_file, FILE_SIZE);
+  assert_int_equal(cl.tls_end, TLS_END_CUT);
+  resp_free(&r);
+  cl_close(&cl);
+  SSL_CTX_free(ctx);
+}
+
+/* More TLS downloads at once than the pool has buffers (16): every
+ * connection stalls holding encrypted bytes, so the last ones encrypt into
+ * buffers of their own. Small receive buffers on the clients and a fixed
+ * send buffer on the listener keep the file out of the kernel. Runs with a
+ * longer send timeout, as twenty slow readers share one thread. */
+#define TLS_MANY 20
+
+static int resp_complete(struct client *cl, size_t body) {
+  cl->buf[cl->len] = '\0';
+  const char *end = strstr(cl->buf, "\r\n\r\n");
+  return end && cl->len >= (size_t)(end - cl->buf) + 4 + body;
+}
+
+/* cap_listener_sndbuf fixes SO_SNDBUF on the listening socket on port
+ * (accepted sockets inherit it), so the kernel's send-buffer autotuning
+ * (up to tcp_wmem's 4 MiB) cannot take a whole file off the server. */
+static void cap_listener_sndbuf(int port, int bytes) {
+  int found = 0;
+  for (int fd = 3; fd < 1024; fd++) {
+    struct sockaddr_in a;
+    socklen_t al = sizeof a;
+    int listening = 0;
+    socklen_t ll = sizeof listening;
+    if (getsockname(fd, (struct sockaddr *)&a, &al) != 0 ||
+        a.sin_family != AF_INET || ntohs(a.sin_port) != port ||
+        getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ll) != 0 ||
+        !listening)
+      continue;
+    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes), 0);
+    found = 1;
+  }
+  assert_true(found);
+}
+
+static void test_tls_file_many(void **state) {
+  (void)state;
+  cap_listener_sndbuf(g_srv.tls_port, 64 * 1024);
+  struct client cl[TLS_MANY];
+  struct resp r;
+  struct http_server_stats st0, st;
+  SSL_CTX *ctx = tcl_ctx_new(0, 0, TCL_NO_CERT);
+  fetch_stats(&st0);
+  for (int i = 0; i < TLS_MANY; i++)
+    assert_int_equal(tcl_open_opts(&cl[i], g_srv.tls_port, ctx, NULL, 0, 32 * 1024),
+                     1);
+  for (int i = 0; i < TLS_MANY; i++)
+    cl_sends(&cl[i], "GET /file HTTP/1.1\r\n\r\n");
+  sleep_ms(100); /* let every connection fill its socket and stall */
+  /* all stalled early in the body, each with encrypted bytes waiting in a
+   * buffer (a connection that had all its bytes in the kernel holds none) */
+  fetch_stats(&st);
+  assert_true(st.tls_file_bytes - st0.tls_file_bytes > 0);
+  assert_true(st.tls_file_bytes - st0.tls_file_bytes < (uint64_t)TLS_MANY * FILE_SIZE / 4);
+  int left = TLS_MANY;
+  int done[TLS_MANY] = {0};
+  while (left > 0) {
+    for (int i = 0; i < TLS_MANY; i++) {
+      if (done[i])
+        continue;
+      cl[i].max_read = 1000 + (size_t)i * 300;
+      assert_true(cl_fill(&cl[i]) > 0);
+      if (!resp_complete(&cl[i], FILE_SIZE))
+        continue;
+      done[i] = 1;
+      left--;
+      /* checked at once: an idle connection meets the 300 ms head timeout */
+      cl[i].max_read = 0;
+      assert_int_equal(cl_read_resp(&cl[i], &r, 0), 0);
+      assert_int_equal(r.status, 200);
+      assert_int_equal(r.body_len, FILE_SIZE);
+      assert_memory_equal(r.body, g_file, FILE_SIZE);
+      resp_free(&r);
+      /* the connection is still good afterwards */
+      get_ok(&cl[i], "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+      cl_close(&cl[i]);
+    }
+  }
+  SSL_CTX_free(ctx);
+}
+
+static void test_tls_plain_request(void **state) {
+  (void)state;
+  static const char want[] =
+      "HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\n"
+      "Connection: close\r\n\r\n"
+      "Client sent an HTTP request to an HTTPS server.\n";
+  struct client cl;
+  struct http_server_stats st0, st;
+  fetch_stats(&st0);
+  cl_open_port(&cl, g_srv.tls_port, 0);
+  cl_sends(&cl, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+  ssize_t n;
+  while ((n = cl_fill(&cl)) > 0)
+    ;
+  assert_int_equal(n, 0); /* closed, not timed out */
+  cl.buf[cl.len] = '\0';
+  assert_true(strncmp(cl.buf, "HTTP/1.0 400", 12) == 0);
+  assert_non_null(strstr(cl.buf, "HTTPS"));
+  assert_int_equal(cl.len, sizeof want - 1);
+  assert_memory_equal(cl.buf, want, sizeof want - 1);
+  cl_close(&cl);
+  fetch_stats(&st);
+  assert_int_equal(st.tls_handshake_errors - st0.tls_handshake_errors, 1);
+  assert_int_equal(st.tls_handshakes, st0.tls_handshakes);
+  assert_int_equal(st.requests_total - st0.requests_total, 1); /* the /stats */
+}
+
+static void test_tls_versions(void **state) {
+  (void)state;
+  struct client cl;
+  struct http_server_stats st0, st;
+  fetch_stats(&st0);
+
+  /* TLS 1.1 at most: refused (Debian's default security level would not
+   * even offer it, hence level 0 on the client) */
+  SSL_CTX *old = tcl_ctx_new(TLS1_VERSION, TLS1_1_VERSION, TCL_NO_CERT);
+  SSL_CTX_set_security_level(old, 0);
+  assert_true(tcl_open(&cl, g_srv.tls_port, old) != 1);
+  cl_close(&cl);
+  SSL_CTX_free(old);
+  fetch_stats(&st);
+  assert_int_equal(st.tls_handshake_errors - st0.tls_handshake_errors, 1);
+  assert_int_equal(st.tls_handshakes, st0.tls_handshakes);
+
+  /* the server is fine afterwards */
+  SSL_CTX *ctx = tcl_ctx_new(0, 0, TCL_NO_CERT);
+  assert_int_equal(tcl_open(&cl, g_srv.tls_port, ctx), 1);
+  get_ok(&cl, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  cl_close(&cl);
+  SSL_CTX_free(ctx);
+
+  SSL_CTX *v13 = tcl_ctx_new(TLS1_3_VERSION, TLS1_3_VERSION, TCL_NO_CERT);
+  assert_int_equal(tcl_open(&cl, g_srv.tls_port, v13), 1);
+  assert_int_equal(SSL_version(cl.ssl), TLS1_3_VERSION);
+  get_ok(&cl, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  cl_close(&cl);
+  SSL_CTX_free(v13);
+
+  SSL_CTX *v12 = tcl_ctx_new(TLS1_2_VERSION, TLS1_2_VERSION, TCL_NO_CERT);
+  assert_int_equal(tcl_open(&cl, g_srv.tls_port, v12), 1);
+  assert_int_equal(SSL_version(cl.ssl), TLS1_2_VERSION);
+  get_ok(&cl, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  get_file_ok(&cl, "GET /file?part HTTP/1.1\r\n\r\n", 1000, 70000);
+  cl_close(&cl);
+
+  /* TLS 1.2 with a CBC suite has the largest record overhead (IV, SHA-384
+   * MAC, padding): a whole file must still fit the pool buffers */
+  assert_int_equal(SSL_CTX_set_cipher_list(v12, "ECDHE-ECDSA-AES256-SHA384"), 1);
+  assert_int_equal(tcl_open(&cl, g_srv.tls_port, v12), 1);
+  assert_string_equal(SSL_get_cipher_name(cl.ssl), "ECDHE-ECDSA-AES256-SHA384");
+  get_file_ok(&cl, "GET /file HTTP/1.1\r\n\r\n", 0, FILE_SIZE);
+  get_file_ok(&cl, "GET /file?chunked HTTP/1.1\r\n\r\n", 0, FILE_SIZE);
+  cl_close(&cl);
+  SSL_CTX_free(v12);
+
+  fetch_stats(&st);
+  assert_int_equal(st.tls_handshake_errors - st0.tls_handshake_errors, 1);
+  assert_int_equal(st.tls_handshakes - st0.tls_handshakes, 4);
+}
+
+static void test_tls_alpn(void **state) {
+  (void)state;
+  struct client cl;
+  const unsigned char *sel;
+  unsigned sel_len;
+  SSL_CTX *ctx = tcl_ctx_new(0, 0, TCL_NO_CERT);
+
+  /* h2 alone: no ALPN, but the handshake completes and HTTP/1.1 works */
+  static const char h2[] = "\x02h2";
+  assert_int_equal(tcl_open_alpn(&cl, g_srv.tls_port, ctx, h2, sizeof h2 - 1), 1);
+  SSL_get0_alpn_selected(cl.ssl, &sel, &sel_len);
+  assert_int_equal(sel_len, 0);
+  get_ok(&cl, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  cl_close(&cl);
+
+  static const char both[] = "\x02h2\x08http/1.1";
+  assert_int_equal(tcl_open_alpn(&cl, g_srv.tls_port, ctx, both, sizeof both - 1),
+                   1);
+  SSL_get0_alpn_selected(cl.ssl, &sel, &sel_len);
+  assert_int_equal(sel_len, 8);
+  assert_memory_equal(sel, "http/1.1", 8);
+  get_ok(&cl, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  cl_close(&cl);
+  SSL_CTX_free(ctx);
+}
+
+/* client_hello: the first flight of a real client, from memory BIOs. */
+static size_t client_hello(SSL_CTX *ctx, unsigned char *out, size_t cap) {
+  SSL *s = SSL_new(ctx);
+  BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(BIO_s_mem());
+  SSL_set_bio(s, rb, wb);
+  SSL_set_connect_state(s);
+  assert_int_equal(SSL_do_handshake(s), -1);
+  int n = BIO_read(wb, out, (int)cap);
+  assert_true(n > 100);
+  assert_int_equal(out[0], 0x16);
+  SSL_free(s);
+  ERR_clear_error();
+  return (size_t)n;
+}
+
+static void test_tls_garbage(void **state) {
+  (void)state;
+  struct client cl;
+  struct http_server_stats st0, st;
+  unsigned char hello[4096], junk[2048];
+  SSL_CTX *ctx = tcl_ctx_new(0, 0, TCL_NO_CERT);
+  size_t hl = client_hello(ctx, hello, sizeof hello);
+  srand(99);
+  for (size_t k = 0; k < sizeof junk; k++)
+    junk[k] = (unsigned char)rand();
+  fetch_stats(&st0);
+
+  /* a ClientHello that turns into random bytes after its first 60: the
+   * handshake fails at once (well before the 300 ms head timeout) */
+  cl_open_port(&cl, g_srv.tls_port, 0);
+  assert_true(hl > 60);
+  memcpy(hello + 60, junk, hl - 60);
+  cl_send(&cl, hello, hl);
+  uint64_t t0 = now_ms();
+  assert_true(tcl_wait_closed_raw(cl.fd, 2000));
+  assert_true(now_ms() - t0 < 250);
+  cl_close(&cl);
+  fetch_stats(&st);
+  assert_int_equal(st.tls_handshake_errors - st0.tls_handshake_errors, 1);
+  assert_int_equal(st.timeouts, st0.timeouts);
+
+  /* random bytes behind 0x16: closed, by a handshake error or the head
+   * timeout if the random record length asks for more */
+  fetch_stats(&st0);
+  for (int i = 0; i < 8; i++) {
+    unsigned char b[300];
+    b[0] = 0x16;
+    for (size_t k = 1; k < sizeof b; k++)
+      b[k] = (unsigned char)rand();
+    cl_open_port(&cl, g_srv.tls_port, 0);
+    cl_send(&cl, b, 1 + (size_t)rand() % (sizeof b - 1));
+    assert_true(tcl_wait_closed_raw(cl.fd, 2000));
+    cl_close(&cl);
+  }
+  fetch_stats(&st);
+  assert_int_equal((st.tls_handshake_errors - st0.tls_handshake_errors) +
+                       (st.timeouts - st0.timeouts),
+                   8);
+  assert_int_equal(st.connections_open, 1); /* the stats request's own */
+
+  /* the server is fine */
+  assert_int_equal(tcl_open(&cl, g_srv.tls_port, ctx), 1);
+  get_ok(&cl, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  cl_close(&cl);
+  SSL_CTX_free(ctx);
+}
+
+/* Garbage that keeps coming after a failed handshake (the first bytes were
+ * refused, the alert is on its way, more arrive) is one failed handshake. */
+static void test_tls_garbage_more(void **state) {
+  (void)state;
+  struct client cl;
+  struct http_server_stats st0, st;
+  unsigned char hello[4096], junk[1024];
+  SSL_CTX *ctx = tcl_ctx_new(0, 0, TCL_NO_CERT);
+  size_t hl = client_hello(ctx, hello, sizeof hello);
+  srand(7);
+  for (size_t k = 0; k < sizeof junk; k++)
+    junk[k] = (unsigned char)rand();
+  memcpy(hello + 60, junk, hl - 60);
+  fetch_stats(&st0);
+  cl_open_port(&cl, g_srv.tls_port, 0);
+  cl_send(&cl, hello, hl);
+  sleep_ms(30);
+  /* the server has shut its write side by now, but still reads */
+  send(cl.fd, junk, sizeof junk, MSG_NOSIGNAL);
+  assert_true(tcl_wait_closed_raw(cl.fd, 2000));
+  cl_close(&cl);
+  fetch_stats(&st);
+  assert_int_equal(st.tls_handshake_errors - st0.tls_handshake_errors, 1);
+  SSL_CTX_free(ctx);
+}
+
+static void test_tls_swap(void **state) {
+  (void)state;
+  struct client old, fresh, plain;
+  struct resp r;
+  SSL_CTX *ctx = tcl_ctx_new(0, 0, TCL_NO_CERT);
+  assert_int_equal(tcl_open(&old, g_srv.tls_port, ctx), 1);
+  assert_int_equal(tcl_serial(&old), SERIAL_SRV);
+  /* the old connection is in the middle of a file body */
+  cl_sends(&old, "GET /file HTTP/1.1\r\n\r\n");
+  while (old.len < 300 * 1024)
+    assert_true(cl_fill(&old) > 0);
+
+  cl_open(&plain);
+  get_ok(&plain, "GET /swap HTTP/1.1\r\n\r\n", "swapped");
+  cl_close(&plain);
+
+  assert_int_equal(tcl_open(&fresh, g_srv.tls_port, ctx), 1);
+  assert_int_equal(tcl_serial(&fresh), SERIAL_SRV2);
+  X509 *peer = SSL_get1_peer_certificate(fresh.ssl);
+  char cn[64] = "";
+  X509_NAME_get_text_by_NID(X509_get_subject_name(peer), NID_commonName, cn,
+                            sizeof cn);
+  X509_free(peer);
+  assert_string_equal(cn, "regmesh test server 2");
+  get_ok(&fresh, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  cl_close(&fresh);
+
+  /* the old one finishes on its old certificate and keeps going */
+  assert_int_equal(cl_read_resp(&old, &r, 0), 0);
+  assert_int_equal(r.status, 200);
+  assert_int_equal(r.body_len, FILE_SIZE);
+  assert_memory_equal(r.body, g_file, FILE_SIZE);
+  resp_free(&r);
+  assert_int_equal(tcl_serial(&old), SERIAL_SRV);
+  get_ok(&old, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  cl_close(&old);
+  SSL_CTX_free(ctx);
+}
+
+static void test_tls_client_cert(void **state) {
+  (void)state;
+  struct client cl;
+  struct resp r;
+  struct http_server_stats st0, st;
+  fetch_stats(&st0);
+
+  /* without a certificate: refused. With TLS 1.3 the client's SSL_connect
+   * may already have returned when the server checks, so the refusal can
+   * also show as an alert instead of the response */
+  SSL_CTX *none = tcl_ctx_new(0, 0, TCL_NO_CERT);
+  int rc = tcl_open(&cl, g_srv.mtls_port, none);
+  if (rc == 1 && tcl_try_send(&cl, "GET /whoami HTTP/1.1\r\n\r\n") == 0) {
+    assert_int_equal(cl_read_resp(&cl, &r, 0), -1);
+    resp_free(&r);
+    assert_true(cl.tls_end == TLS_END_ERROR || cl.tls_end == TLS_END_CUT);
+  }
+  cl_close(&cl);
+  /* the same over TLS 1.2, where the handshake itself fails */
+  SSL_CTX_set_max_proto_version(none, TLS1_2_VERSION);
+  assert_true(tcl_open(&cl, g_srv.mtls_port, none) != 1);
+  cl_close(&cl);
+  SSL_CTX_free(none);
+
+  /* a certificate the CA did not sign: refused too */
+  SSL_CTX *rogue = tcl_ctx_new(0, TLS1_2_VERSION, TCL_ROGUE_CERT);
+  assert_true(tcl_open(&cl, g_srv.mtls_port, rogue) != 1);
+  cl_close(&cl);
+  SSL_CTX_free(rogue);
+
+  fetch_stats(&st);
+  assert_int_equal(st.tls_handshake_errors - st0.tls_handshake_errors, 3);
+  assert_int_equal(st.tls_handshakes, st0.tls_handshakes);
+
+  /* with the client certificate, over 1.3 and 1.2 */
+  SSL_CTX *good = tcl_ctx_new(0, 0, TCL_CLIENT_CERT);
+  assert_int_equal(tcl_open(&cl, g_srv.mtls_port, good), 1);
+  get_ok(&cl, "GET /whoami HTTP/1.1\r\n\r\n", "tls=1 listener=9");
+  get_file_ok(&cl, "GET /file?part HTTP/1.1\r\n\r\n", 1000, 70000);
+  cl_close(&cl);
+  SSL_CTX_set_max_proto_version(good, TLS1_2_VERSION);
+  assert_int_equal(tcl_open(&cl, g_srv.mtls_port, good), 1);
+  get_ok(&cl, "GET /whoami HTTP/1.1\r\n\r\n", "tls=1 listener=9");
+  cl_close(&cl);
+  SSL_CTX_free(good);
+
+  fetch_stats(&st);
+  assert_int_equal(st.tls_handshake_errors - st0.tls_handshake_errors, 3);
+  assert_int_equal(st.tls_handshakes - st0.tls_handshakes, 2);
+}
+
+/* wait_conns_open: the server's open connections (counting the stats
+ * request's own) drop to want within ms. */
+static int wait_conns_open(uint64_t want, unsigned ms) {
+  struct http_server_stats st;
+  uint64_t end = now_ms() + ms;
+  for (;;) {
+    fetch_stats(&st);
+    if (st.connections_open == want || now_ms() >= end)
+      return st.connections_open == want;
+    sleep_ms(20);
+  }
+}
+
+static void test_tls_hangup_mid_file(void **state) {
+  (void)state;
+  struct client cl;
+  SSL_CTX *ctx = tcl_ctx_new(0, 0, TCL_NO_CERT);
+  /* three ways out in the middle of a body: close with unread data (RST),
+   * an abortive close, and close_notify first */
+  for (int how = 0; how < 3; how++) {
+    assert_int_equal(tcl_open(&cl, g_srv.tls_port, ctx), 1);
+    cl_sends(&cl, how == 1 ? "GET /file?chunked HTTP/1.1\r\n\r\n"
+                           : "GET /file HTTP/1.1\r\n\r\n");
+    while (cl.len < 200 * 1024)
+      assert_true(cl_fill(&cl) > 0);
+    if (how == 1) {
+      struct linger lg = {1, 0};
+      setsockopt(cl.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    } else if (how == 2) {
+      SSL_shutdown(cl.ssl);
+    }
+    cl_close(&cl);
+    assert_true(wait_conns_open(1, 2000));
+  }
+
+  /* a half-close mid-body still gets the whole body, then the close */
+  assert_int_equal(tcl_open(&cl, g_srv.tls_port, ctx), 1);
+  cl_sends(&cl, "GET /file HTTP/1.1\r\n\r\n");
+  while (cl.len < 200 * 1024)
+    assert_true(cl_fill(&cl) > 0);
+  shutdown(cl.fd, SHUT_WR);
+  struct resp r;
+  assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
+  assert_int_equal(r.body_len, FILE_SIZE);
+  assert_memory_equal(r.body, g_file, FILE_SIZE);
+  resp_free(&r);
+  assert_true(cl_wait_eof(&cl));
+  cl_close(&cl);
+  assert_true(wait_conns_open(1, 2000));
+
+  assert_int_equal(tcl_open(&cl, g_srv.tls_port, ctx), 1);
+  get_ok(&cl, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  cl_close(&cl);
+  SSL_CTX_free(ctx);
+}
+
 static int group_setup(void **state) {
   (void)state;
   if (!getenv("HTTP_TEST_DEBUG"))
@@ -1358,6 +2304,11 @@ static int group_setup(void **state) {
     return -1;
   close(fd);
   memset(g_big_chunk, 'B', sizeof g_big_chunk);
+  if (pki_make() < 0) {
+    fprintf(stderr, "cannot make the test certificates\n");
+    ERR_print_errors_fp(stderr);
+    return -1;
+  }
   return 0;
 }
 
@@ -1365,6 +2316,7 @@ static int group_teardown(void **state) {
   (void)state;
   unlink(g_file_path);
   free(g_file);
+  pki_free();
   return 0;
 }
 
@@ -1398,6 +2350,21 @@ int main(void) {
       T(test_access_log),
       T(test_stress),
       cmocka_unit_test(test_listen_addresses),
+      T(test_tls_get),
+      T(test_tls_keep_alive),
+      T(test_tls_file),
+      cmocka_unit_test_setup_teardown(test_tls_file_many, setup_slow_send, teardown),
+      T(test_tls_plain_request),
+      T(test_tls_versions),
+      T(test_tls_alpn),
+      T(test_tls_garbage),
+      T(test_tls_garbage_more),
+      T(test_tls_swap),
+      T(test_tls_client_cert),
+      T(test_tls_hangup_mid_file),
   };
+  /* HTTP_TEST_FILTER=test_tls_* runs a subset */
+  if (getenv("HTTP_TEST_FILTER"))
+    cmocka_set_test_filter(getenv("HTTP_TEST_FILTER"));
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
