@@ -47,14 +47,17 @@ asan: deps-test
 	cmake --build $(ASAN) -j $(JOBS)
 	cd $(ASAN) && ctest -L 'unit|sim' --output-on-failure
 
-# A short libFuzzer run over the gossip decoders (a CI step; needs clang).
+# A short libFuzzer run over each fuzz target (a CI step; needs clang).
 FUZZ      ?= build-fuzz
 FUZZ_SECS ?= 60
 fuzz: deps-test
 	cmake -S . -B $(FUZZ) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug
-	cmake --build $(FUZZ) -j $(JOBS) --target fuzz_gossip_decode
-	mkdir -p $(FUZZ)/corpus && ./$(FUZZ)/tests/fuzz/fuzz_gossip_decode \
-	  -max_total_time=$(FUZZ_SECS) $(FUZZ)/corpus tests/fuzz/corpus/gossip
+	cmake --build $(FUZZ) -j $(JOBS) --target fuzz_gossip_decode fuzz_access
+	mkdir -p $(FUZZ)/corpus/gossip $(FUZZ)/corpus/access
+	./$(FUZZ)/tests/fuzz/fuzz_gossip_decode \
+	  -max_total_time=$(FUZZ_SECS) $(FUZZ)/corpus/gossip tests/fuzz/corpus/gossip
+	./$(FUZZ)/tests/fuzz/fuzz_access \
+	  -max_total_time=$(FUZZ_SECS) $(FUZZ)/corpus/access tests/fuzz/corpus/access
 
 # Side-by-side figures against distribution's proxy (not part of `test`).
 bench: deps-test build

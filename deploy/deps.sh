@@ -6,12 +6,12 @@
 set -eu
 
 build="build-essential cmake pkg-config libuv1-dev libcurl4-openssl-dev
-libssl-dev libmsgpack-dev libyaml-dev libhttp-parser-dev libjansson-dev curl
+libssl-dev libmsgpack-dev libyaml-dev libhttp-parser-dev libjansson-dev libcrypt-dev curl
 ca-certificates"
 test="libcmocka-dev python3 python3-pytest python3-jwt python3-cryptography
 docker-registry skopeo containerd runc docker.io podman apache2-utils wrk
 iproute2 iptables util-linux procps clang libclang-rt-14-dev serf tcpdump
-containernetworking-plugins uidmap"
+containernetworking-plugins uidmap nginx-light openssl"
 
 want=$build
 [ "${1:-build}" = test ] && want="$build $test"

@@ -158,7 +158,8 @@ static void peer_set_url(struct cluster *c, struct cluster_peer *p, const char *
     LOG_W("cluster: member %s advertises a bad url '%s'; not used", p->name, url);
     return;
   }
-  int r = upstream_new_peer(&p->http, c->n->upc, p->name, url, c->cfg->peer_timeout_ms,
+  int r = upstream_new_peer(&p->http, c->n->upc, p->name, url, c->cfg->tls,
+                            c->cfg->peer_timeout_ms,
                             c->cfg->peer_stall_timeout_ms);
   if (r)
     LOG_W("cluster: client for %s at %s: %s", p->name, url, rm_strerror(r));
@@ -197,8 +198,12 @@ static void collect_live(const char *key, void *value, void *ud) {
   struct cluster_peer *p = value;
   struct ring_build *b = ud;
   /* Suspects stay on the ring: moving keys on every suspicion would cost
-   * more refills than asking a slow owner (which we skip on error anyway). */
-  if ((p->state == SWIM_ALIVE || p->state == SWIM_SUSPECT) && b->n < b->cap) {
+   * more refills than asking a slow owner (which we skip on error anyway).
+   * A member we cannot ask (no usable registry URL in its metadata: a serf
+   * agent, a bad URL) owns nothing, or its keys would go upstream. */
+  int reachable = p->is_self || p->http;
+  if ((p->state == SWIM_ALIVE || p->state == SWIM_SUSPECT) && reachable &&
+      b->n < b->cap) {
     b->names[b->n] = p->name;
     b->weights[b->n] = p->weight;
     b->n++;
@@ -585,7 +590,7 @@ static void on_tick(uv_timer_t *t) {
 /* ---- start and stop ------------------------------------------------------- */
 
 static int listen_port(struct node *n) {
-  int p = http_server_bound_port(n->http, NODE_LISTENER_MAIN);
+  int p = http_server_bound_port(n->http, NODE_LISTENER_PEER);
   return p > 0 ? p : 0;
 }
 
@@ -644,7 +649,8 @@ int cluster_start(struct cluster **out, struct node *n) {
     char *colon = strrchr(a, ':');
     if (colon)
       *colon = '\0';
-    snprintf(c->self_url, sizeof c->self_url, "http://%s:%d", a, listen_port(n));
+    snprintf(c->self_url, sizeof c->self_url, "%s://%s:%d", cc->tls ? "https" : "http",
+             a, listen_port(n));
   }
   rl_string(c, c->rl_meta, sizeof c->rl_meta);
   uint8_t meta[WIRE_META_MAX];

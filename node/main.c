@@ -7,6 +7,7 @@
  * answer comes from the network, so every field is type-checked, bounded
  * and stripped of control characters before it reaches the terminal.
  */
+#include "ca.h"
 #include "node.h"
 
 #include "../common/errors.h"
@@ -30,6 +31,10 @@ static const char usage[] =
     "  check-config FILE       validate a configuration file and exit\n"
     "  members [--config FILE] [--admin HOST:PORT] [--json]\n"
     "                          list the cluster members a running node sees\n"
+    "  keygen                  print a new cluster.secret (base64 of 32 random bytes)\n"
+    "  ca init DIR             create a cluster CA in DIR (ca.key, ca.crt)\n"
+    "  ca issue DIR NAME [--ip IP]... [--dns NAME]... [--days N] [--force]\n"
+    "                          write DIR/NAME.key and DIR/NAME.crt, signed by DIR's CA\n"
     "  version                 print the version\n"
     "  help                    this text\n";
 
@@ -469,6 +474,10 @@ int main(int argc, char **argv) {
     return cmd_check_config(argc - 2, argv + 2);
   if (strcmp(cmd, "members") == 0)
     return cmd_members(argc - 2, argv + 2);
+  if (strcmp(cmd, "keygen") == 0)
+    return ca_cli_keygen(argc - 2, argv + 2);
+  if (strcmp(cmd, "ca") == 0)
+    return ca_cli(argc - 2, argv + 2);
   if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
     printf("regmesh %s\n", REGMESH_VERSION);
     return 0;

@@ -6,15 +6,18 @@
  */
 #include "node.h"
 
+#include "access.h"
 #include "cluster.h"
 #include "fetch.h"
 #include "http_server.h"
 #include "registry.h"
 #include "tags.h"
+#include "tls.h"
 #include "upstream.h"
 
 #include "../common/errors.h"
 #include "../common/log.h"
+#include "../common/strmap.h"
 #include "../config/config.h"
 #include "../storage/storage.h"
 
@@ -28,13 +31,65 @@ static void on_signal(uv_signal_t *h, int signum) {
   node_stop(n);
 }
 
-static int listen_one(struct node *n, const char *addr, int id, const char *what) {
-  int r = http_server_listen(n->http, addr, id);
-  if (r)
+/* SIGHUP: certificates and the htpasswd file are read again (they are also
+ * watched, so this only makes it immediate). */
+static void on_sighup(uv_signal_t *h, int signum) {
+  struct node *n = h->data;
+  (void)signum;
+  LOG_I("SIGHUP: reloading certificates and passwords");
+  if (n->tls_main)
+    tls_source_reload(n->tls_main);
+  if (n->tls_peer)
+    tls_source_reload(n->tls_peer);
+  for (size_t i = 0; n->tls_up && i < n->cfg->n_upstreams; i++)
+    if (n->tls_up[i])
+      tls_source_reload(n->tls_up[i]);
+  access_reload(n->access);
+}
+
+static int addr_is_loopback(const char *addr) {
+  return strncmp(addr, "127.", 4) == 0 || strncmp(addr, "[::1]:", 6) == 0;
+}
+
+/* listen_one binds a listener, with TLS when ts is set. Client listeners
+ * (guarded is set) beyond loopback without an `allow:` serve loopback only,
+ * which surprises: say so once at start. */
+static int listen_one(struct node *n, const char *addr, int id, const char *what,
+                      struct tls_source *ts, int guarded) {
+  int r = ts ? http_server_listen_tls(n->http, addr, id, tls_source_ctx(ts))
+             : http_server_listen(n->http, addr, id);
+  if (r) {
     LOG_E("cannot listen on %s (%s): %s", addr, what, rm_strerror(r));
-  else
-    LOG_I("listening on %s (%s)", addr, what);
-  return r;
+    return r;
+  }
+  LOG_I("listening on %s (%s%s)", addr, what, ts ? ", TLS" : "");
+  if (guarded && !n->cfg->allow_set && !addr_is_loopback(addr))
+    LOG_W("listener %s (%s) is reachable beyond loopback but `allow:` is not set: "
+          "only loopback clients are served; list your build hosts' networks in "
+          "`allow:`",
+          addr, what);
+  return 0;
+}
+
+/* start_tls loads every `tls:` block's files and starts watching them. */
+static int start_tls(struct node *n) {
+  const struct config *cfg = n->cfg;
+  int r;
+  if (cfg->tls && (r = tls_source_new(&n->tls_main, n->loop, cfg->tls, "listen")) != 0)
+    return r;
+  if (cfg->cluster.enabled && cfg->cluster.tls &&
+      (r = tls_source_new(&n->tls_peer, n->loop, cfg->cluster.tls, "cluster.peer_listen")) != 0)
+    return r;
+  n->tls_up = calloc(cfg->n_upstreams ? cfg->n_upstreams : 1, sizeof *n->tls_up);
+  if (!n->tls_up)
+    return UV_ENOMEM;
+  for (size_t i = 0; i < cfg->n_upstreams; i++) {
+    const struct config_upstream *u = &cfg->upstreams[i];
+    if (u->listen && u->tls &&
+        (r = tls_source_new(&n->tls_up[i], n->loop, u->tls, u->host)) != 0)
+      return r;
+  }
+  return 0;
 }
 
 int node_start(struct node *n, uv_loop_t *loop, struct config *cfg) {
@@ -67,6 +122,13 @@ int node_start(struct node *n, uv_loop_t *loop, struct config *cfg) {
     return r;
   if ((r = tagcache_new(&n->tags, n->bs)) != 0)
     return r;
+  if ((r = access_new(&n->access, loop, cfg)) != 0)
+    return r;
+  if (!(n->confirmed = malloc(sizeof *n->confirmed)))
+    return UV_ENOMEM;
+  strmap_init(n->confirmed);
+  if ((r = start_tls(n)) != 0)
+    return r;
   registry_init(n);
 
   struct http_server_limits lim = {
@@ -79,16 +141,24 @@ int node_start(struct node *n, uv_loop_t *loop, struct config *cfg) {
   };
   if ((r = http_server_new(&n->http, loop, &lim, registry_handle, n)) != 0)
     return r;
-  if ((r = listen_one(n, cfg->listen, NODE_LISTENER_MAIN, "registry API")) != 0)
+  if ((r = listen_one(n, cfg->listen, NODE_LISTENER_MAIN, "registry API", n->tls_main,
+                      1)) != 0)
     return r;
   if (cfg->admin_listen &&
-      (r = listen_one(n, cfg->admin_listen, NODE_LISTENER_ADMIN, "admin")) != 0)
+      (r = listen_one(n, cfg->admin_listen, NODE_LISTENER_ADMIN, "admin", NULL, 1)) != 0)
     return r;
   for (size_t i = 0; i < cfg->n_upstreams; i++) {
+    struct tls_source *ts = n->tls_up[i] ? n->tls_up[i] : n->tls_main;
     if (cfg->upstreams[i].listen &&
-        (r = listen_one(n, cfg->upstreams[i].listen, (int)i, cfg->upstreams[i].host)) != 0)
+        (r = listen_one(n, cfg->upstreams[i].listen, (int)i, cfg->upstreams[i].host, ts,
+                        1)) != 0)
       return r;
   }
+  /* with a secret, signatures guard the peer port; without one, `allow:` */
+  if (cfg->cluster.enabled &&
+      (r = listen_one(n, cfg->cluster.peer_listen, NODE_LISTENER_PEER, "fleet peers",
+                      n->tls_peer, cfg->cluster.secret_len == 0)) != 0)
+    return r;
   for (size_t i = 0; i < cfg->n_upstreams; i++) {
     LOG_I("upstream %s -> %s%s", cfg->upstreams[i].host, cfg->upstreams[i].url,
           cfg->upstreams[i].is_default ? " (default)" : "");
@@ -103,6 +173,9 @@ int node_start(struct node *n, uv_loop_t *loop, struct config *cfg) {
   n->sigint.data = n->sigterm.data = n;
   uv_signal_start(&n->sigint, on_signal, SIGINT);
   uv_signal_start(&n->sigterm, on_signal, SIGTERM);
+  uv_signal_init(loop, &n->sighup);
+  n->sighup.data = n;
+  uv_signal_start(&n->sighup, on_sighup, SIGHUP);
   n->ready = 1;
   LOG_I("regmesh %s ready; storage %s", REGMESH_VERSION, cfg->storage.root);
   return 0;
@@ -124,7 +197,13 @@ void node_stop(struct node *n) {
   if (uv_is_active((uv_handle_t *)&n->sigint)) {
     uv_close((uv_handle_t *)&n->sigint, NULL);
     uv_close((uv_handle_t *)&n->sigterm, NULL);
+    uv_close((uv_handle_t *)&n->sighup, NULL);
   }
+  tls_source_close(n->tls_main);
+  tls_source_close(n->tls_peer);
+  for (size_t i = 0; n->tls_up && i < n->cfg->n_upstreams; i++)
+    tls_source_close(n->tls_up[i]);
+  access_close(n->access);
   /* Leaving is gossiped while the listeners drain; both end on their own. */
   if (n->cluster)
     cluster_stop(n->cluster, NULL, NULL);
@@ -147,6 +226,11 @@ void node_free(struct node *n) {
   }
   if (n->bs)
     blobstore_close(n->bs);
+  free(n->tls_up);
+  if (n->confirmed) {
+    strmap_free(n->confirmed);
+    free(n->confirmed);
+  }
   if (n->cfg) {
     config_free(n->cfg);
     free(n->cfg);

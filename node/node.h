@@ -20,10 +20,16 @@ struct fetcher;
 struct tagcache;
 struct tagslist_cache;
 struct cluster;
+struct access;
+struct tls_source;
+struct strmap;
 
-/* Listener ids handed to the HTTP server: >= 0 is an upstream's own port. */
+/* Listener ids handed to the HTTP server: >= 0 is an upstream's own port.
+ * MAIN and the upstreams' ports are client listeners; PEER is
+ * cluster.peer_listen, the only one that serves fleet peers. */
 #define NODE_LISTENER_MAIN (-1)
 #define NODE_LISTENER_ADMIN (-2)
+#define NODE_LISTENER_PEER (-3)
 
 struct node {
   uv_loop_t *loop;
@@ -36,7 +42,16 @@ struct node {
   struct tagcache *tags;
   struct tagslist_cache *tagslists;
   struct cluster *cluster;     /* NULL without a cluster: section */
-  uv_signal_t sigint, sigterm;
+  struct access *access;       /* allow list and client passwords */
+  /* certificates: of the client listeners (`tls:`), of the peer listener
+   * (cluster.tls), and of upstreams whose listener has its own `tls:`
+   * (NULL entries share tls_main) */
+  struct tls_source *tls_main, *tls_peer;
+  struct tls_source **tls_up;  /* cfg->n_upstreams entries */
+  uv_signal_t sigint, sigterm, sighup;
+  /* private upstreams: "<upstream>|<repo>|<hex>" -> expiry (unix s) of an
+   * upstream HEAD that confirmed the blob under that repository */
+  struct strmap *confirmed;
   int ready;
   int stopping;
 };

@@ -14,6 +14,8 @@
  */
 #include "registry.h"
 
+#include "access.h"
+
 #include "cluster.h"
 #include "fetch.h"
 #include "http_server.h"
@@ -89,6 +91,10 @@ struct rreq {
   /* a request from a fleet peer: never ask further peers */
   int hop;
   int hop_authed;         /* its X-Regmesh-Auth checked out */
+  int authed;             /* a client that logged in (auth.htpasswd) */
+  int auth_pending;       /* its password is being checked */
+  int client_gone;        /* ... and it hung up meanwhile */
+  char user[64];
   char hop_sig[PEERAUTH_SIG_HEX + 1];
   char accept[ACCEPT_MAX];
   unsigned accept_mask;
@@ -105,6 +111,7 @@ struct rreq {
   char pctype[STORAGE_MEDIA_TYPE_MAX];
   char plink[1024];
   char pretry[32];
+  int basic_challenge; /* 401s carry WWW-Authenticate: Basic */
   json_t *tl_all; /* tags gathered over the upstream's pages */
   int tl_pages;
 
@@ -294,6 +301,8 @@ static void respond_error(struct rreq *r, int status, const char *code,
   json_decref(doc);
   if (status == 429 && r->pretry[0])
     hdr_add(r, "Retry-After", "%s", r->pretry);
+  if (status == 401 && r->basic_challenge)
+    hdr_add(r, "WWW-Authenticate", "Basic realm=\"regmesh\"");
   respond_body(r, status, "application/json", txt ? txt : "{}", txt ? strlen(txt) : 2);
   free(txt);
 }
@@ -783,7 +792,56 @@ static void head_miss(struct rreq *r) {
 
 /* ---- blobs ---------------------------------------------------------------- */
 
+/* A private upstream's blob is served under a repository only once the
+ * upstream said (to a HEAD with the node's credentials) that the
+ * repository has it: a digest learnt from one repository must not open the
+ * bytes to a client naming another. Answers are kept for an hour. */
+#define CONFIRM_TTL_S 3600
+#define CONFIRM_MAX 65536
+
+static void confirm_key(struct rreq *r, char *key, size_t len) {
+  snprintf(key, len, "%d|%s|%s", r->rt.upstream, r->rt.name, r->rt.hex);
+}
+
+static void handle_blob_confirmed(struct rreq *r);
+
+static void confirm_done(struct rreq *r, int err) {
+  if (!err && r->pstatus == 200) {
+    struct node *n = r->n;
+    char key[700];
+    confirm_key(r, key, sizeof key);
+    if (n->confirmed->count >= CONFIRM_MAX) {
+      strmap_free(n->confirmed);
+      strmap_init(n->confirmed);
+    }
+    strmap_put(n->confirmed, key, (void *)(uintptr_t)(time(NULL) + CONFIRM_TTL_S));
+    r->source = NULL;
+    handle_blob_confirmed(r);
+    return;
+  }
+  if (!err && (r->pstatus == 404 || r->pstatus == 401 || r->pstatus == 403)) {
+    respond_error(r, 404, "BLOB_UNKNOWN", "blob unknown to registry");
+    return;
+  }
+  proxy_error(r, err ? err : RM_EUPSTREAM);
+}
+
 static void handle_blob(struct rreq *r) {
+  if (!r->hop && r->n->cfg->upstreams[r->rt.upstream].is_private) {
+    char key[700];
+    confirm_key(r, key, sizeof key);
+    uintptr_t until = (uintptr_t)strmap_get(r->n->confirmed, key);
+    if (until < (uintptr_t)time(NULL)) {
+      char path[600];
+      snprintf(path, sizeof path, "/v2/%s/blobs/sha256:%s", r->rt.name, r->rt.hex);
+      proxy(r, UPSTREAM_HEAD, path, NULL, "blob", confirm_done);
+      return;
+    }
+  }
+  handle_blob_confirmed(r);
+}
+
+static void handle_blob_confirmed(struct rreq *r) {
   if (serve_local(r, 0) == 0)
     return;
   struct fetch_src *s = fetcher_find(r->n->fetcher, FETCH_BLOB, r->rt.hex);
@@ -1150,6 +1208,12 @@ static void update_gauges(struct node *n) {
   metrics_set("regmesh_http_tls_rejected_total", "", (int64_t)hs.tls_rejected);
   metrics_set("regmesh_http_timeouts_total", "", (int64_t)hs.timeouts);
   metrics_set("regmesh_http_bad_requests_total", "", (int64_t)hs.bad_requests);
+  metrics_set("regmesh_tls_handshakes_total", "result=\"ok\"", (int64_t)hs.tls_handshakes);
+  metrics_set("regmesh_tls_handshakes_total", "result=\"failed\"",
+              (int64_t)hs.tls_handshake_errors);
+  metrics_set("regmesh_tls_body_bytes_total", "path=\"userspace\"",
+              (int64_t)hs.tls_file_bytes);
+  metrics_set("regmesh_tls_body_bytes_total", "path=\"ktls\"", 0);
   for (size_t i = 0; i < n->cfg->n_upstreams; i++) {
     struct upstream_ratelimit rl;
     upstream_get_ratelimit(n->ups[i], &rl);
@@ -1238,31 +1302,34 @@ static int handle_admin(struct rreq *r) {
 static void on_client_close(struct http_request *req, void *ud) {
   (void)req;
   struct rreq *r = ud;
+  if (r->auth_pending) { /* on_auth_done ends it */
+    r->client_gone = 1;
+    return;
+  }
   /* A pending sendfile reports the failure itself; otherwise end here. */
   if (!r->sending && !r->finished)
     rr_finish(r, 0);
 }
 
-void registry_handle(struct http_request *req, void *ud) {
-  struct node *n = ud;
-  struct rreq *r = calloc(1, sizeof *r);
-  if (!r) {
-    http_respond_abort(req);
-    return;
-  }
-  r->n = n;
-  r->req = req;
-  r->fd = -1;
-  r->rt.kind = ROUTE_BASE;
-  buf_init(&r->pbody, PROXY_BODY_MAX);
-  http_request_on_close(req, on_client_close, r);
+/* deny refuses a request the node will not serve to this client, counted
+ * by why: 403 for an address outside `allow:`, 401 (with the Basic
+ * challenge clients answer with their credentials) for a missing or wrong
+ * login or peer signature. A refused client is not kept alive. */
+static void deny(struct rreq *r, int status, const char *why, const char *msg) {
+  char labels[40];
+  snprintf(labels, sizeof labels, "why=\"%s\"", why);
+  metrics_add("regmesh_denied_total", labels, 1);
+  r->route_label = "denied";
+  if (status == 403)
+    http_request_close_after(r->req);
+  r->basic_challenge = status == 401 && strcmp(why, "auth") == 0;
+  respond_error(r, status, status == 403 ? "DENIED" : "UNAUTHORIZED", msg);
+}
 
-  if (handle_admin(r))
-    return;
-  if (req->listener_id == NODE_LISTENER_ADMIN) {
-    respond_error(r, 404, "UNSUPPORTED", "the admin listener serves /metrics, /healthz, /readyz");
-    return;
-  }
+/* dispatch serves a request that passed its listener's checks. */
+static void dispatch(struct rreq *r) {
+  struct http_request *req = r->req;
+  struct node *n = r->n;
   if (req->method != HTTP_GET && req->method != HTTP_HEAD) {
     respond_error(r, 405, "UNSUPPORTED", "this registry is a read-only mirror");
     return;
@@ -1287,22 +1354,9 @@ void registry_handle(struct http_request *req, void *ud) {
     return;
   }
   r->route_label = NULL;
-  const struct http_header *hop = http_request_header(req, CLUSTER_HOP_HEADER);
-  if (hop && n->cluster) {
-    r->hop = 1;
-    const struct http_header *auth = http_request_header(req, CLUSTER_AUTH_HEADER);
-    char target[2400];
-    int tl = snprintf(target, sizeof target, "%s%s%s", req->path, req->query ? "?" : "",
-                      req->query ? req->query : "");
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-    if (auth && tl > 0 && (size_t)tl < sizeof target &&
-        peerauth_verify(cluster_auth(n->cluster), r->is_head ? "HEAD" : "GET", target,
-                        hop->value, auth->value, now, r->hop_sig) == 0)
-      r->hop_authed = 1;
-    else if (auth)
-      LOG_W("peer request from %s (%s) has a bad signature", hop->value, req->remote);
+  if (!r->hop && n->cfg->upstreams[r->rt.upstream].is_private && !r->authed) {
+    deny(r, 401, "auth", "this upstream is private: log in");
+    return;
   }
   /* The spec asks proxies to echo the namespace they used. */
   if (r->rt.via_ns && query_param(req->query, "ns", r->ns_echo, sizeof r->ns_echo) != 1)
@@ -1322,8 +1376,120 @@ void registry_handle(struct http_request *req, void *ud) {
   }
 }
 
+/* The peer listener serves fleet peers only: with a cluster secret every
+ * request must carry a valid signature (a replay outside the skew window
+ * fails too), and nothing is fetched for one that does not. */
+static void handle_peer(struct rreq *r) {
+  struct http_request *req = r->req;
+  struct node *n = r->n;
+  if (!n->cluster) {
+    respond_error(r, 404, "UNSUPPORTED", "not a fleet member");
+    return;
+  }
+  const struct peerauth *pa = cluster_auth(n->cluster);
+  if (!pa->enabled && !access_allowed(n->access, &req->remote_addr)) {
+    deny(r, 403, "allow", "this address may not use this node");
+    return;
+  }
+  const struct http_header *hop = http_request_header(req, CLUSTER_HOP_HEADER);
+  r->hop = 1;
+  if (pa->enabled) {
+    const struct http_header *auth = http_request_header(req, CLUSTER_AUTH_HEADER);
+    char target[2400];
+    int tl = snprintf(target, sizeof target, "%s%s%s", req->path, req->query ? "?" : "",
+                      req->query ? req->query : "");
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    if (!hop || !auth || tl <= 0 || (size_t)tl >= sizeof target ||
+        peerauth_verify(pa, req->method == HTTP_HEAD ? "HEAD" : "GET", target, hop->value,
+                        auth->value, now, r->hop_sig) != 0) {
+      LOG_W("peer request from %s (%s) %s; refused", hop ? hop->value : "?", req->remote,
+            auth ? "has a bad or expired signature" : "is not signed");
+      deny(r, 401, "peer_auth", "peer requests must be signed with the cluster secret");
+      return;
+    }
+    r->hop_authed = 1;
+  }
+  dispatch(r);
+}
+
+static void on_auth_done(void *ud, enum access_verdict v) {
+  struct rreq *r = ud;
+  r->auth_pending = 0;
+  if (r->client_gone) {
+    rr_finish(r, 0);
+    return;
+  }
+  if (v != ACCESS_OK) {
+    LOG_I("auth: %s: wrong password for '%s'", r->req->remote, r->user);
+    deny(r, 401, "auth", "wrong user name or password");
+    return;
+  }
+  r->authed = 1;
+  dispatch(r);
+}
+
+void registry_handle(struct http_request *req, void *ud) {
+  struct node *n = ud;
+  struct rreq *r = calloc(1, sizeof *r);
+  if (!r) {
+    http_respond_abort(req);
+    return;
+  }
+  r->n = n;
+  r->req = req;
+  r->fd = -1;
+  r->rt.kind = ROUTE_BASE;
+  buf_init(&r->pbody, PROXY_BODY_MAX);
+  http_request_on_close(req, on_client_close, r);
+
+  if (req->listener_id == NODE_LISTENER_PEER) {
+    handle_peer(r);
+    return;
+  }
+  if (!access_allowed(n->access, &req->remote_addr)) {
+    deny(r, 403, "allow", "this address may not use this node");
+    return;
+  }
+  if (req->listener_id == NODE_LISTENER_ADMIN) {
+    if (!handle_admin(r))
+      respond_error(r, 404, "UNSUPPORTED",
+                    "the admin listener serves /metrics, /healthz, /readyz, /cluster/");
+    return;
+  }
+  /* with an admin listener, the public one serves none of it */
+  if (!n->cfg->admin_listen && handle_admin(r))
+    return;
+  r->route_label = NULL;
+  /* X-Regmesh-Hop means nothing here: only the peer listener serves peers */
+  if (access_auth_enabled(n->access)) {
+    const struct http_header *h = http_request_header(req, "Authorization");
+    enum access_verdict v = access_check(n->access, h ? h->value : NULL, on_auth_done, r,
+                                         r->user, sizeof r->user);
+    if (v == ACCESS_PENDING) {
+      r->auth_pending = 1;
+      return;
+    }
+    if (v != ACCESS_OK) {
+      deny(r, 401, "auth", h ? "wrong user name or password" : "authentication required");
+      return;
+    }
+    r->authed = 1;
+  }
+  dispatch(r);
+}
+
 void registry_init(struct node *n) {
   (void)n;
+  metrics_describe("regmesh_denied_total", METRIC_COUNTER,
+                   "Requests refused: why=allow (address outside allow:), auth (no or wrong "
+                   "login), peer_auth (peer request without a valid signature).");
+  metrics_describe("regmesh_tls_handshakes_total", METRIC_COUNTER,
+                   "TLS handshakes on the node's listeners by result.");
+  metrics_describe("regmesh_tls_body_bytes_total", METRIC_COUNTER,
+                   "Cached file bytes sent over TLS, by path: userspace (encrypted by "
+                   "OpenSSL through the buffer pool) or ktls (kernel TLS).");
   metrics_describe("regmesh_http_requests_total", METRIC_COUNTER,
                    "HTTP requests by API route and status.");
   metrics_describe("regmesh_hits_total", METRIC_COUNTER,

@@ -150,6 +150,7 @@ struct upstream {
   struct upq link; /* c->ups */
   struct upstream_ratelimit rl;
   int is_peer; /* another regmesh node: no ping, auth, retries */
+  char *peer_cert, *peer_key; /* our certificate for mutual TLS to peers */
   int closing;
 };
 
@@ -1240,6 +1241,10 @@ static void req_attempt_start(struct upstream_req *r) {
   SETOPT(e, CURLOPT_SSL_VERIFYHOST, cfg->tls_verify ? 2L : 0L);
   if (cfg->ca_file)
     SETOPT(e, CURLOPT_CAINFO, cfg->ca_file);
+  if (r->u->peer_cert) {
+    SETOPT(e, CURLOPT_SSLCERT, r->u->peer_cert);
+    SETOPT(e, CURLOPT_SSLKEY, r->u->peer_key);
+  }
   if (r->method == UPSTREAM_HEAD)
     SETOPT(e, CURLOPT_NOBODY, 1L);
   if (r->accept) {
@@ -1653,7 +1658,8 @@ int upstream_new(struct upstream **out, struct upclient *c,
 }
 
 int upstream_new_peer(struct upstream **out, struct upclient *c, const char *name,
-                      const char *url, uint64_t connect_timeout_ms, uint64_t stall_ms) {
+                      const char *url, const struct config_tls *tls,
+                      uint64_t connect_timeout_ms, uint64_t stall_ms) {
   char host[160];
   snprintf(host, sizeof host, "peer:%s", name);
   struct config_upstream cfg = {
@@ -1663,11 +1669,21 @@ int upstream_new_peer(struct upstream **out, struct upclient *c, const char *nam
       .connect_timeout_ms = connect_timeout_ms,
       .low_speed_time_ms = stall_ms,
       .max_retries = 0,
+      .ca_file = tls ? tls->ca : NULL,
   };
   int r = upstream_new(out, c, &cfg);
   if (r)
     return r;
   (*out)->is_peer = 1;
+  if (tls) {
+    (*out)->peer_cert = strdup(tls->cert);
+    (*out)->peer_key = strdup(tls->key);
+    if (!(*out)->peer_cert || !(*out)->peer_key) {
+      upstream_free(*out);
+      *out = NULL;
+      return UV_ENOMEM;
+    }
+  }
   (*out)->ping = PING_DONE; /* a regmesh node answers /v2/ without auth */
   return 0;
 }
@@ -1694,6 +1710,8 @@ void upstream_free(struct upstream *u) {
     token_free(UPQ_DATA(u->tokens.next, struct uptoken, link));
   upstream_cfg_free(&u->cfg);
   free(u->password);
+  free(u->peer_cert);
+  free(u->peer_key);
   free(u);
 }
 

@@ -25,6 +25,7 @@
 #include <uv.h>
 
 struct config_upstream;
+struct config_tls;
 struct upclient;
 struct upstream;
 struct upstream_req;
@@ -100,9 +101,12 @@ void upstream_free(struct upstream *u);
 /* upstream_new_peer: a client for another regmesh node's registry API at
  * url (metrics label "peer:<name>"). No /v2/ ping, no auth rounds and no
  * retries or resumes of its own: the caller moves to its next source on any
- * failure. A stream slower than 1 KiB/s for stall_ms is cut. */
+ * failure. A stream slower than 1 KiB/s for stall_ms is cut. With tls
+ * (cluster.tls), an https peer must present a certificate of tls->ca and we
+ * present ours. */
 int upstream_new_peer(struct upstream **out, struct upclient *c, const char *name,
-                      const char *url, uint64_t connect_timeout_ms, uint64_t stall_ms);
+                      const char *url, const struct config_tls *tls,
+                      uint64_t connect_timeout_ms, uint64_t stall_ms);
 const struct config_upstream *upstream_config(const struct upstream *u);
 
 /* upstream_ping starts the upstream's /v2/ ping now if it has none (the

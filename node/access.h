@@ -1,0 +1,56 @@
+/* access.h - who may use a node: address allow lists and client passwords.
+ *
+ * The allow list is the config's `allow:` (loopback only when it is
+ * absent). Passwords come from `auth.htpasswd` (bcrypt only), which is
+ * re-read when the file changes; a bad new file keeps the old one. bcrypt
+ * costs tens of milliseconds by design, so a check runs on the thread pool
+ * and its answer is cached per (user, password) until the file changes:
+ * a client sends its credentials with every request.
+ */
+#ifndef REGMESH_NODE_ACCESS_H
+#define REGMESH_NODE_ACCESS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <uv.h>
+
+struct config;
+struct access;
+
+/* access_new: for cfg (which must outlive it). Loads the htpasswd file
+ * now (blocking: call at start). Returns 0 or a negative error (logged). */
+int access_new(struct access **out, uv_loop_t *loop, const struct config *cfg);
+void access_close(struct access *a);
+
+/* access_allowed: 1 when the address may connect, else 0. */
+int access_allowed(const struct access *a, const struct sockaddr_storage *ss);
+/* access_auth_enabled: 1 when clients must log in. */
+int access_auth_enabled(const struct access *a);
+
+/* Answers of access_check. */
+enum access_verdict {
+  ACCESS_OK = 1,      /* a valid user and password */
+  ACCESS_DENIED = 0,  /* none, malformed, unknown user or wrong password */
+  ACCESS_PENDING = 2, /* being checked: cb will say */
+};
+typedef void (*access_cb)(void *ud, enum access_verdict v);
+/* access_check looks at an Authorization header value (may be NULL). A
+ * cached or plainly bad answer is returned at once and cb is not called;
+ * ACCESS_PENDING means cb runs exactly once later, on the loop. user (if
+ * not NULL, cap >= 1) gets the user name for logs. */
+enum access_verdict access_check(struct access *a, const char *authorization,
+                                 access_cb cb, void *ud, char *user,
+                                 size_t cap);
+
+/* access_parse_basic: an Authorization value "Basic <base64(user:pass)>"
+ * -> cred (NUL-terminated, at most cap - 1 bytes), its length and the
+ * offset of the first colon. 0 or RM_EPARSE (not Basic, bad base64, no
+ * colon, empty user, NUL inside, too long). */
+int access_parse_basic(const char *v, char *cred, size_t cap, size_t *len,
+                       size_t *colon);
+
+/* Reload the htpasswd file now (SIGHUP). */
+void access_reload(struct access *a);
+
+#endif
