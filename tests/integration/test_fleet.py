@@ -187,9 +187,9 @@ def test_corrupting_peer_is_avoided(make_fleet, make_proxy, hub, catalog, skopeo
     fl = make_fleet(hub, 3, start=False)
     proxies = {}
     for nd in fl.nodes:
-        # every node advertises a proxy in front of its registry port; only
+        # every node advertises a proxy in front of its peer port; only
         # the owner's will flip bytes, once we know who owns the layer
-        proxies[nd.name] = make_proxy(nd.url)
+        proxies[nd.name] = make_proxy(nd.peer_listen_url)
         nd.cluster["peer_url"] = proxies[nd.name].url
         nd.write_config()
     fl.start()

@@ -29,7 +29,7 @@ import pytest
 
 from rmtest import images, netns, util
 from rmtest.checks import HUB_HOST
-from rmtest.fleet import (ALIVE, DEAD_STATES, NOT_ALIVE, free_gossip_port,  # noqa: F401
+from rmtest.fleet import (ALIVE, DEAD_STATES, NOT_ALIVE, field, free_gossip_port,  # noqa: F401
                           make_fleet, manifest_get_targets, parse_members)
 from rmtest.netns import netns_lab  # noqa: F401 (fixture)
 from rmtest.rlproxy import RateLimitProxy
@@ -280,5 +280,17 @@ def test_serf_agent_lists_the_fleet(make_fleet, hub, test_dir):
         problems = [ln for ln in open(log, errors="replace").read().splitlines()
                     if "[ERR]" in ln]
         assert not problems, problems[:10]
+        # the serf agent has no registry URL: it must own none of the ring,
+        # or the keys it "owned" would always go upstream
+        seen = {}
+
+        def serf_listed():
+            seen["m"] = fl.members(fl.nodes[0])
+            return "serf-probe" in seen["m"]
+        util.wait_until(serf_listed, 20, 0.2, what="the fleet to list serf-probe")
+        ms = seen["m"]
+        assert field(ms["serf-probe"], "share") == 0, ms["serf-probe"]
+        total = sum(field(ms[nd.name], "share") for nd in fl.nodes)
+        assert abs(total - 1.0) < 0.01, {n: field(m, "share") for n, m in ms.items()}
     finally:
         proc.stop(timeout=5)

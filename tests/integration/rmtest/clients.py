@@ -17,12 +17,14 @@ CTR = shutil.which("ctr")
 DOCKERD = shutil.which("dockerd")
 PODMAN = shutil.which("podman")
 UNSHARE = shutil.which("unshare")
+NSENTER = shutil.which("nsenter")
 
 
 def missing(*tools):
     """Names of the given binaries that are absent here."""
     table = {"skopeo": SKOPEO, "containerd": CONTAINERD, "ctr": CTR,
-             "dockerd": DOCKERD, "podman": PODMAN, "unshare": UNSHARE}
+             "dockerd": DOCKERD, "podman": PODMAN, "unshare": UNSHARE,
+             "nsenter": NSENTER}
     return [t for t in tools if not table.get(t)]
 
 
@@ -133,13 +135,18 @@ class Skopeo:
             shutil.rmtree(scratch, ignore_errors=True)
 
     def copy(self, src_ref, dest_dir, all_images=False, src_creds=None, timeout=300,
-             check=True):
+             check=True, tls_verify=False, cert_dir=None):
         """skopeo copy docker://<src_ref> dir:<dest_dir>. Returns CopyResult
-        (or the CompletedProcess if check=False and it failed)."""
+        (or the CompletedProcess if check=False and it failed).
+        tls_verify: --src-tls-verify (default false); cert_dir:
+        --src-cert-dir (a directory of *.crt CAs, containers-certs.d(5))."""
         if os.path.exists(dest_dir):
             shutil.rmtree(dest_dir)
         os.makedirs(os.path.dirname(dest_dir), exist_ok=True)
-        args = ["copy", "--src-tls-verify=false", "--retry-times", "0"]
+        args = ["copy", "--src-tls-verify=%s" % ("true" if tls_verify else "false"),
+                "--retry-times", "0"]
+        if cert_dir:
+            args += ["--src-cert-dir", cert_dir]
         if all_images:
             args.append("--all")
         if src_creds:
@@ -150,10 +157,12 @@ class Skopeo:
             return cp
         return CopyResult(dest_dir)
 
-    def inspect_raw(self, ref, timeout=120):
-        cp = self._run(["inspect", "--raw", "--tls-verify=false", "docker://" + ref],
-                       timeout=timeout)
-        return cp.stdout
+    def inspect_raw(self, ref, timeout=120, tls_verify=False, cert_dir=None, check=True):
+        args = ["inspect", "--raw", "--tls-verify=%s" % ("true" if tls_verify else "false")]
+        if cert_dir:
+            args += ["--cert-dir", cert_dir]
+        cp = self._run(args + ["docker://" + ref], timeout=timeout, check=check)
+        return cp.stdout if check else cp
 
     def manifest_digest(self, ref):
         return util.sha256_bytes(self.inspect_raw(ref))
@@ -251,15 +260,21 @@ class Containerd:
                  check=False)
 
 
-def write_hosts_toml(hosts_dir, registry, mirror_url, server=None):
+def write_hosts_toml(hosts_dir, registry, mirror_url, server=None, ca=None):
     """hosts_dir/<registry>/hosts.toml with `mirror_url` as the only usable
-    host; `server` defaults to an address where nothing listens."""
+    host; `server` defaults to an address where nothing listens. ca: a CA
+    file the host (and an https:// server) is verified against."""
     d = os.path.join(hosts_dir, registry)
     os.makedirs(d, exist_ok=True)
     server = server or "http://" + util.dead_address()
+    text = 'server = "%s"\n' % server
+    if ca and server.startswith("https://"):
+        text += 'ca = "%s"\n' % ca
+    text += '\n[host."%s"]\n  capabilities = ["pull", "resolve"]\n' % mirror_url
+    if ca:
+        text += '  ca = "%s"\n' % ca
     with open(os.path.join(d, "hosts.toml"), "w") as f:
-        f.write('server = "%s"\n\n[host."%s"]\n  capabilities = ["pull", "resolve"]\n'
-                % (server, mirror_url))
+        f.write(text)
 
 
 # ---------------------------------------------------------------------------
@@ -269,8 +284,20 @@ class Dockerd:
     """A private dockerd (vfs, no iptables, no bridge) on a unix socket,
     using a private containerd, with `registry-mirrors`."""
 
-    def __init__(self, workdir, containerd, mirrors, namespace):
+    def __init__(self, workdir, containerd, mirrors, namespace, certs_d=None, ns=None,
+                 no_proxy=()):
+        """certs_d: a directory laid out like /etc/docker/certs.d
+        (<host:port>/ca.crt, client.cert, client.key) that dockerd sees at
+        that path in its own mount namespace, live (a symlink in an overlay
+        over /etc/docker; the real /etc is untouched). ns: a netns.Netns to
+        run dockerd in (dockerd treats 127.0.0.0/8 as an insecure registry:
+        no verification and certs.d unread there). no_proxy: addresses
+        dockerd may reach without the dead proxy (Go proxies all but
+        loopback)."""
         self.dir = workdir
+        self.certs_d = certs_d
+        self.ns = ns
+        self.no_proxy = list(no_proxy)
         os.makedirs(workdir, exist_ok=True)
         self.sockdir = tempfile.mkdtemp(prefix="dkr-")
         self.sock = os.path.join(self.sockdir, "d.sock")
@@ -300,11 +327,30 @@ class Dockerd:
 
     def start(self, timeout=60):
         env = no_egress_env({"HOME": self.dir})
+        if self.no_proxy:
+            env["NO_PROXY"] = env["no_proxy"] = ",".join(self.no_proxy)
         # dockerd creates /run/docker/plugins whatever its exec-root: give it
         # a private /run (and /var/lib, to be safe) in its own mount namespace.
         scratch = os.path.join(self.dir, "ns")
-        argv = private_mounts_argv([DOCKERD, "--config-file", self.config], scratch,
-                                   ("/run", "/var/lib"))
+        dirs = ("/run", "/var/lib")
+        if self.certs_d:
+            # an overlay over /etc/docker (or /etc) whose upper dir already
+            # holds certs.d as a symlink to ours: dockerd reads only that
+            # fixed path, again at every pull
+            top = "/etc/docker" if os.path.isdir("/etc/docker") else "/etc"
+            dirs += (top,)
+            upper = os.path.join(scratch, "ovl%d-upper" % (len(dirs) - 1))
+            dest = os.path.join(upper, "certs.d" if top == "/etc/docker"
+                                else os.path.join("docker", "certs.d"))
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            if os.path.lexists(dest):
+                os.unlink(dest)
+            os.symlink(os.path.abspath(self.certs_d), dest)
+        argv = private_mounts_argv([DOCKERD, "--config-file", self.config], scratch, dirs)
+        if self.ns is not None:
+            # nsenter, not `ip netns exec`: that remounts /sys, and dockerd
+            # then finds no cgroup mounts
+            argv = [NSENTER, "--net=/run/netns/%s" % self.ns.name] + argv
         self.proc = util.Proc(argv, log_path=self.log_path, env=env, name="dockerd").start()
 
         def up():
@@ -408,10 +454,14 @@ class Podman:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def pull(self, ref, tls_verify=None, timeout=240, check=True):
+    def pull(self, ref, tls_verify=None, timeout=240, check=True, cert_dir=None):
+        """cert_dir: --cert-dir (a directory of *.crt CAs, used for every
+        registry and mirror of this pull)."""
         args = ["pull"]
         if tls_verify is not None:
             args.append("--tls-verify=%s" % ("true" if tls_verify else "false"))
+        if cert_dir:
+            args += ["--cert-dir", cert_dir]
         args += ["--signature-policy", self.policy, ref]
         return self.run(args, timeout=timeout, check=check)
 
@@ -426,7 +476,7 @@ class Podman:
         shutil.rmtree(self.runroot, ignore_errors=True)
 
 
-def podman_mirror_conf(prefix, location, mirror):
+def podman_mirror_conf(prefix, location, mirror, insecure=True):
     return "\n".join([
         "unqualified-search-registries = []",
         'short-name-mode = "disabled"',
@@ -437,7 +487,7 @@ def podman_mirror_conf(prefix, location, mirror):
         "",
         "[[registry.mirror]]",
         'location = "%s"' % mirror,
-        "insecure = true",
+        "insecure = %s" % ("true" if insecure else "false"),
         "",
     ])
 

@@ -90,7 +90,9 @@ class FleetNode(regmesh.Node):
         self.host = host
         self.ns = ns
         self.gossip_port = free_gossip_port()
-        self.cluster = {"name": name, "bind": "%s:%d" % (host, self.gossip_port)}
+        self.peer_port = util.free_port()
+        self.cluster = {"name": name, "bind": "%s:%d" % (host, self.gossip_port),
+                        "peer_listen": "%s:%d" % (host, self.peer_port)}
         self.cluster.update(cluster or {})
         super().__init__(binary, workdir, upstreams, **kw)
 
@@ -104,16 +106,29 @@ class FleetNode(regmesh.Node):
         return self.cluster.get("advertise") or self.cluster["bind"]
 
     @property
+    def peer_listen_url(self):
+        """The node's peer listener (cluster.peer_listen)."""
+        scheme = "https" if self.cluster.get("tls") else "http"
+        return "%s://%s:%d" % (scheme, self.host, self.peer_port)
+
+    @property
     def peer_url(self):
         """What peers use (the contract's default unless peer_url is set)."""
-        return self.cluster.get("peer_url") or self.url
+        return self.cluster.get("peer_url") or self.peer_listen_url
 
     # -- config ----------------------------------------------------------
     def config_text(self):
         text = super().config_text()
+        if self.host != util.LOCALHOST and "allow:" not in text:
+            # nodes in test namespaces serve the lab's networks
+            text += "allow: [127.0.0.0/8, 10.0.0.0/8]\n"
         lines = ["cluster:"]
         for k, v in self.cluster.items():
             if v is None:
+                continue
+            if isinstance(v, dict):
+                lines.append("  %s:" % k)
+                lines += ["    %s: %s" % (kk, _yaml_str(vv)) for kk, vv in v.items()]
                 continue
             if k == "join":
                 if v:

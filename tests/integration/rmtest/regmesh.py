@@ -30,8 +30,9 @@ class Upstream:
     """One `upstreams:` entry. `url` is where regmesh fetches from."""
 
     def __init__(self, host, url, default=False, tag_ttl="60s", listen=False,
-                 username=None, password=None):
+                 username=None, password=None, private=False):
         self.host = host
+        self.private = private
         self.url = url
         self.default = default
         self.tag_ttl = tag_ttl
@@ -99,8 +100,11 @@ class Node:
     log_path, config_path, upstreams (by host; .port set for listeners)."""
 
     def __init__(self, binary, workdir, upstreams, max_size="20GiB", log_level="info",
-                 data_dir=None, extra_yaml=""):
+                 data_dir=None, extra_yaml="", tls=None):
+        """tls: {"cert", "key", optional "client_ca", "min_version"} for the
+        `tls:` block, plus "ca": the CA file the harness trusts for it."""
         self.binary = binary
+        self.tls = tls
         self.dir = workdir
         os.makedirs(workdir, exist_ok=True)
         self.port = util.free_port()
@@ -131,6 +135,9 @@ class Node:
 
     @property
     def url(self):
+        if self.tls:
+            util.TLS_TRUST[self.host_port] = (self.tls.get("ca"), None, None)
+            return "https://" + self.host_port
         return "http://" + self.host_port
 
     def listener_url(self, host):
@@ -159,6 +166,13 @@ class Node:
                 lines.append("    username: %s" % u.username)
             if u.password_env:
                 lines.append("    password_env: %s" % u.password_env)
+            if u.private:
+                lines.append("    private: true")
+        if self.tls:
+            lines.append("tls:")
+            for k in ("cert", "key", "client_ca", "min_version"):
+                if self.tls.get(k):
+                    lines.append('  %s: "%s"' % (k, self.tls[k]))
         text = "\n".join(lines) + "\n"
         if self.extra_yaml:
             text += self.extra_yaml.rstrip("\n") + "\n"

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.parse
@@ -242,6 +243,21 @@ class Response:
         return "<Response %d %s %r>" % (self.status, self.headers, self.body[:300])
 
 
+# "host:port" -> (CA file, client cert, client key) for https:// requests
+# to a TLS listener a test started (see regmesh.Node's tls_ca).
+TLS_TRUST = {}
+
+
+def tls_context(netloc):
+    """An ssl context trusting the CA registered for netloc (and presenting
+    its client certificate, if any), else the system's."""
+    ca, cert, key = TLS_TRUST.get(netloc, (None, None, None))
+    ctx = ssl.create_default_context(cafile=ca)
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
 def request(base, method, path, headers=None, body=None, timeout=30.0,
             read_body=True):
     """One HTTP request with http.client (no redirects, no retries).
@@ -250,7 +266,11 @@ def request(base, method, path, headers=None, body=None, timeout=30.0,
     (a list may repeat a header name, sent as separate lines).
     """
     u = urllib.parse.urlsplit(base)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    if u.scheme == "https":
+        conn = http.client.HTTPSConnection(u.hostname, u.port, timeout=timeout,
+                                           context=tls_context(u.netloc))
+    else:
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
     t0 = time.monotonic()
     try:
         conn.putrequest(method, path, skip_host=False, skip_accept_encoding=True)
