@@ -537,11 +537,12 @@ class Fleet:
         self.dirs = [ctx._dir(f"{tag}-{i}") for i in range(n)]
         self.ports = [free_port() for _ in range(n)]
         self.gports = [free_port(udp_too=True) for _ in range(n)]
+        self.pports = [free_port() for _ in range(n)]
         self.names = [f"{tag}-{i}" for i in range(n)]
 
     def cluster_section(self, i):
         c = {"name": self.names[i], "bind": f"127.0.0.1:{self.gports[i]}",
-             "peer_url": f"http://127.0.0.1:{self.ports[i]}",
+             "peer_listen": f"127.0.0.1:{self.pports[i]}",
              "join": [f"127.0.0.1:{g}" for j, g in enumerate(self.gports) if j != i],
              "secret": self.ctx.secret}
         c.update(self.timings)
