@@ -1876,67 +1876,18 @@ out:
 
 int config_load_file(struct config *cfg, const char *path, char *err,
                      size_t errlen) {
-  char ebuf[128];
-  size_t cap = 4096, len = 0;
-  char *buf = NULL;
-  int fd, rc;
+  char *buf;
+  size_t len;
+  int rc;
 
   config_init(cfg);
   if (err != NULL && errlen > 0)
     err[0] = '\0';
-  do
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-  while (fd < 0 && errno == EINTR);
-  if (fd < 0) {
-    rc = -errno;
-    goto io_error;
-  }
-  /* read at most one byte past the limit: enough to know it is too big,
-   * whatever the file is (a pipe, /dev/zero) */
-  for (;;) {
-    if (len == cap || buf == NULL) {
-      size_t ncap = buf == NULL ? cap : cap * 2;
-      if (ncap > (size_t)CONFIG_MAX_FILE_SIZE + 1)
-        ncap = (size_t)CONFIG_MAX_FILE_SIZE + 1;
-      char *nbuf = realloc(buf, ncap);
-      if (nbuf == NULL) {
-        free(buf);
-        close(fd);
-        config__error(err, errlen, path, 1, 1, NULL, "out of memory");
-        return UV_ENOMEM;
-      }
-      buf = nbuf;
-      cap = ncap;
-    }
-    ssize_t r = read(fd, buf + len, cap - len);
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r < 0) {
-      rc = -errno;
-      free(buf);
-      close(fd);
-      goto io_error;
-    }
-    if (r == 0)
-      break;
-    len += (size_t)r;
-    if (len > CONFIG_MAX_FILE_SIZE) {
-      free(buf);
-      close(fd);
-      if (err != NULL && errlen > 0)
-        snprintf(err, errlen, "%s: file is larger than %d bytes", path,
-                 CONFIG_MAX_FILE_SIZE);
-      return RM_ECONFIG;
-    }
-  }
-  close(fd);
+  rc = config__read_file(path, CONFIG_MAX_FILE_SIZE, &buf, &len, err, errlen);
+  if (rc != 0)
+    return rc;
   rc = config_load_string(cfg, buf, len, path, err, errlen);
   free(buf);
-  return rc;
-
-io_error:
-  if (err != NULL && errlen > 0)
-    snprintf(err, errlen, "%s: %s", path, strerror_r(-rc, ebuf, sizeof ebuf));
   return rc;
 }
 

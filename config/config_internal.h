@@ -6,6 +6,7 @@
  *                   booleans, listen addresses, registry hosts, URLs,
  *                   gossip addresses, join seeds, base64.
  *   config_cidr.c   `allow:` entries: CIDR parsing and address matching.
+ *   config_file.c   reading a file whole, bounded (config, htpasswd).
  *   htpasswd.c      the `auth.htpasswd` file (its own header, htpasswd.h,
  *                   since the node reloads it too).
  *   config.c        the schema (a key table per section), the walk over the
@@ -18,6 +19,14 @@
 #include <stdint.h>
 
 struct config_cidr;
+
+/* ---- files (config_file.c) ---- */
+
+/* config__read_file reads path whole into a new heap buffer (*out, owned by
+ * the caller) of at most max bytes. 0, a negative errno, UV_ENOMEM, or
+ * RM_ECONFIG when the file is larger; err gets "path: why". */
+int config__read_file(const char *path, size_t max, char **out, size_t *outlen,
+                      char *err, size_t errlen);
 
 /* ---- tree (config_tree.c) ---- */
 

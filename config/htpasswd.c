@@ -12,18 +12,16 @@
  * heap: verify runs on thread-pool threads, whose stacks we do not size.
  */
 #include "htpasswd.h"
+#include "config_internal.h"
 
 #include "errors.h"
 
 #include <crypt.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <openssl/crypto.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include <uv.h>
 
 #define BCRYPT_LEN 60
@@ -277,63 +275,16 @@ int htpasswd_parse(struct htpasswd *out, const char *data, size_t len,
 
 int htpasswd_load(struct htpasswd *out, const char *path, char *err,
                   size_t errlen) {
-  char ebuf[128], dummy[1];
-  size_t cap = 4096, len = 0;
-  char *buf = NULL;
-  int fd, rc = 0;
+  char *buf;
+  size_t len;
+  int rc;
 
-  if (err == NULL || errlen == 0) {
-    err = dummy;
-    errlen = sizeof dummy;
-  }
   memset(out, 0, sizeof *out);
-  do
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-  while (fd < 0 && errno == EINTR);
-  if (fd < 0) {
-    rc = -errno;
-    snprintf(err, errlen, "%s: %s", path, strerror_r(-rc, ebuf, sizeof ebuf));
+  rc = config__read_file(path, HTPASSWD_MAX_FILE, &buf, &len, err, errlen);
+  if (rc != 0)
     return rc;
-  }
-  /* one byte past the limit tells a too-big file (or an endless pipe) */
-  for (;;) {
-    if (buf == NULL || len == cap) {
-      size_t ncap = buf == NULL ? cap : cap * 2;
-      if (ncap > (size_t)HTPASSWD_MAX_FILE + 1)
-        ncap = (size_t)HTPASSWD_MAX_FILE + 1;
-      char *nbuf = realloc(buf, ncap);
-      if (nbuf == NULL) {
-        rc = UV_ENOMEM;
-        snprintf(err, errlen, "%s: out of memory", path);
-        break;
-      }
-      buf = nbuf;
-      cap = ncap;
-    }
-    ssize_t r = read(fd, buf + len, cap - len);
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r < 0) {
-      rc = -errno;
-      snprintf(err, errlen, "%s: %s", path,
-               strerror_r(-rc, ebuf, sizeof ebuf));
-      break;
-    }
-    if (r == 0)
-      break;
-    len += (size_t)r;
-    if (len > HTPASSWD_MAX_FILE) {
-      rc = RM_ECONFIG;
-      snprintf(err, errlen, "%s: file is larger than %d bytes", path,
-               HTPASSWD_MAX_FILE);
-      break;
-    }
-  }
-  close(fd);
-  if (rc == 0)
-    rc = htpasswd_parse(out, buf, len, path, err, errlen);
-  if (buf != NULL)
-    OPENSSL_cleanse(buf, len);
+  rc = htpasswd_parse(out, buf, len, path, err, errlen);
+  OPENSSL_cleanse(buf, len);
   free(buf);
   return rc;
 }

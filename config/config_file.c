@@ -1,0 +1,85 @@
+/* config_file.c - reading a configuration-side file whole, with a bound.
+ *
+ * The config and the htpasswd file are read the same way: all of it into
+ * one heap buffer, at most one byte past the limit, so a file that is too
+ * big (or a pipe, or /dev/zero) is refused without reading it all. The
+ * buffer is wiped before it is freed on error, since it may hold password
+ * hashes.
+ */
+#include "config_internal.h"
+
+#include "errors.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/crypto.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+
+int config__read_file(const char *path, size_t max, char **out, size_t *outlen,
+                      char *err, size_t errlen) {
+  char ebuf[128], dummy[1];
+  size_t cap = 4096, len = 0;
+  char *buf = NULL;
+  int fd, rc = 0;
+
+  *out = NULL;
+  *outlen = 0;
+  if (err == NULL || errlen == 0) {
+    err = dummy;
+    errlen = sizeof dummy;
+  }
+  do
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+  while (fd < 0 && errno == EINTR);
+  if (fd < 0) {
+    rc = -errno;
+    snprintf(err, errlen, "%s: %s", path, strerror_r(-rc, ebuf, sizeof ebuf));
+    return rc;
+  }
+  for (;;) {
+    if (buf == NULL || len == cap) {
+      size_t ncap = buf == NULL ? cap : cap * 2;
+      if (ncap > max + 1)
+        ncap = max + 1;
+      char *nbuf = realloc(buf, ncap);
+      if (nbuf == NULL) {
+        rc = UV_ENOMEM;
+        snprintf(err, errlen, "%s: out of memory", path);
+        break;
+      }
+      buf = nbuf;
+      cap = ncap;
+    }
+    ssize_t r = read(fd, buf + len, cap - len);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r < 0) {
+      rc = -errno;
+      snprintf(err, errlen, "%s: %s", path,
+               strerror_r(-rc, ebuf, sizeof ebuf));
+      break;
+    }
+    if (r == 0)
+      break;
+    len += (size_t)r;
+    if (len > max) {
+      rc = RM_ECONFIG;
+      snprintf(err, errlen, "%s: file is larger than %zu bytes", path, max);
+      break;
+    }
+  }
+  close(fd);
+  if (rc != 0) {
+    if (buf != NULL)
+      OPENSSL_cleanse(buf, len);
+    free(buf);
+    return rc;
+  }
+  *out = buf;
+  *outlen = len;
+  return 0;
+}
