@@ -5,8 +5,12 @@ ASAN    ?= build-asan
 JOBS    ?= $(shell nproc)
 CONFIG  ?=
 PYTEST  ?= /usr/bin/python3 -m pytest
+PREFIX  ?= /usr/local
+CONFDIR ?= /etc/regmesh
+DESTDIR ?=
 
-.PHONY: all build run test unit sim integration asan fuzz bench deps deps-test clean
+.PHONY: all build run test unit sim integration asan fuzz bench deps deps-test clean \
+	install builds
 
 all: build
 
@@ -17,7 +21,7 @@ deps-test:
 	@sh deploy/deps.sh test
 
 $(BUILD)/Makefile: CMakeLists.txt
-	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DREGMESH_WERROR=ON
 
 build: deps $(BUILD)/Makefile
 	cmake --build $(BUILD) -j $(JOBS)
@@ -41,9 +45,26 @@ test: deps-test
 	$(MAKE) sim
 	$(MAKE) integration
 
+# Installs the binary, the systemd unit (its paths follow PREFIX), the docs
+# and, when none is there, $(CONFDIR)/regmesh.yml. Packagers: DESTDIR=...
+install: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DREGMESH_WERROR=ON \
+	  -DCMAKE_INSTALL_PREFIX=$(PREFIX) -DREGMESH_CONFDIR=$(CONFDIR)
+	cmake --build $(BUILD) -j $(JOBS) --target regmesh
+	DESTDIR=$(DESTDIR) cmake --install $(BUILD)
+
+# Every compiler and build type packagers use must build warning-free (a CI
+# step; each in its own directory under build-all/).
+builds: deps-test
+	for cc in gcc clang; do for t in Debug RelWithDebInfo Release; do \
+	  cmake -S . -B build-all/$$cc-$$t -DCMAKE_C_COMPILER=$$cc \
+	    -DCMAKE_BUILD_TYPE=$$t -DREGMESH_WERROR=ON >/dev/null && \
+	  cmake --build build-all/$$cc-$$t -j $(JOBS) >/dev/null || exit 1; \
+	  echo "build $$cc $$t: ok"; done; done
+
 # Unit tests under AddressSanitizer + UBSan (a CI step).
 asan: deps-test
-	cmake -S . -B $(ASAN) -DCMAKE_BUILD_TYPE=Debug -DREGMESH_SANITIZE=ON
+	cmake -S . -B $(ASAN) -DCMAKE_BUILD_TYPE=Debug -DREGMESH_SANITIZE=ON -DREGMESH_WERROR=ON
 	cmake --build $(ASAN) -j $(JOBS)
 	cd $(ASAN) && ctest -L 'unit|sim' --output-on-failure
 
@@ -51,7 +72,7 @@ asan: deps-test
 FUZZ      ?= build-fuzz
 FUZZ_SECS ?= 60
 fuzz: deps-test
-	cmake -S . -B $(FUZZ) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug
+	cmake -S . -B $(FUZZ) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug -DREGMESH_WERROR=ON
 	cmake --build $(FUZZ) -j $(JOBS) --target fuzz_gossip_decode fuzz_access
 	mkdir -p $(FUZZ)/corpus/gossip $(FUZZ)/corpus/access
 	./$(FUZZ)/tests/fuzz/fuzz_gossip_decode \
@@ -64,4 +85,4 @@ bench: deps-test build
 	REGMESH_BIN=$(CURDIR)/$(BUILD)/regmesh /usr/bin/python3 bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(BUILD) $(ASAN) $(FUZZ)
+	rm -rf $(BUILD) $(ASAN) $(FUZZ) build-all

@@ -69,7 +69,7 @@ static int push(const char **list, size_t *n, const char *v) {
 
 static int parse_args(int argc, char **argv, struct agent_args *a) {
   memset(a, 0, sizeof *a);
-  for (int i = 1; i < argc; i++) {
+  for (int i = 1; i < argc; i += 2) { /* --key value pairs */
     const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     int rc = 0;
     if (v == NULL)
@@ -96,7 +96,6 @@ static int parse_args(int argc, char **argv, struct agent_args *a) {
       return -1;
     if (rc < 0)
       return -1;
-    i++;
   }
   return a->name != NULL && a->bind != NULL ? 0 : -1;
 }
