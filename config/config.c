@@ -185,6 +185,7 @@ static int check_plain(struct walk *w, const struct config__node *n) {
 static int scalar_text(struct walk *w, const struct config__node *n,
                        const char **out) {
   int rc;
+  *out = ""; /* defined on failure too: gcc -O3 cannot see callers stop */
   if ((rc = check_plain(w, n)) != 0)
     return rc;
   if (n->kind != CONFIG__SCALAR)
@@ -400,6 +401,14 @@ static int set_host(struct walk *w, const struct config__node *v, void *field,
   (void)k;
   if ((rc = scalar_text(w, v, &s)) != 0)
     return rc;
+  const char *scheme = strstr(s, "://");
+  if (scheme != NULL) {
+    /* the likeliest slip: the URL where the name goes */
+    const char *name = scheme + 3;
+    return fail(w, v, "host is the registry's name, not a URL: write "
+                "host: %s (and the URL under url:)",
+                config__quote(q, sizeof q, name, strcspn(name, "/")));
+  }
   if (config__check_registry_host(s, &why) != 0)
     return fail(w, v, "invalid registry host \"%s\": %s", Q(q, s), why);
   if (str_set(field, s, v->len) != 0)
@@ -420,6 +429,10 @@ static int set_url(struct walk *w, const struct config__node *v, void *field,
   int len = config__check_url(s, &why);
   if (len < 0)
     return fail(w, v, "invalid URL \"%s\": %s", Q(q, s), why);
+  /* regmesh appends /v2/ itself; with it here every request would 404 */
+  if (len >= 3 && strncasecmp(s + len - 3, "/v2", 3) == 0)
+    return fail(w, v, "url is the registry's base URL, without /v2: write "
+                "url: %s", config__quote_max(q, sizeof q, s, (size_t)len - 3, 100));
   return str_set(field, s, (size_t)len) ? fail_nomem(w) : 0;
 }
 
@@ -1004,7 +1017,6 @@ static const struct key_spec upstream_keys[] = {
 static int upstream_check(struct walk *w, const struct config__node *map,
                           const struct config__node *const *vals, void *base) {
   (void)map;
-  (void)base;
   const struct config__node *pw = vals[UP_PASSWORD];
   const struct config__node *env = vals[UP_PASSWORD_ENV];
   if (pw != NULL && env != NULL) {
@@ -1015,6 +1027,18 @@ static int upstream_check(struct walk *w, const struct config__node *map,
     size_t old = path_push_key(w, key, strlen(key));
     int rc = fail(w, env_later ? env : pw,
                   "password and password_env cannot both be set");
+    path_pop(w, old);
+    return rc;
+  }
+  const struct config_upstream *u = base;
+  if (env != NULL && u->password_env != NULL && getenv(u->password_env) == NULL) {
+    /* caught here, not at the first pull: check-config runs where the
+     * service will (ExecStartPre, with its EnvironmentFile) */
+    size_t old = path_push_key(w, "password_env", 12);
+    int rc = fail(w, env,
+                  "environment variable %s is not set (put it in the "
+                  "service's environment, e.g. EnvironmentFile=/etc/regmesh/env)",
+                  u->password_env);
     path_pop(w, old);
     return rc;
   }

@@ -463,9 +463,15 @@ static void test_errors(void **state) {
        "t.yml:1:15: admin_listen: invalid address \":9000\": missing host "
        "(use 0.0.0.0 for every address)"},
       /* upstream host and url */
-      {"upstreams:\n  - host: https://ghcr.io\n    url: https://ghcr.io\n",
-       "t.yml:2:11: upstreams[0].host: invalid registry host "
-       "\"https://ghcr.io\": port must be a number from 1 to 65535"},
+      {"upstreams:\n  - host: https://ghcr.io/x\n    url: https://ghcr.io\n",
+       "t.yml:2:11: upstreams[0].host: host is the registry's name, not a "
+       "URL: write host: ghcr.io (and the URL under url:)"},
+      {"upstreams:\n  - host: ghcr.io\n    url: https://ghcr.io/v2/\n",
+       "t.yml:3:10: upstreams[0].url: url is the registry's base URL, "
+       "without /v2: write url: https://ghcr.io"},
+      {"upstreams:\n  - host: ghcr.io\n    url: https://r.example/mirror/V2\n",
+       "t.yml:3:10: upstreams[0].url: url is the registry's base URL, "
+       "without /v2: write url: https://r.example/mirror"},
       {"upstreams:\n  - host: ghcr_io\n    url: https://ghcr.io\n",
        "t.yml:2:11: upstreams[0].host: invalid registry host \"ghcr_io\": "
        "letters, digits, dots and dashes, with an optional :port"},
@@ -511,6 +517,10 @@ static void test_errors(void **state) {
       {UP "    password_env: B\n    password: a\n",
        "t.yml:5:15: upstreams[0].password: password and password_env cannot "
        "both be set"},
+      {UP "    password_env: REGMESH_TEST_NEVER_SET\n",
+       "t.yml:4:19: upstreams[0].password_env: environment variable "
+       "REGMESH_TEST_NEVER_SET is not set (put it in the service's "
+       "environment, e.g. EnvironmentFile=/etc/regmesh/env)"},
       {UP "    password_env: 9LIVES\n",
        "t.yml:4:19: upstreams[0].password_env: invalid environment variable "
        "name \"9LIVES\" (letters, digits and _, not starting with a digit)"},
@@ -2047,6 +2057,9 @@ static void test_mutations(void **state) {
 }
 
 int main(void) {
+  /* the full example names it in password_env, which must be set */
+  setenv("REGMESH_HUB_PASSWORD", "s3cret", 1);
+  unsetenv("REGMESH_TEST_NEVER_SET");
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_minimal),
       cmocka_unit_test(test_full),
