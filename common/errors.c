@@ -21,6 +21,7 @@ const char *rm_strerror(int err) {
   case RM_ESIZE: return "content length mismatch";
   case RM_ENOSPACE: return "storage budget exceeded";
   case RM_ETLS: return "TLS error";
+  case RM_ELOCKED: return "storage root in use by another process";
   default: return uv_strerror(err);
   }
 }

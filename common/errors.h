@@ -20,6 +20,7 @@ enum {
   RM_ESIZE = -30010,      /* content length differs from the announced size */
   RM_ENOSPACE = -30011,   /* storage budget cannot fit the object */
   RM_ETLS = -30012,       /* TLS files unusable or handshake failed */
+  RM_ELOCKED = -30013,    /* storage root held by another process */
 };
 
 /* rm_strerror returns a static description of any code: regmesh's own, or a

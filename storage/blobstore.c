@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -65,6 +66,7 @@ struct blobstore {
   uint64_t bytes;    /* committed */
   uint64_t reserved; /* announced by writers still in tmp/ */
   uint64_t evictions, evicted_bytes;
+  int lock_fd; /* <root>/lock, flock'ed for the store's life; -1 if none */
 };
 
 static int64_t now_s(void) {
@@ -772,9 +774,57 @@ void blobstore_close(struct blobstore *bs) {
     }
   }
   pthread_mutex_destroy(&bs->mu);
+  if (bs->lock_fd >= 0)
+    close(bs->lock_fd); /* drops the flock */
   free(bs->buckets);
   free(bs->root);
   free(bs);
+}
+
+/* lock_root takes <root>/lock with flock before anything in the root is
+ * touched: a second process on the same root would empty the first one's
+ * tmp/ and evict under its feet. The holder writes its PID into the file
+ * so the refusal can name it; the lock, not the PID, is what counts, so a
+ * stale PID from a killed process never blocks a start. */
+static int lock_root(struct blobstore *bs) {
+  char path[PATH_MAX], pidtxt[32];
+  snprintf(path, sizeof path, "%s/lock", bs->root);
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    int e = -errno;
+    LOG_E("storage: cannot open %s: %s", path, rm_strerror(e));
+    return e;
+  }
+  int r;
+  do
+    r = flock(fd, LOCK_EX | LOCK_NB);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) {
+    int e = errno;
+    ssize_t n = pread(fd, pidtxt, sizeof pidtxt - 1, 0);
+    close(fd);
+    if (e != EWOULDBLOCK) {
+      LOG_E("storage: cannot lock %s: %s", path, rm_strerror(-e));
+      return -e;
+    }
+    long pid = 0;
+    if (n > 0) {
+      pidtxt[n] = '\0';
+      pid = strtol(pidtxt, NULL, 10);
+    }
+    if (pid > 0)
+      LOG_E("storage: %s is in use by another process (pid %ld holds %s); "
+            "each node needs its own storage.root", bs->root, pid, path);
+    else
+      LOG_E("storage: %s is in use by another process (it holds %s); "
+            "each node needs its own storage.root", bs->root, path);
+    return RM_ELOCKED;
+  }
+  int len = snprintf(pidtxt, sizeof pidtxt, "%ld\n", (long)getpid());
+  if (ftruncate(fd, 0) != 0 || pwrite(fd, pidtxt, (size_t)len, 0) != len)
+    LOG_W("storage: cannot write the PID into %s: %s", path, rm_strerror(-errno));
+  bs->lock_fd = fd;
+  return 0;
 }
 
 int blobstore_open(struct blobstore **out, const char *root, uint64_t max_size) {
@@ -803,9 +853,14 @@ int blobstore_open(struct blobstore **out, const char *root, uint64_t max_size) 
     free(bs);
     return UV_ENOMEM;
   }
+  bs->lock_fd = -1;
   pthread_mutex_init(&bs->mu, NULL);
 
-  int r = 0;
+  int r = storage__mkdir_p(bs->root);
+  if (r)
+    LOG_E("storage: cannot create %s: %s", bs->root, rm_strerror(r));
+  if (!r)
+    r = lock_root(bs);
   for (size_t i = 0; !r && i < sizeof dirs / sizeof dirs[0]; i++) {
     snprintf(path, sizeof path, "%s/%s", bs->root, dirs[i]);
     r = storage__mkdir_p(path);

@@ -4,6 +4,7 @@
  *   <root>/blobs/sha256/<2 hex>/<64 hex>.meta   media type (manifests only)
  *   <root>/tags/<upstream>/<name>/_tags/<tag>   tag record (text)
  *   <root>/tmp/                                 downloads in progress
+ *   <root>/lock                                 flock'ed by the owner; its PID
  *
  * A download goes to tmp/, is hashed while written, and on commit is checked
  * against its digest, fsynced, renamed into place and the directory fsynced:
@@ -43,8 +44,9 @@ struct blobstore_stats {
   uint64_t max_size;
 };
 
-/* blobstore_open creates the layout under root if missing, empties tmp/,
- * and indexes the committed blobs (size, last access from mtime). Files whose
+/* blobstore_open creates the layout under root if missing, locks it
+ * (RM_ELOCKED, logged with the holder's PID, when another open store holds
+ * it, in this process or another), empties tmp/, and indexes the committed blobs (size, last access from mtime). Files whose
  * name is not a valid digest are ignored. max_size 0 = no budget.
  * Returns 0 or a negative error; *out is owned by the caller. */
 int blobstore_open(struct blobstore **out, const char *root, uint64_t max_size);

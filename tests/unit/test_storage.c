@@ -1015,10 +1015,55 @@ static void test_tag_malformed(void **state) {
   assert_false(exists(path));
 }
 
+/* One store per root: a second open (another process, or this one) is
+ * refused while the first is open, naming the holder in the lock file, and
+ * leaves the holder's tmp/ alone; a closed store frees the root. */
+static void test_root_lock(void **state) {
+  struct fixture *f = *state;
+  char path[PATH_MAX], buf[32];
+  struct blobstore *second = NULL;
+  assert_int_equal(blobstore_open(&f->bs, f->root, 0), 0);
+
+  snprintf(path, sizeof path, "%s/tmp/inflight", f->root);
+  int fd = open(path, O_WRONLY | O_CREAT, 0644);
+  assert_true(fd >= 0);
+  close(fd);
+
+  snprintf(path, sizeof path, "%s/lock", f->root);
+  fd = open(path, O_RDONLY);
+  assert_true(fd >= 0);
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  assert_true(n > 0);
+  buf[n] = '\0';
+  assert_int_equal(strtol(buf, NULL, 10), (long)getpid());
+
+  pid_t child = fork();
+  assert_true(child >= 0);
+  if (child == 0) {
+    struct blobstore *bs = NULL;
+    _exit(blobstore_open(&bs, f->root, 0) == RM_ELOCKED ? 0 : 1);
+  }
+  int status = 0;
+  assert_int_equal(waitpid(child, &status, 0), child);
+  assert_true(WIFEXITED(status));
+  assert_int_equal(WEXITSTATUS(status), 0);
+  assert_int_equal(blobstore_open(&second, f->root, 0), RM_ELOCKED);
+  assert_null(second);
+  snprintf(path, sizeof path, "%s/tmp/inflight", f->root);
+  assert_true(exists(path));
+
+  blobstore_close(f->bs);
+  f->bs = NULL;
+  assert_int_equal(blobstore_open(&f->bs, f->root, 0), 0);
+  assert_false(exists(path)); /* a real restart empties tmp/ */
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
       T(test_round_trip),
+      T(test_root_lock),
       T(test_empty_blob),
       T(test_digest_mismatch),
       T(test_verify_then_commit),
