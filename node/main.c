@@ -13,6 +13,7 @@
 #include "../common/errors.h"
 #include "../common/log.h"
 #include "../config/config.h"
+#include "regmesh_commit.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -57,6 +58,9 @@ static int cmd_serve(int argc, char **argv) {
       path = argv[++i];
     } else if (strncmp(argv[i], "--config=", 9) == 0) {
       path = argv[i] + 9;
+    } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+      fputs(usage, stdout);
+      return 0;
     } else {
       fprintf(stderr, "regmesh serve: unknown argument '%s'\n%s", argv[i], usage);
       return 2;
@@ -90,6 +94,10 @@ static int cmd_serve(int argc, char **argv) {
 }
 
 static int cmd_check_config(int argc, char **argv) {
+  if (argc == 1 && (strcmp(argv[0], "--help") == 0 || strcmp(argv[0], "-h") == 0)) {
+    printf("usage: regmesh check-config FILE\n");
+    return 0;
+  }
   if (argc != 1) {
     fprintf(stderr, "usage: regmesh check-config FILE\n");
     return 2;
@@ -479,7 +487,7 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "ca") == 0)
     return ca_cli(argc - 2, argv + 2);
   if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
-    printf("regmesh %s\n", REGMESH_VERSION);
+    printf("regmesh %s (commit %s)\n", REGMESH_VERSION, REGMESH_COMMIT);
     return 0;
   }
   if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {

@@ -20,6 +20,7 @@
 #include "../common/strmap.h"
 #include "../config/config.h"
 #include "../storage/storage.h"
+#include "regmesh_commit.h"
 
 #include <signal.h>
 #include <stdlib.h>
@@ -177,7 +178,8 @@ int node_start(struct node *n, uv_loop_t *loop, struct config *cfg) {
   n->sighup.data = n;
   uv_signal_start(&n->sighup, on_sighup, SIGHUP);
   n->ready = 1;
-  LOG_I("regmesh %s ready; storage %s", REGMESH_VERSION, cfg->storage.root);
+  LOG_I("regmesh %s (commit %s) ready; storage %s", REGMESH_VERSION, REGMESH_COMMIT,
+        cfg->storage.root);
   return 0;
 }
 
