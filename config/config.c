@@ -1175,6 +1175,7 @@ enum {
   TOP_ALLOW,
   TOP_AUTH,
   TOP_TLS,
+  TOP_SHUTDOWN_TIMEOUT,
 };
 
 static int top_check(struct walk *w, const struct config__node *map,
@@ -1220,6 +1221,11 @@ static const struct key_spec top_keys[] = {
                  .set = set_tls,
                  FIELD(struct config, tls),
                  .section = &tls_section},
+    [TOP_SHUTDOWN_TIMEOUT] = {.name = "shutdown_timeout",
+                              .set = set_duration,
+                              FIELD(struct config, shutdown_timeout_ms),
+                              .min = 0,
+                              .max = 24 * HOUR_MS},
 };
 
 static const struct section_spec top_section = {
@@ -1739,6 +1745,7 @@ void config_init(struct config *cfg) {
   memset(cfg, 0, sizeof *cfg);
   cfg->listen = (char *)default_listen;
   cfg->log_level = (char *)default_log_level;
+  cfg->shutdown_timeout_ms = 30000;
   cfg->access_log = 1;
   cfg->storage.root = (char *)default_root;
   cfg->storage.max_size = 0;

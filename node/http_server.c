@@ -156,6 +156,9 @@ struct http_server {
   int closing;
   void (*close_cb)(void *ud);
   void *close_ud;
+  int draining; /* 1 while draining, 2 once drain_cb ran */
+  void (*drain_cb)(void *ud);
+  void *drain_ud;
   time_t date_sec;
   char date[40];
   uint64_t refuse_log_ms;
@@ -215,6 +218,7 @@ struct http_conn {
   struct http_request req;
   unsigned has_req : 1, req_active : 1, resp_started : 1, resp_chunked : 1;
   unsigned resp_no_body : 1, close_notified : 1, broken : 1;
+  unsigned resp_complete : 1; /* ended and flushed: else logged aborted=1 */
   int status;
   int64_t resp_len;
   uint64_t body_queued, body_sent;
@@ -441,12 +445,14 @@ static void conn_retire(struct http_conn *c) {
   if (r->query)
     conn_escape(query, sizeof query, r->query, r->query_len);
   uint64_t now = uv_now(c->srv->loop);
+  /* a response cut short (client gone, handler abort, shutdown) must not
+   * read as a plain success */
   LOG_I("access id=%" PRIu64 " remote=%s \"%s %s%s%s\" status=%d bytes=%" PRIu64
-        " ms=%" PRIu64 " src=%s",
+        " ms=%" PRIu64 " src=%s%s",
         r->id, c->remote, method, path, r->query ? "?" : "",
         r->query ? query : "", c->status, c->body_sent,
         now > r->start_ms ? now - r->start_ms : 0,
-        r->log_source ? r->log_source : "-");
+        r->log_source ? r->log_source : "-", c->resp_complete ? "" : " aborted=1");
 }
 
 /* ---- closing ---- */
@@ -949,7 +955,7 @@ static void conn_request_reset(struct http_conn *c) {
   c->reject_status = 0;
   c->head_done = 0;
   c->method = 0;
-  c->resp_started = c->resp_chunked = c->resp_no_body = 0;
+  c->resp_started = c->resp_chunked = c->resp_no_body = c->resp_complete = 0;
   c->close_notified = 0;
   c->status = 0;
   c->resp_len = -1;
@@ -988,8 +994,9 @@ static void conn_linger(struct http_conn *c) {
 /* conn_finish: the response is ended and flushed. Log it, then keep the
  * connection for the next request or close it. */
 static void conn_finish(struct http_conn *c) {
+  c->resp_complete = 1;
   conn_retire(c);
-  if (!c->keep_alive || c->broken || c->srv->closing) {
+  if (!c->keep_alive || c->broken || c->srv->closing || c->srv->draining) {
     conn_linger(c);
     return;
   }
@@ -1830,6 +1837,11 @@ static void server_on_idle_closed(uv_handle_t *h) {
 }
 
 static void server_maybe_done(struct http_server *srv) {
+  if (srv->draining == 1 && srv->n_conns == 0) {
+    srv->draining = 2;
+    if (srv->drain_cb)
+      srv->drain_cb(srv->drain_ud); /* may call http_server_close */
+  }
   if (srv->closing == 1 && srv->n_conns == 0 && srv->n_listeners_open == 0) {
     srv->closing = 2;
     uv_close((uv_handle_t *)&srv->idle, server_on_idle_closed);
@@ -1997,13 +2009,7 @@ int http_server_bound_port(struct http_server *srv, int listener_id) {
   return UV_ENOENT;
 }
 
-void http_server_close(struct http_server *srv, void (*cb)(void *ud),
-                       void *ud) {
-  if (srv->closing)
-    return;
-  srv->closing = 1;
-  srv->close_cb = cb;
-  srv->close_ud = ud;
+static void server_close_listeners(struct http_server *srv) {
   struct http_listener *l = srv->listeners;
   srv->listeners = NULL;
   while (l) {
@@ -2011,6 +2017,37 @@ void http_server_close(struct http_server *srv, void (*cb)(void *ud),
     uv_close((uv_handle_t *)&l->tcp, listener_on_closed);
     l = next;
   }
+}
+
+void http_server_drain(struct http_server *srv, void (*cb)(void *ud),
+                       void *ud) {
+  if (srv->closing || srv->draining)
+    return;
+  srv->draining = 1;
+  srv->drain_cb = cb;
+  srv->drain_ud = ud;
+  server_close_listeners(srv);
+  /* nothing in flight on these: a client reconnects (to another node) */
+  for (struct http_conn *c = srv->conns; c; c = c->next)
+    if (c->state == CONN_NEW || c->state == CONN_IDLE ||
+        (c->state == CONN_READ_HEAD && c->in_len == 0 && c->arena_len == 0 &&
+         c->url_len == 0))
+      conn_close(c, UV_ECANCELED);
+  server_maybe_done(srv);
+}
+
+unsigned http_server_n_connections(const struct http_server *srv) {
+  return srv->n_conns;
+}
+
+void http_server_close(struct http_server *srv, void (*cb)(void *ud),
+                       void *ud) {
+  if (srv->closing)
+    return;
+  srv->closing = 1;
+  srv->close_cb = cb;
+  srv->close_ud = ud;
+  server_close_listeners(srv);
   for (struct http_conn *c = srv->conns; c; c = c->next)
     conn_close(c, UV_ECANCELED);
   server_maybe_done(srv);
@@ -2108,7 +2145,7 @@ int http_respond_start(struct http_request *req, int status,
     else if (!is_head)
       c->keep_alive = 0; /* HTTP/1.0: the body ends when we close */
   }
-  if (c->srv->closing)
+  if (c->srv->closing || c->srv->draining)
     c->keep_alive = 0;
 
   size_t total = 128 + 64 + 48 + 64;

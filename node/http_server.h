@@ -101,6 +101,14 @@ int http_server_bound_port(struct http_server *srv, int listener_id);
  * handler to end or abort every request it still holds. A second call is
  * ignored. */
 void http_server_close(struct http_server *srv, void (*cb)(void *ud), void *ud);
+/* http_server_drain stops listening and closes connections with nothing in
+ * flight; every other one finishes the request it is serving (responses
+ * begun from now on say Connection: close) and then closes. cb (optional)
+ * runs once no connection is left, possibly before this returns.
+ * http_server_close may follow at any time to cut what remains; a cut
+ * response is access-logged with aborted=1. A second call is ignored. */
+void http_server_drain(struct http_server *srv, void (*cb)(void *ud), void *ud);
+unsigned http_server_n_connections(const struct http_server *srv);
 
 /* Request helpers. http_request_header returns the first header named
  * `name` (case-insensitive) or NULL; http_request_header_next the next one

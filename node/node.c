@@ -28,8 +28,13 @@
 
 static void on_signal(uv_signal_t *h, int signum) {
   struct node *n = h->data;
+  if (n->draining) {
+    LOG_I("signal %d again: stopping now", signum);
+    node_stop(n);
+    return;
+  }
   LOG_I("signal %d: shutting down", signum);
-  node_stop(n);
+  node_shutdown(n);
 }
 
 /* SIGHUP: certificates and the htpasswd file are read again (they are also
@@ -191,11 +196,55 @@ static void on_http_closed(void *ud) {
   n->upc = NULL;
 }
 
+static void on_drained(void *ud) {
+  struct node *n = ud;
+  if (n->stopping)
+    return; /* the timeout cut the rest: that was logged */
+  LOG_I("shutdown: every response finished");
+  node_stop(n);
+}
+
+static void on_drain_timeout(uv_timer_t *t) {
+  struct node *n = t->data;
+  unsigned left = n->http ? http_server_n_connections(n->http) : 0;
+  LOG_W("shutdown_timeout (%llu ms) reached: cutting %u connection(s)",
+        (unsigned long long)n->cfg->shutdown_timeout_ms, left);
+  node_stop(n);
+}
+
+void node_shutdown(struct node *n) {
+  if (n->draining || n->stopping)
+    return;
+  n->draining = 1;
+  n->ready = 0;
+  /* leave first, so peers stop sending us work while we finish ours */
+  if (n->cluster)
+    cluster_stop(n->cluster, NULL, NULL);
+  if (!n->http || n->cfg->shutdown_timeout_ms == 0) {
+    node_stop(n);
+    return;
+  }
+  http_server_drain(n->http, on_drained, n); /* may stop the node at once */
+  if (n->stopping)
+    return;
+  LOG_I("shutdown: not accepting; %u connection(s) in flight get up to %llu ms",
+        http_server_n_connections(n->http),
+        (unsigned long long)n->cfg->shutdown_timeout_ms);
+  uv_timer_init(n->loop, &n->drain_timer);
+  n->drain_timer.data = n;
+  n->drain_timer_init = 1;
+  uv_timer_start(&n->drain_timer, on_drain_timeout, n->cfg->shutdown_timeout_ms, 0);
+}
+
 void node_stop(struct node *n) {
   if (n->stopping)
     return;
   n->stopping = 1;
   n->ready = 0;
+  if (n->drain_timer_init) {
+    n->drain_timer_init = 0;
+    uv_close((uv_handle_t *)&n->drain_timer, NULL);
+  }
   if (uv_is_active((uv_handle_t *)&n->sigint)) {
     uv_close((uv_handle_t *)&n->sigint, NULL);
     uv_close((uv_handle_t *)&n->sigterm, NULL);

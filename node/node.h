@@ -49,16 +49,22 @@ struct node {
   struct tls_source *tls_main, *tls_peer;
   struct tls_source **tls_up;  /* cfg->n_upstreams entries */
   uv_signal_t sigint, sigterm, sighup;
+  uv_timer_t drain_timer;      /* shutdown_timeout, while draining */
+  int drain_timer_init;
   /* private upstreams: "<upstream>|<repo>|<hex>" -> expiry (unix s) of an
    * upstream HEAD that confirmed the blob under that repository */
   struct strmap *confirmed;
   int ready;
+  int draining; /* SIGTERM: finishing responses in flight */
   int stopping;
 };
 
 /* node_start opens the store, creates the clients and binds every listener.
  * Takes ownership of cfg. Returns 0 or a negative error (logged). */
 int node_start(struct node *n, uv_loop_t *loop, struct config *cfg);
+/* node_shutdown is SIGTERM's graceful stop: stop accepting, leave the
+ * fleet, give responses in flight up to shutdown_timeout, then node_stop. */
+void node_shutdown(struct node *n);
 /* node_stop closes listeners and connections; the loop then runs dry. */
 void node_stop(struct node *n);
 /* node_free releases everything after the loop has stopped. */

@@ -1,16 +1,18 @@
 """The process lifecycle: one node per storage root, the command line's
 details, and `make install` with a unit systemd accepts."""
 
+import hashlib
 import os
 import re
 import shutil
-import subprocess
+import signal
+import socket
 import threading
 import time
 
 import pytest
 
-from rmtest import regmesh, util
+from rmtest import images, regmesh, util
 from rmtest.checks import hub_upstream, stream_get
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -144,3 +146,133 @@ def test_make_install_and_systemd_verify(test_dir):
     util.run(["make", "-C", REPO, "install", "BUILD=" + build, "PREFIX=" + prefix,
               "CONFDIR=" + confdir, "DESTDIR="], timeout=900)
     assert open(conf).read().endswith("# edited\n")
+
+
+class _RawBlob:
+    """A blob of random bytes for RegistryClient.upload_blob."""
+
+    def __init__(self, size):
+        self.data = os.urandom(size)
+        self.size = size
+        self.digest = "sha256:" + hashlib.sha256(self.data).hexdigest()
+
+    def read(self):
+        return self.data
+
+
+@pytest.fixture(scope="module")
+def shutdown_blob():
+    return _RawBlob(256 << 20)
+
+
+class _SlowReader(threading.Thread):
+    """GETs path from port and reads at about `rate` bytes/s through a small
+    receive buffer, so the node's send side stays busy the whole time."""
+
+    def __init__(self, port, path, rate):
+        super().__init__(daemon=True)
+        self.port, self.path, self.rate = port, path, rate
+        self.got = 0
+        self.status = None
+        self.length = None
+        self.digest = None
+        self.error = None
+        self.started_body = threading.Event()
+
+    def run(self):
+        h = hashlib.sha256()
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        try:
+            s.settimeout(60)
+            s.connect((util.LOCALHOST, self.port))
+            s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % self.path).encode())
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise ConnectionError("closed before the head")
+                buf += chunk
+            head, body = buf.split(b"\r\n\r\n", 1)
+            self.status = int(head.split(b" ", 2)[1])
+            m = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+            self.length = int(m.group(1)) if m else None
+            h.update(body)
+            self.got = len(body)
+            self.started_body.set()
+            t0 = time.monotonic()
+            while self.length is None or self.got < self.length:
+                chunk = s.recv(256 << 10)
+                if not chunk:
+                    break
+                h.update(chunk)
+                self.got += len(chunk)
+                ahead = self.got / self.rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
+        except OSError as e:
+            self.error = e
+        finally:
+            s.close()
+            self.digest = "sha256:" + h.hexdigest()
+            self.started_body.set()
+
+
+def _sigterm_node(make_node, make_registry, blob, timeout, name):
+    reg = make_registry(name)
+    images.RegistryClient(reg.url).upload_blob("big/shutdown", blob)
+    node = make_node([regmesh.Upstream("docker.io", reg.url, default=True)], name=name,
+                     extra_yaml="shutdown_timeout: %s\n" % timeout)
+    path = "/v2/big/shutdown/blobs/%s" % blob.digest
+    assert stream_get(node.url, path, timeout=120) == (200, blob.digest, blob.size)
+    return node, path
+
+
+def _exit_within(node, secs):
+    t0 = time.monotonic()
+    node.proc.popen.wait(secs)
+    return time.monotonic() - t0
+
+
+def test_sigterm_lets_a_transfer_in_flight_finish(make_node, make_registry, shutdown_blob):
+    """SIGTERM: new connections are refused at once, the 256 MiB response
+    to a slow reader goes out whole, then the node exits 0."""
+    blob = shutdown_blob
+    node, path = _sigterm_node(make_node, make_registry, blob, "60s", "drain")
+    mark = node.log_mark()
+    rd = _SlowReader(node.port, path, rate=blob.size / 6)     # about 6 s
+    rd.start()
+    assert rd.started_body.wait(20) and rd.status == 200
+    os.kill(node.pid, signal.SIGTERM)
+    util.wait_until(lambda: not util.port_open(node.port), 5, what="the listener closed")
+    assert node.alive(), "the node exited with a transfer in flight"
+    took = _exit_within(node, 60)
+    rd.join(10)
+    assert rd.error is None, rd.error
+    assert (rd.got, rd.digest) == (blob.size, blob.digest)
+    assert node.proc.returncode() == 0
+    print("\nnode exited %.1f s after SIGTERM, once the 256 MiB response was out" % took)
+    recs = [a for a in node.access(since=mark, settle=0) if a["path"] == path]
+    assert recs and recs[-1]["status"] == 200 and recs[-1]["bytes"] == blob.size
+    assert "aborted" not in recs[-1], recs[-1]
+
+
+def test_sigterm_cuts_at_shutdown_timeout_and_logs_it(make_node, make_registry,
+                                                      shutdown_blob):
+    """With a short shutdown_timeout the slow transfer is cut when it ends,
+    and the access log says aborted=1, not a plain 200."""
+    blob = shutdown_blob
+    node, path = _sigterm_node(make_node, make_registry, blob, "1s", "cut")
+    mark = node.log_mark()
+    rd = _SlowReader(node.port, path, rate=blob.size / 30)    # would take 30 s
+    rd.start()
+    assert rd.started_body.wait(20) and rd.status == 200
+    os.kill(node.pid, signal.SIGTERM)
+    took = _exit_within(node, 15)
+    rd.join(60)
+    assert took < 8, "the node took %.1f s with shutdown_timeout 1s" % took
+    assert rd.got < blob.size
+    recs = [a for a in node.access(since=mark, settle=0) if a["path"] == path]
+    assert recs, node.log_text()[-2000:]
+    assert recs[-1].get("aborted") == "1" and recs[-1]["bytes"] < blob.size, recs[-1]
+    assert "shutdown_timeout" in node.log_text()

@@ -77,6 +77,7 @@ static unsigned char *g_file;
 static char g_big_chunk[BIG_CHUNK];
 
 static atomic_int g_close_calls;  /* /slow close callbacks */
+static atomic_int g_drained;      /* http_server_drain's callback ran */
 static atomic_int g_slow_done;    /* /slow timers fired */
 static atomic_int g_slow_rc;      /* what http_respond_simple returned then */
 static atomic_int g_big_failed;   /* /big write error status */
@@ -262,6 +263,11 @@ static void stats_handle(struct http_request *req) {
   respond_text(req, 200, body);
 }
 
+static void on_drained(void *ud) {
+  (void)ud;
+  atomic_fetch_add(&g_drained, 1);
+}
+
 static void handler(struct http_request *req, void *ud) {
   (void)ud;
   const char *p = req->path;
@@ -291,6 +297,9 @@ static void handler(struct http_request *req, void *ud) {
     /* on the loop thread, like a reload: the next TLS accept reads it */
     g_srv.tls_ctx = g_ctx_b;
     respond_text(req, 200, "swapped");
+  } else if (strcmp(p, "/drain") == 0) {
+    http_server_drain(g_srv.srv, on_drained, NULL);
+    respond_text(req, 200, "draining");
   } else if (strcmp(p, "/abort") == 0) {
     if (http_respond_start(req, 200, NULL, 0, 100) == 0)
       http_respond_write(req, "0123456789", 10, NULL, NULL);
@@ -346,6 +355,7 @@ static uint64_t g_send_timeout_ms = 300;
 static int server_start(unsigned max_connections) {
   memset(&g_srv, 0, sizeof g_srv);
   atomic_store(&g_close_calls, 0);
+  atomic_store(&g_drained, 0);
   atomic_store(&g_slow_done, 0);
   atomic_store(&g_slow_rc, 0);
   atomic_store(&g_big_failed, 0);
@@ -789,6 +799,49 @@ static void test_pipelined_behind_slow(void **state) {
   resp_free(&r);
   assert_int_equal(atomic_load(&g_close_calls), 0);
   cl_close(&cl);
+}
+
+/* Draining closes the idle connection at once, lets the one in service
+ * finish (with Connection: close), refuses new ones, and calls back when
+ * the last is gone. */
+static void test_drain(void **state) {
+  (void)state;
+  struct client idle, busy, ctl;
+  struct resp r;
+  char v[64];
+  cl_open(&idle);
+  get_ok(&idle, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  cl_open(&busy);
+  cl_sends(&busy, "GET /slow HTTP/1.1\r\n\r\n");
+  sleep_ms(50); /* /slow is in service */
+  cl_open(&ctl);
+  cl_sends(&ctl, "GET /drain HTTP/1.1\r\n\r\n");
+  assert_int_equal(cl_read_resp(&ctl, &r, 0), 0);
+  assert_string_equal(r.body, "draining");
+  assert_true(resp_header(&r, "Connection", v, sizeof v));
+  assert_string_equal(v, "close");
+  resp_free(&r);
+  assert_true(cl_wait_eof(&ctl));
+  assert_true(cl_wait_eof(&idle));
+  assert_int_equal(atomic_load(&g_drained), 0);
+
+  assert_int_equal(cl_read_resp(&busy, &r, 0), 0);
+  assert_string_equal(r.body, "slow done\n");
+  assert_true(resp_header(&r, "Connection", v, sizeof v));
+  assert_string_equal(v, "close");
+  resp_free(&r);
+  assert_true(cl_wait_eof(&busy));
+  assert_true(wait_for(&g_drained, 1, 3000));
+  assert_int_equal(atomic_load(&g_close_calls), 0); /* finished, not cut */
+
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)g_srv.port)};
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  assert_true(connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0);
+  close(fd);
+  cl_close(&idle);
+  cl_close(&busy);
+  cl_close(&ctl);
 }
 
 static void test_fragmented_head(void **state) {
@@ -2328,6 +2381,7 @@ int main(void) {
       T(test_keep_alive),
       T(test_pipelined),
       T(test_pipelined_behind_slow),
+      T(test_drain),
       T(test_fragmented_head),
       T(test_absolute_form),
       T(test_head),
