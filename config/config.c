@@ -947,6 +947,7 @@ enum {
   UP_MAX_RETRIES,
   UP_PRIVATE,
   UP_TLS,
+  UP_RESOLVE_TIMEOUT,
 };
 
 /* indexed by the enum above, which upstream_check relies on */
@@ -970,6 +971,11 @@ static const struct key_spec upstream_keys[] = {
                     FIELD(struct config_upstream, tag_ttl_ms),
                     .min = 0,
                     .max = 365 * 24 * HOUR_MS},
+    [UP_RESOLVE_TIMEOUT] = {.name = "resolve_timeout",
+                            .set = set_duration,
+                            FIELD(struct config_upstream, resolve_timeout_ms),
+                            .min = 1,
+                            .max = HOUR_MS},
     [UP_TAGS_LIST_TTL] = {.name = "tags_list_ttl",
                           .set = set_duration,
                           FIELD(struct config_upstream, tags_list_ttl_ms),
@@ -1328,6 +1334,7 @@ required:
 static void upstream_init(struct config_upstream *u) {
   memset(u, 0, sizeof *u);
   u->tag_ttl_ms = 60 * 1000;
+  u->resolve_timeout_ms = 3000;
   u->tags_list_ttl_ms = 30 * 1000;
   u->tls_verify = 1;
   u->connect_timeout_ms = 10 * 1000;

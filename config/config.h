@@ -47,6 +47,9 @@ struct config_upstream {
   int is_default;   /* default upstream for listeners without their own */
   char *listen;     /* optional "host:port" listener owned by this upstream */
   uint64_t tag_ttl_ms;      /* tag cache lifetime (default 60 s) */
+  /* a tag past its TTL whose HEAD has no answer by then is served stale
+   * from the cache while the HEAD goes on (default 3 s) */
+  uint64_t resolve_timeout_ms;
   uint64_t tags_list_ttl_ms; /* tags/list cache lifetime (default 30 s) */
   char *username;     /* optional credentials (basic, or for the token realm) */
   char *password;     /* literal password (discouraged), or ... */

@@ -126,7 +126,7 @@ int node_start(struct node *n, uv_loop_t *loop, struct config *cfg) {
   }
   if ((r = fetcher_new(&n->fetcher, loop, n->bs)) != 0)
     return r;
-  if ((r = tagcache_new(&n->tags, n->bs)) != 0)
+  if ((r = tagcache_new(&n->tags, loop, n->bs)) != 0)
     return r;
   if ((r = access_new(&n->access, loop, cfg)) != 0)
     return r;
@@ -255,6 +255,7 @@ void node_stop(struct node *n) {
   for (size_t i = 0; n->tls_up && i < n->cfg->n_upstreams; i++)
     tls_source_close(n->tls_up[i]);
   access_close(n->access);
+  tagcache_close(n->tags);
   /* Leaving is gossiped while the listeners drain; both end on their own. */
   if (n->cluster)
     cluster_stop(n->cluster, NULL, NULL);

@@ -6,6 +6,12 @@
  * wall-clock time they were fetched, so the TTL means the same after a
  * restart. The memory cache is bounded: past TAGCACHE_MAX entries, idle
  * ones are dropped (the store still has them).
+ *
+ * A build waits on tags, so an upstream that is slow to answer must not make
+ * it wait long: a tag with a cached record whose HEAD has no answer within
+ * the upstream's resolve_timeout is served stale, and the HEAD goes on to
+ * refresh the record when it lands. Entries with such a deadline sit on a
+ * short list that one timer walks.
  */
 #include "tags.h"
 
@@ -23,12 +29,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <uv.h>
 
 #define TAGCACHE_MAX 8192
+#define DEADLINE_TICK_MS 100
 
 struct tagcache {
+  uv_loop_t *loop;
   struct blobstore *bs;
   struct strmap entries; /* key -> struct tag_entry */
+  uv_timer_t tick;       /* runs while `due` is not empty */
+  int tick_init;
+  struct tag_entry *due; /* HEADs in flight with a stale record to fall back on */
 };
 
 struct tag_entry {
@@ -53,6 +65,11 @@ struct tag_entry {
   int status;
   struct tag_record fresh;
   int fresh_ok;
+  /* resolve_timeout: on tc->due until the HEAD ends or the deadline passes;
+   * `late` once it passed, so waiters that come later are served at once */
+  uint64_t deadline_ms;
+  struct tag_entry *due_next, **due_pprev;
+  int late;
 };
 
 static int64_t wall_ms(void) {
@@ -61,16 +78,25 @@ static int64_t wall_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-int tagcache_new(struct tagcache **out, struct blobstore *bs) {
+int tagcache_new(struct tagcache **out, uv_loop_t *loop, struct blobstore *bs) {
   struct tagcache *tc = calloc(1, sizeof *tc);
   if (!tc)
     return UV_ENOMEM;
+  tc->loop = loop;
   tc->bs = bs;
+  if (uv_timer_init(loop, &tc->tick) == 0) {
+    tc->tick.data = tc;
+    tc->tick_init = 1;
+  }
   strmap_init(&tc->entries);
   metrics_describe("regmesh_tag_resolutions_total", METRIC_COUNTER,
                    "Tag lookups by outcome (fresh, upstream, stale, error).");
   metrics_describe("regmesh_tag_peer_answers_total", METRIC_COUNTER,
                    "Tags asked of their owner in the fleet, by result.");
+  metrics_describe("regmesh_tag_resolve_timeouts_total", METRIC_COUNTER,
+                   "Tag resolutions answered stale because the upstream had "
+                   "not answered within resolve_timeout.");
+  metrics_set("regmesh_tag_resolve_timeouts_total", "", 0);
   *out = tc;
   return 0;
 }
@@ -84,6 +110,13 @@ static void free_one(const char *key, void *value, void *ud) {
   (void)key;
   (void)ud;
   entry_free(value);
+}
+
+void tagcache_close(struct tagcache *tc) {
+  if (tc && tc->tick_init) {
+    tc->tick_init = 0;
+    uv_close((uv_handle_t *)&tc->tick, NULL);
+  }
 }
 
 void tagcache_free(struct tagcache *tc) {
@@ -129,10 +162,14 @@ static void finish_waiters(struct tag_entry *e, int err) {
     /* A 404 is an answer; anything else is a failure to ask. */
     if (e->has_rec && err != RM_ENOTFOUND) {
       stale = 1;
-      err = 0;
       outcome = "stale";
-      LOG_W("tag %s/%s:%s served stale: upstream failed (status %d)",
-            e->upstream_host, e->name, e->reftag, e->status);
+      if (err == UV_ETIMEDOUT)
+        LOG_W("tag %s/%s:%s served stale: no answer within resolve_timeout "
+              "(the request goes on)", e->upstream_host, e->name, e->reftag);
+      else
+        LOG_W("tag %s/%s:%s served stale: upstream failed (status %d)",
+              e->upstream_host, e->name, e->reftag, e->status);
+      err = 0;
     } else {
       outcome = "error";
     }
@@ -147,6 +184,54 @@ static void finish_waiters(struct tag_entry *e, int err) {
     w->cb(w, err, err ? NULL : &e->rec, stale, e->status);
     w = next;
   }
+}
+
+/* ---- resolve_timeout ---- */
+
+static void due_remove(struct tag_entry *e) {
+  if (!e->due_pprev)
+    return;
+  *e->due_pprev = e->due_next;
+  if (e->due_next)
+    e->due_next->due_pprev = e->due_pprev;
+  e->due_next = NULL;
+  e->due_pprev = NULL;
+  if (!e->tc->due && e->tc->tick_init)
+    uv_timer_stop(&e->tc->tick);
+}
+
+static void on_tick(uv_timer_t *t) {
+  struct tagcache *tc = t->data;
+  uint64_t now = uv_now(tc->loop);
+  struct tag_entry *e = tc->due;
+  while (e) {
+    struct tag_entry *next = e->due_next;
+    if (now >= e->deadline_ms) {
+      due_remove(e);
+      e->late = 1;
+      if (e->waiters && e->has_rec) {
+        metrics_add("regmesh_tag_resolve_timeouts_total", "", 1);
+        finish_waiters(e, UV_ETIMEDOUT);
+      }
+    }
+    e = next;
+  }
+}
+
+static void due_add(struct tag_entry *e, uint64_t deadline_ms) {
+  struct tagcache *tc = e->tc;
+  if (!tc->tick_init)
+    return;
+  e->deadline_ms = deadline_ms;
+  if (e->due_pprev)
+    return;
+  e->due_next = tc->due;
+  if (tc->due)
+    tc->due->due_pprev = &e->due_next;
+  tc->due = e;
+  e->due_pprev = &tc->due;
+  if (!uv_is_active((uv_handle_t *)&tc->tick))
+    uv_timer_start(&tc->tick, on_tick, DEADLINE_TICK_MS, DEADLINE_TICK_MS);
 }
 
 static int on_head_headers(void *ud, const struct upstream_response *resp) {
@@ -240,6 +325,8 @@ static void on_head_done(void *ud, int err) {
   } else {
     e->status = 0;
   }
+  due_remove(e); /* kept above while the upstream is asked after the owner */
+  e->late = 0;
   finish_waiters(e, err);
 }
 
@@ -332,6 +419,10 @@ int tagcache_resolve(struct tagcache *tc, struct upstream *u, const char *name,
     int r = start_head(e, u, peer);
     if (r)
       return r;
+    if (e->has_rec)
+      due_add(e, uv_now(tc->loop) + cfg->resolve_timeout_ms);
+  } else if (e->late && e->has_rec) {
+    due_add(e, uv_now(tc->loop)); /* past the deadline: at the next tick */
   }
   w->entry = e;
   w->next = e->waiters;

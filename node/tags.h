@@ -3,8 +3,9 @@
  * A tag resolves with an upstream HEAD (free on Docker Hub), cached for the
  * upstream's tag_ttl in memory and in the store (so a restarted node still
  * serves tags while the upstream is down). Concurrent resolutions of one tag
- * share one HEAD. When the upstream fails or answers 429, a cached record is
- * served stale; only a 404 is taken as the answer.
+ * share one HEAD. When the upstream fails or answers 429, or has not answered
+ * within its resolve_timeout, a cached record is served stale; only a 404 is
+ * taken as the answer.
  */
 #ifndef REGMESH_NODE_TAGS_H
 #define REGMESH_NODE_TAGS_H
@@ -46,7 +47,10 @@ struct tag_waiter {
   struct tag_waiter *next;
 };
 
-int tagcache_new(struct tagcache **out, struct blobstore *bs);
+struct uv_loop_s;
+int tagcache_new(struct tagcache **out, struct uv_loop_s *loop, struct blobstore *bs);
+/* tagcache_close closes the cache's timer (before the loop's last run). */
+void tagcache_close(struct tagcache *tc);
 void tagcache_free(struct tagcache *tc);
 
 /* tagcache_resolve looks up (upstream u, name, tag) for clients accepting

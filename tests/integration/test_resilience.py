@@ -178,3 +178,33 @@ def test_size_budget_evicts_least_recently_used(make_node, hub, catalog):
     pull_via_http(node.url, b)
     assert hub.log.all_blob_gets(mark) == [], "B should have been warm"
     assert hub.log.manifest_gets(mark) == []
+
+
+def test_hung_upstream_tag_served_stale_within_resolve_timeout(make_node, make_proxy,
+                                                                make_registry, catalog):
+    """An upstream that accepts and never answers: a cached tag past its TTL
+    is served stale within resolve_timeout + 1 s, every time, while one HEAD
+    waits upstream; when the upstream answers again the tag is fresh."""
+    img = catalog.stale
+    px = make_proxy(make_registry("hung", [img]).url)
+    node = make_node([regmesh.Upstream(HUB_HOST, px.url, default=True, tag_ttl="1s",
+                                       resolve_timeout="1s")])
+    pull_via_http(node.url, img)
+    px.hang = True
+    time.sleep(1.3)                                   # past the TTL
+    tag_path = "/v2/%s/manifests/%s" % (img.repo, img.tag)
+    for i in range(4):
+        t0 = time.monotonic()
+        r = node.request("GET", tag_path, headers={"Accept": images.ACCEPT_ALL}, timeout=30)
+        took = time.monotonic() - t0
+        assert r.status == 200 and r.body == img.manifest, r
+        assert r.header("Warning"), "a stale answer carries a Warning: %r" % r.headers
+        assert took < 2.0, "request %d took %.2f s with resolve_timeout 1s" % (i, took)
+    assert px.hung == 1, "one HEAD waits upstream, not one per request: %d" % px.hung
+    assert node.metric_sum("regmesh_tag_resolve_timeouts_total") >= 1
+    px.hang = False
+
+    def fresh():
+        r = node.request("GET", tag_path, headers={"Accept": images.ACCEPT_ALL}, timeout=30)
+        return r.status == 200 and not r.header("Warning")
+    util.wait_until(fresh, 15, interval=0.3, what="a fresh answer once the upstream answers")

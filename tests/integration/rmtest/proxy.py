@@ -21,7 +21,11 @@ class UpstreamProxy:
       corrupt_blobs  - XOR 0xff one byte in every 64 KiB of GET /blobs/ bodies
                        (length unchanged, so only a digest check can tell)
       bytes_per_sec  - throttle response bodies (None = full speed)
+      hang           - accept requests and never answer them (until hang is
+                       cleared or the proxy stops; at most HANG_MAX_S)
     """
+
+    HANG_MAX_S = 120
 
     CHUNK = 64 * 1024
 
@@ -31,6 +35,9 @@ class UpstreamProxy:
         self.target_port = u.port
         self.corrupt_blobs = corrupt_blobs
         self.bytes_per_sec = bytes_per_sec
+        self.hang = False
+        self.hung = 0                # requests held by `hang`
+        self._stopping = threading.Event()
         self.port = util.free_port()
         self.requests = []           # (method, path, status)
         self.corrupted = 0           # number of blob bodies corrupted
@@ -58,6 +65,15 @@ class UpstreamProxy:
             def _forward(self):
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else None
+                if px.hang:
+                    with px._lock:
+                        px.hung += 1
+                    deadline = time.monotonic() + px.HANG_MAX_S
+                    while px.hang and time.monotonic() < deadline:
+                        if px._stopping.wait(0.05):
+                            break
+                    self.close_connection = True
+                    return
                 conn = http.client.HTTPConnection(px.target_host, px.target_port, timeout=60)
                 try:
                     conn.putrequest(self.command, self.path, skip_host=True,
@@ -141,6 +157,7 @@ class UpstreamProxy:
         return self
 
     def stop(self):
+        self._stopping.set()
         if self._server:
             self._server.shutdown()
             self._server.server_close()

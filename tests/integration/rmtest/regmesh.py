@@ -30,8 +30,9 @@ class Upstream:
     """One `upstreams:` entry. `url` is where regmesh fetches from."""
 
     def __init__(self, host, url, default=False, tag_ttl="60s", listen=False,
-                 username=None, password=None, private=False):
+                 username=None, password=None, private=False, resolve_timeout=None):
         self.host = host
+        self.resolve_timeout = resolve_timeout
         self.private = private
         self.url = url
         self.default = default
@@ -160,6 +161,8 @@ class Node:
                 lines.append("    default: true")
             if u.tag_ttl:
                 lines.append("    tag_ttl: %s" % u.tag_ttl)
+            if u.resolve_timeout:
+                lines.append("    resolve_timeout: %s" % u.resolve_timeout)
             if u.port:
                 lines.append("    listen: %s:%d" % (util.LOCALHOST, u.port))
             if u.username is not None:
