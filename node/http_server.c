@@ -447,7 +447,8 @@ static void conn_retire(struct http_conn *c) {
   uint64_t now = uv_now(c->srv->loop);
   /* a response cut short (client gone, handler abort, shutdown) must not
    * read as a plain success */
-  LOG_I("access id=%" PRIu64 " remote=%s \"%s %s%s%s\" status=%d bytes=%" PRIu64
+  log_msg(r->log_quiet ? LOG_DEBUG : LOG_INFO,
+        "access id=%" PRIu64 " remote=%s \"%s %s%s%s\" status=%d bytes=%" PRIu64
         " ms=%" PRIu64 " src=%s%s",
         r->id, c->remote, method, path, r->query ? "?" : "",
         r->query ? query : "", c->status, c->body_sent,

@@ -53,6 +53,9 @@ struct http_request {
   /* Set by the handler, read by the access log: where the response came
    * from ("local", "upstream", "inflight", ...), a static string. */
   const char *log_source;
+  /* set by the handler for probes and scrapes (/healthz, /metrics): their
+   * access lines go out at debug level only */
+  int log_quiet;
   void *handler_data;  /* free for the handler's use */
 };
 

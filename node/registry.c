@@ -1268,6 +1268,9 @@ static int handle_admin(struct rreq *r) {
   const char *p = r->req->path;
   struct node *n = r->n;
   r->route_label = "admin";
+  /* probed every few seconds: at info level they would drown the pulls */
+  r->req->log_quiet = strcmp(p, "/healthz") == 0 || strcmp(p, "/readyz") == 0 ||
+                      strcmp(p, "/metrics") == 0;
   if (strcmp(p, "/healthz") == 0) {
     hdr_reset(r);
     respond_body(r, 200, "text/plain", "ok\n", 3);
@@ -1292,6 +1295,7 @@ static int handle_admin(struct rreq *r) {
     handle_cluster(r);
   } else {
     r->route_label = "other";
+    r->req->log_quiet = 0;
     return 0;
   }
   return 1;

@@ -278,3 +278,19 @@ def test_sigterm_cuts_at_shutdown_timeout_and_logs_it(make_node, make_registry,
     assert recs, node.log_text()[-2000:]
     assert recs[-1].get("aborted") == "1" and recs[-1]["bytes"] < blob.size, recs[-1]
     assert "shutdown_timeout" in node.log_text()
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_probes_are_access_logged_only_at_debug(make_node, hub, level):
+    node = make_node([hub_upstream(hub)], log_level=level)
+    mark = node.log_mark()
+    for p in ("/healthz", "/readyz", "/metrics"):
+        assert node.request("GET", p).status == 200
+    assert node.request("GET", "/v2/").status == 200
+    paths = [a["path"] for a in node.access(since=mark)]
+    assert "/v2/" in paths
+    probes = [p for p in paths if p in ("/healthz", "/readyz", "/metrics")]
+    if level == "info":
+        assert probes == [], paths
+    else:
+        assert sorted(probes) == ["/healthz", "/metrics", "/readyz"], paths
