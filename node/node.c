@@ -23,6 +23,7 @@
 #include "regmesh_commit.h"
 
 #include <signal.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -96,6 +97,32 @@ static int start_tls(struct node *n) {
       return r;
   }
   return 0;
+}
+
+#define HEALTH_CHECK_MS 5000
+
+static void on_health_access(uv_fs_t *req) {
+  struct node *n = req->data;
+  int ok = req->result == 0;
+  if (ok && !n->storage_writable)
+    LOG_I("storage %s is writable again", n->cfg->storage.root);
+  else if (!ok && n->storage_writable)
+    LOG_W("storage %s is not writable (%s): /readyz answers 503", n->cfg->storage.root,
+          rm_strerror((int)req->result));
+  n->storage_writable = ok;
+  n->health_busy = 0;
+  uv_fs_req_cleanup(req);
+}
+
+static void on_health_timer(uv_timer_t *t) {
+  struct node *n = t->data;
+  char path[4200];
+  if (n->health_busy || n->stopping)
+    return;
+  snprintf(path, sizeof path, "%s/tmp", n->cfg->storage.root);
+  n->health_fs.data = n;
+  if (uv_fs_access(n->loop, &n->health_fs, path, W_OK, on_health_access) == 0)
+    n->health_busy = 1;
 }
 
 int node_start(struct node *n, uv_loop_t *loop, struct config *cfg) {
@@ -182,6 +209,12 @@ int node_start(struct node *n, uv_loop_t *loop, struct config *cfg) {
   uv_signal_init(loop, &n->sighup);
   n->sighup.data = n;
   uv_signal_start(&n->sighup, on_sighup, SIGHUP);
+  n->storage_writable = 1; /* blobstore_open just wrote there */
+  if (uv_timer_init(loop, &n->health_timer) == 0) {
+    n->health_timer.data = n;
+    n->health_init = 1;
+    uv_timer_start(&n->health_timer, on_health_timer, HEALTH_CHECK_MS, HEALTH_CHECK_MS);
+  }
   n->ready = 1;
   LOG_I("regmesh %s (commit %s) ready; storage %s", REGMESH_VERSION, REGMESH_COMMIT,
         cfg->storage.root);
@@ -244,6 +277,10 @@ void node_stop(struct node *n) {
   if (n->drain_timer_init) {
     n->drain_timer_init = 0;
     uv_close((uv_handle_t *)&n->drain_timer, NULL);
+  }
+  if (n->health_init) {
+    n->health_init = 0;
+    uv_close((uv_handle_t *)&n->health_timer, NULL);
   }
   if (uv_is_active((uv_handle_t *)&n->sigint)) {
     uv_close((uv_handle_t *)&n->sigint, NULL);

@@ -51,6 +51,12 @@ struct node {
   uv_signal_t sigint, sigterm, sighup;
   uv_timer_t drain_timer;      /* shutdown_timeout, while draining */
   int drain_timer_init;
+  /* /readyz: storage/tmp is checked for write access every few seconds on
+   * the thread pool (never on the loop) */
+  uv_timer_t health_timer;
+  uv_fs_t health_fs;
+  int health_init, health_busy;
+  int storage_writable;
   /* private upstreams: "<upstream>|<repo>|<hex>" -> expiry (unix s) of an
    * upstream HEAD that confirmed the blob under that repository */
   struct strmap *confirmed;

@@ -1219,6 +1219,14 @@ static void update_gauges(struct node *n) {
     upstream_get_ratelimit(n->ups[i], &rl);
     char labels[200];
     snprintf(labels, sizeof labels, "upstream=\"%s\"", n->cfg->upstreams[i].host);
+    struct upstream_circuit_info ci;
+    upstream_get_circuit(n->ups[i], &ci);
+    for (int s = UPSTREAM_CIRCUIT_CLOSED; s <= UPSTREAM_CIRCUIT_HALF_OPEN; s++) {
+      char sl[260];
+      snprintf(sl, sizeof sl, "%s,state=\"%s\"", labels, upstream_circuit_str(s));
+      metrics_set("regmesh_upstream_circuit_state", sl, ci.state == (enum upstream_circuit)s);
+    }
+    metrics_set("regmesh_upstream_circuit_opens_total", labels, (int64_t)ci.opens);
     if (rl.remaining >= 0)
       metrics_set("regmesh_upstream_ratelimit_remaining", labels, rl.remaining);
     if (rl.limit >= 0)
@@ -1264,6 +1272,48 @@ static void handle_cluster(struct rreq *r) {
   free(txt);
 }
 
+/* /readyz: 200 only when this node can do its job. JSON with the reason
+ * and every upstream's circuit, so a load balancer's log says why. */
+static void handle_readyz(struct rreq *r) {
+  struct node *n = r->n;
+  struct blobstore_stats st;
+  blobstore_get_stats(n->bs, &st);
+  json_t *ups = json_array();
+  size_t open = 0;
+  for (size_t i = 0; i < n->cfg->n_upstreams; i++) {
+    struct upstream_circuit_info ci;
+    upstream_get_circuit(n->ups[i], &ci);
+    if (ci.state != UPSTREAM_CIRCUIT_CLOSED) /* half-open: nothing proved it back */
+      open++;
+    json_array_append_new(
+        ups, json_pack("{s:s,s:s,s:I,s:I}", "host", n->cfg->upstreams[i].host, "circuit",
+                       upstream_circuit_str(ci.state), "failures", (json_int_t)ci.failures,
+                       "retry_in_ms", (json_int_t)ci.retry_in_ms));
+  }
+  const char *reason = NULL;
+  if (n->draining || n->stopping)
+    reason = "shutting down";
+  else if (!n->ready)
+    reason = "starting";
+  else if (!n->storage_writable)
+    reason = "storage is not writable";
+  else if (n->cfg->n_upstreams > 0 && open == n->cfg->n_upstreams && st.blobs == 0)
+    reason = "every upstream's circuit is open and nothing is cached";
+  json_t *doc = json_pack("{s:b,s:s,s:b,s:I,s:o}", "ready", reason == NULL, "reason",
+                          reason ? reason : "ok", "storage_writable", n->storage_writable,
+                          "cached_blobs", (json_int_t)st.blobs, "upstreams", ups);
+  char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+  json_decref(doc);
+  hdr_reset(r);
+  if (!text) {
+    respond_body(r, 503, "text/plain", "not ready\n", 10);
+    return;
+  }
+  size_t len = strlen(text);
+  respond_body(r, reason ? 503 : 200, "application/json", text, len);
+  free(text);
+}
+
 static int handle_admin(struct rreq *r) {
   const char *p = r->req->path;
   struct node *n = r->n;
@@ -1275,11 +1325,7 @@ static int handle_admin(struct rreq *r) {
     hdr_reset(r);
     respond_body(r, 200, "text/plain", "ok\n", 3);
   } else if (strcmp(p, "/readyz") == 0) {
-    hdr_reset(r);
-    if (n->ready && !n->stopping)
-      respond_body(r, 200, "text/plain", "ready\n", 6);
-    else
-      respond_body(r, 503, "text/plain", "not ready\n", 10);
+    handle_readyz(r);
   } else if (strcmp(p, "/metrics") == 0) {
     update_gauges(n);
     struct buf b;
@@ -1491,6 +1537,11 @@ void registry_init(struct node *n) {
                    "login), peer_auth (peer request without a valid signature).");
   metrics_describe("regmesh_tls_handshakes_total", METRIC_COUNTER,
                    "TLS handshakes on the node's listeners by result.");
+  metrics_describe("regmesh_upstream_circuit_state", METRIC_GAUGE,
+                   "1 for the upstream's circuit breaker state (closed, open, "
+                   "half_open), 0 for the others.");
+  metrics_describe("regmesh_upstream_circuit_opens_total", METRIC_COUNTER,
+                   "Times the upstream's circuit opened after failures in a row.");
   metrics_describe("regmesh_tls_body_bytes_total", METRIC_COUNTER,
                    "Cached file bytes sent over TLS, by path: userspace (encrypted by "
                    "OpenSSL through the buffer pool) or ktls (kernel TLS).");

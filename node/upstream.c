@@ -152,6 +152,13 @@ struct upstream {
   int is_peer; /* another regmesh node: no ping, auth, retries */
   char *peer_cert, *peer_key; /* our certificate for mutual TLS to peers */
   int closing;
+  /* circuit breaker (not for peers, which the fetch plan already skips) */
+  enum upstream_circuit brk;
+  unsigned brk_failures;   /* attempts failed in a row */
+  uint64_t brk_until_ms;   /* open: refuse until then (uv_now) */
+  uint64_t brk_backoff_ms; /* the last open period */
+  int brk_probing;         /* half-open: the one attempt let through */
+  uint64_t brk_opens;
 };
 
 enum upreq_state {
@@ -208,6 +215,7 @@ struct upstream_req {
   int resumable;
   size_t max_body;
   int internal; /* ping or token: no ping, no auth rounds */
+  int brk_probe; /* this attempt is the half-open circuit's probe */
   struct upstream_cbs cbs;
   void *ud;
   /* links */
@@ -242,6 +250,7 @@ struct upstream_req {
 
 static void req_set_state(struct upstream_req *r, enum upreq_state s);
 static void req_finish(struct upstream_req *r, int err);
+static void breaker_record(struct upstream_req *r, int failed);
 static void req_attempt_start(struct upstream_req *r);
 static void req_auth_upfront(struct upstream_req *r);
 static void req_complete(struct upstream_req *r);
@@ -451,6 +460,12 @@ static void count_exchange(struct upstream_req *r, const char *status) {
 static void req_attempt_end(struct upstream_req *r, int cc) {
   if (!r->easy)
     return;
+  /* our own aborts (caller stopped, body over its limit) say nothing of the
+   * upstream's health */
+  if (cc < 0 || cc == CURLE_WRITE_ERROR || cc == CURLE_ABORTED_BY_CALLBACK)
+    breaker_record(r, r->h.status > 0 && r->h.status < 500 ? 0 : -1);
+  else
+    breaker_record(r, cc != CURLE_OK || r->h.status >= 500 || r->h.status <= 0);
   if (r->h.status > 0) {
     char st[16];
     snprintf(st, sizeof st, "%d", r->h.status);
@@ -463,6 +478,89 @@ static void req_attempt_end(struct upstream_req *r, int cc) {
   r->easy = NULL;
   curl_slist_free_all(r->hdrlist);
   r->hdrlist = NULL;
+}
+
+/* --- circuit breaker ---------------------------------------------------------
+ * An upstream that keeps failing (no connection, timeouts, 5xx) costs every
+ * request its connect and retry time before the cache or a peer can answer.
+ * After BREAKER_FAILURES failed attempts in a row the circuit opens: attempts
+ * fail at once with RM_EUNREACH (callers then serve stale or ask peers) for
+ * a back-off that doubles from BREAKER_BASE_MS to BREAKER_MAX_MS. Then one
+ * attempt goes through as a probe; its success closes the circuit, its
+ * failure opens it again. */
+#define BREAKER_FAILURES 5
+#define BREAKER_BASE_MS 1000
+#define BREAKER_MAX_MS 60000
+
+const char *upstream_circuit_str(enum upstream_circuit s) {
+  switch (s) {
+  case UPSTREAM_CIRCUIT_CLOSED: return "closed";
+  case UPSTREAM_CIRCUIT_OPEN: return "open";
+  case UPSTREAM_CIRCUIT_HALF_OPEN: return "half_open";
+  }
+  return "?";
+}
+
+/* breaker_admit says whether an attempt of r may go out now. */
+static int breaker_admit(struct upstream_req *r) {
+  struct upstream *u = r->u;
+  if (u->is_peer || u->brk == UPSTREAM_CIRCUIT_CLOSED)
+    return 1;
+  if (u->brk == UPSTREAM_CIRCUIT_OPEN && uv_now(r->c->loop) >= u->brk_until_ms)
+    u->brk = UPSTREAM_CIRCUIT_HALF_OPEN;
+  if (u->brk == UPSTREAM_CIRCUIT_HALF_OPEN && !u->brk_probing) {
+    u->brk_probing = 1;
+    r->brk_probe = 1;
+    LOG_I("upstream %s: circuit half-open, probing with req %u", u->cfg.host, r->id);
+    return 1;
+  }
+  return 0;
+}
+
+/* breaker_record takes an attempt's outcome: failed 1, succeeded 0, or -1
+ * when it was cut short by us (no verdict on the upstream). */
+static void breaker_record(struct upstream_req *r, int failed) {
+  struct upstream *u = r->u;
+  if (u->is_peer)
+    return;
+  if (r->brk_probe) {
+    r->brk_probe = 0;
+    u->brk_probing = 0;
+  }
+  if (failed < 0)
+    return;
+  if (!failed) {
+    if (u->brk != UPSTREAM_CIRCUIT_CLOSED)
+      LOG_I("upstream %s: answering again; circuit closed", u->cfg.host);
+    u->brk = UPSTREAM_CIRCUIT_CLOSED;
+    u->brk_failures = 0;
+    u->brk_backoff_ms = 0;
+    return;
+  }
+  u->brk_failures++;
+  if (u->brk == UPSTREAM_CIRCUIT_OPEN ||
+      (u->brk == UPSTREAM_CIRCUIT_CLOSED && u->brk_failures < BREAKER_FAILURES))
+    return;
+  u->brk_backoff_ms = u->brk_backoff_ms ? u->brk_backoff_ms * 2 : BREAKER_BASE_MS;
+  if (u->brk_backoff_ms > BREAKER_MAX_MS)
+    u->brk_backoff_ms = BREAKER_MAX_MS;
+  u->brk_until_ms = uv_now(r->c->loop) + u->brk_backoff_ms;
+  u->brk = UPSTREAM_CIRCUIT_OPEN;
+  u->brk_opens++;
+  LOG_W("upstream %s: %u failed attempts in a row; circuit open for %llu ms "
+        "(requests go to the cache and the fleet meanwhile)",
+        u->cfg.host, u->brk_failures, (unsigned long long)u->brk_backoff_ms);
+}
+
+void upstream_get_circuit(const struct upstream *u, struct upstream_circuit_info *out) {
+  out->state = u->brk;
+  if (u->brk == UPSTREAM_CIRCUIT_OPEN && u->c && uv_now(u->c->loop) >= u->brk_until_ms)
+    out->state = UPSTREAM_CIRCUIT_HALF_OPEN; /* the next attempt probes */
+  out->failures = u->brk_failures;
+  out->opens = u->brk_opens;
+  out->retry_in_ms = 0;
+  if (out->state == UPSTREAM_CIRCUIT_OPEN)
+    out->retry_in_ms = u->brk_until_ms - uv_now(u->c->loop);
 }
 
 static void req_timer_closed(uv_handle_t *h) {
@@ -1198,6 +1296,12 @@ static void req_attempt_start(struct upstream_req *r) {
   const struct config_upstream *cfg = &r->u->cfg;
   if (c->closing || r->u->closing) {
     req_finish(r, UV_ECANCELED);
+    return;
+  }
+  if (!breaker_admit(r)) {
+    LOG_D("upstream %s req %u (%s): circuit open, not sent", r->u->cfg.host, r->id,
+          r->kind);
+    req_finish(r, RM_EUNREACH);
     return;
   }
   assert(!r->easy);

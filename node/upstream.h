@@ -136,4 +136,19 @@ struct upstream_ratelimit {
 };
 void upstream_get_ratelimit(const struct upstream *u, struct upstream_ratelimit *rl);
 
+/* The upstream's circuit breaker (upstream.c explains it). */
+enum upstream_circuit {
+  UPSTREAM_CIRCUIT_CLOSED,
+  UPSTREAM_CIRCUIT_OPEN,
+  UPSTREAM_CIRCUIT_HALF_OPEN,
+};
+struct upstream_circuit_info {
+  enum upstream_circuit state;
+  unsigned failures;    /* attempts failed in a row */
+  uint64_t opens;       /* times it opened */
+  uint64_t retry_in_ms; /* open: until the next probe */
+};
+void upstream_get_circuit(const struct upstream *u, struct upstream_circuit_info *out);
+const char *upstream_circuit_str(enum upstream_circuit s);
+
 #endif

@@ -1,6 +1,7 @@
 """Upstream down, corrupt upstream, kill -9 mid-download, size budget."""
 
 import http.client
+import json
 import os
 import threading
 import time
@@ -208,3 +209,58 @@ def test_hung_upstream_tag_served_stale_within_resolve_timeout(make_node, make_p
         r = node.request("GET", tag_path, headers={"Accept": images.ACCEPT_ALL}, timeout=30)
         return r.status == 200 and not r.header("Warning")
     util.wait_until(fresh, 15, interval=0.3, what="a fresh answer once the upstream answers")
+
+
+def _readyz(node):
+    r = node.request("GET", "/readyz")
+    return r.status, json.loads(r.body)
+
+
+def test_circuit_breaker_opens_and_closes(make_node, make_proxy, make_registry, catalog):
+    """An upstream failing every attempt (503): the circuit opens, requests
+    stop reaching it and fail or go stale at once, /readyz and the metrics
+    say so; once it answers again one probe closes the circuit."""
+    img = catalog.stale
+    px = make_proxy(make_registry("breaker", [img]).url)
+    node = make_node([regmesh.Upstream(HUB_HOST, px.url, default=True, tag_ttl="1s")])
+    empty = make_node([regmesh.Upstream(HUB_HOST, px.url, default=True)], name="empty")
+    pull_via_http(node.url, img)
+    assert _readyz(node)[0] == 200 and _readyz(empty)[0] == 200
+    px.fail_status = 503
+    missing = "/v2/%s/blobs/sha256:%s" % (img.repo, "0" * 64)
+    for nd in (node, empty):
+        def circuit_open():
+            nd.request("GET", missing, timeout=30)
+            return _readyz(nd)[1]["upstreams"][0]["circuit"] == "open"
+        util.wait_until(circuit_open, 30, interval=0.1, what="the circuit to open")
+    seen = len(px.requests)
+    t0 = time.monotonic()
+    r = node.request("GET", missing, timeout=30)
+    assert r.status >= 500 and time.monotonic() - t0 < 0.5, (r, time.monotonic() - t0)
+    time.sleep(1.1)                                   # the tag is past its TTL
+    t0 = time.monotonic()
+    r = node.request("GET", "/v2/%s/manifests/%s" % (img.repo, img.tag),
+                     headers={"Accept": images.ACCEPT_ALL}, timeout=30)
+    assert r.status == 200 and r.body == img.manifest and r.header("Warning"), r
+    assert time.monotonic() - t0 < 0.5
+    st, doc = _readyz(node)
+    assert st == 200 and doc["ready"] is True, doc         # it still serves its cache
+    st, doc = _readyz(empty)
+    assert st == 503 and "circuit" in doc["reason"], doc  # nothing to serve at all
+    m = node.metrics()
+    assert any(n == "regmesh_upstream_circuit_state" and lb.get("state") == "open" and v == 1
+               for n, lb, v in m)
+    assert node.metric_sum("regmesh_upstream_circuit_opens_total") >= 1
+    # requests while open (and the probe at most) did not reach the upstream
+    assert len(px.requests) <= seen + 1, px.requests[seen:]
+
+    px.fail_status = None
+
+    def closed():
+        node.request("GET", "/v2/%s/manifests/%s" % (img.repo, img.tag),
+                     headers={"Accept": images.ACCEPT_ALL}, timeout=30)
+        return _readyz(node)[1]["upstreams"][0]["circuit"] == "closed"
+    util.wait_until(closed, 20, interval=0.3, what="the circuit to close")
+    r = node.request("GET", "/v2/%s/manifests/%s" % (img.repo, img.tag),
+                     headers={"Accept": images.ACCEPT_ALL}, timeout=30)
+    assert r.status == 200 and not r.header("Warning")

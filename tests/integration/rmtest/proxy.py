@@ -23,6 +23,8 @@ class UpstreamProxy:
       bytes_per_sec  - throttle response bodies (None = full speed)
       hang           - accept requests and never answer them (until hang is
                        cleared or the proxy stops; at most HANG_MAX_S)
+      fail_status    - answer every request with this status at once (None:
+                       forward)
     """
 
     HANG_MAX_S = 120
@@ -36,6 +38,7 @@ class UpstreamProxy:
         self.corrupt_blobs = corrupt_blobs
         self.bytes_per_sec = bytes_per_sec
         self.hang = False
+        self.fail_status = None
         self.hung = 0                # requests held by `hang`
         self._stopping = threading.Event()
         self.port = util.free_port()
@@ -65,6 +68,14 @@ class UpstreamProxy:
             def _forward(self):
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else None
+                status = px.fail_status
+                if status:
+                    with px._lock:
+                        px.requests.append((self.command, self.path, status))
+                    self.send_response(status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if px.hang:
                     with px._lock:
                         px.hung += 1
