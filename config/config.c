@@ -391,6 +391,21 @@ static int set_log_level(struct walk *w, const struct config__node *v,
   return str_set(field, canon, strlen(canon)) ? fail_nomem(w) : 0;
 }
 
+static int set_log_format(struct walk *w, const struct config__node *v,
+                          void *field, const struct key_spec *k) {
+  const char *s;
+  char q[CONFIG__QUOTE_MAX];
+  enum log_format f;
+  int rc;
+  (void)k;
+  if ((rc = scalar_text(w, v, &s)) != 0)
+    return rc;
+  if (log_format_parse(s, &f) != 0)
+    return fail(w, v, "expected text or json, got \"%s\"", Q(q, s));
+  *(int *)field = f == LOG_FORMAT_JSON;
+  return 0;
+}
+
 /* set_host stores the registry host in lower case: it names the upstream in
  * tag keys and metrics, where "GHCR.io" and "ghcr.io" must be one. */
 static int set_host(struct walk *w, const struct config__node *v, void *field,
@@ -1182,6 +1197,7 @@ enum {
   TOP_AUTH,
   TOP_TLS,
   TOP_SHUTDOWN_TIMEOUT,
+  TOP_LOG_FORMAT,
 };
 
 static int top_check(struct walk *w, const struct config__node *map,
@@ -1227,6 +1243,9 @@ static const struct key_spec top_keys[] = {
                  .set = set_tls,
                  FIELD(struct config, tls),
                  .section = &tls_section},
+    [TOP_LOG_FORMAT] = {.name = "log_format",
+                        .set = set_log_format,
+                        FIELD(struct config, log_json)},
     [TOP_SHUTDOWN_TIMEOUT] = {.name = "shutdown_timeout",
                               .set = set_duration,
                               FIELD(struct config, shutdown_timeout_ms),

@@ -117,6 +117,7 @@ struct config {
   char *admin_listen; /* optional separate listener for /metrics etc. */
   char *log_level;    /* "debug" | "info" | "warn" | "error" (info) */
   int access_log;     /* default 1 */
+  int log_json;       /* log_format: json (default text) */
   /* SIGTERM: responses in flight get this long to finish (default 30 s) */
   uint64_t shutdown_timeout_ms;
   struct config_storage storage;

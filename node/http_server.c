@@ -445,14 +445,31 @@ static void conn_retire(struct http_conn *c) {
   if (r->query)
     conn_escape(query, sizeof query, r->query, r->query_len);
   uint64_t now = uv_now(c->srv->loop);
+  uint64_t ms = now > r->start_ms ? now - r->start_ms : 0;
+  enum log_level lvl = r->log_quiet ? LOG_DEBUG : LOG_INFO;
+  if (log_get_format() == LOG_FORMAT_JSON) {
+    struct log_field f[] = {
+        {"id", NULL, (int64_t)r->id},
+        {"remote", c->remote, 0},
+        {"method", method, 0},
+        {"path", path, 0},
+        {"query", r->query ? query : "", 0},
+        {"status", NULL, c->status},
+        {"bytes", NULL, (int64_t)c->body_sent},
+        {"ms", NULL, (int64_t)ms},
+        {"src", r->log_source ? r->log_source : "-", 0},
+        {"aborted", NULL, c->resp_complete ? 0 : 1},
+    };
+    log_event(lvl, "access", f, sizeof f / sizeof f[0]);
+    return;
+  }
   /* a response cut short (client gone, handler abort, shutdown) must not
    * read as a plain success */
-  log_msg(r->log_quiet ? LOG_DEBUG : LOG_INFO,
+  log_msg(lvl,
         "access id=%" PRIu64 " remote=%s \"%s %s%s%s\" status=%d bytes=%" PRIu64
         " ms=%" PRIu64 " src=%s%s",
         r->id, c->remote, method, path, r->query ? "?" : "",
-        r->query ? query : "", c->status, c->body_sent,
-        now > r->start_ms ? now - r->start_ms : 0,
+        r->query ? query : "", c->status, c->body_sent, ms,
         r->log_source ? r->log_source : "-", c->resp_complete ? "" : " aborted=1");
 }
 

@@ -132,6 +132,7 @@ int node_start(struct node *n, uv_loop_t *loop, struct config *cfg) {
   enum log_level lvl;
   if (cfg->log_level && log_level_parse(cfg->log_level, &lvl) == 0)
     log_set_level(lvl);
+  log_set_format(cfg->log_json ? LOG_FORMAT_JSON : LOG_FORMAT_TEXT);
   signal(SIGPIPE, SIG_IGN);
 
   int r = blobstore_open(&n->bs, cfg->storage.root, cfg->storage.max_size);
