@@ -114,6 +114,8 @@ struct swim_stats {
   uint64_t probes, probe_failures, suspicions, refutations, deaths_declared;
   int awareness;               /* Lifeguard local health score */
   uint64_t name_conflicts;     /* alive for a known name from another address */
+  /* the last one: "<name> at <known addr>, claimed from <other addr>" */
+  char last_conflict[200];
   uint64_t push_pull_rejected; /* push/pulls aborted by the version check */
   uint64_t corrections;        /* newer alive sent back for a stale suspect/dead */
 };

@@ -19,6 +19,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -267,9 +268,12 @@ void swim__on_alive(struct swim *s, const struct wire_alive *a) {
     } else {
       char x[64], y[64];
       s->stats.name_conflicts++;
+      swim__addr_str(&m->addr, x, sizeof x);
+      swim__addr_str(&a->addr, y, sizeof y);
+      snprintf(s->stats.last_conflict, sizeof s->stats.last_conflict,
+               "%.60s at %.60s, claimed from %.60s", a->node, x, y);
       LOG_D("swim %s: conflicting address for %s: known %s, claimed %s", s->cfg.name,
-            a->node, swim__addr_str(&m->addr, x, sizeof x),
-            swim__addr_str(&a->addr, y, sizeof y));
+            a->node, x, y);
       return;
     }
   }

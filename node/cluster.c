@@ -76,6 +76,7 @@ struct cluster {
   uv_timer_t rebuild;
   uv_timer_t tick;
   uint64_t next_join;
+  uint64_t conflicts_logged, next_conflict_log; /* name conflicts said so far */
   /* seed resolution in progress */
   unsigned resolving;
   char seeds[SEEDS_MAX][80];
@@ -581,6 +582,18 @@ static void on_tick(uv_timer_t *t) {
     return;
   maybe_publish_rl(c);
   uint64_t now = uv_now(c->loop);
+  /* Cloned machines share host names, and a fleet that silently never
+   * forms is the symptom: say it as an error, once a minute while it lasts. */
+  struct swim_stats st = {0};
+  if (c->g)
+    swim_get_stats(gossip_uv_swim(c->g), &st);
+  if (st.name_conflicts > c->conflicts_logged && now >= c->next_conflict_log) {
+    LOG_E("cluster: member name conflict: %s (%llu so far); every node needs its own "
+          "cluster.name (cloned machines share host names)",
+          st.last_conflict, (unsigned long long)st.name_conflicts);
+    c->conflicts_logged = st.name_conflicts;
+    c->next_conflict_log = now + 60 * 1000;
+  }
   if (c->cfg->n_join && swim_num_alive(gossip_uv_swim(c->g)) <= 1 && now >= c->next_join) {
     c->next_join = now + JOIN_RETRY_MS;
     resolve_seeds(c);
@@ -682,6 +695,10 @@ int cluster_start(struct cluster **out, struct node *n) {
                    "Gossip TCP streams (push/pull, fallback probes).");
   metrics_describe("regmesh_gossip_dropped_total", METRIC_COUNTER,
                    "Gossip packets dropped: failed decryption, malformed.");
+  metrics_describe("regmesh_cluster_name_conflicts_total", METRIC_COUNTER,
+                   "Gossip messages claiming a known member's name from another "
+                   "address (two nodes with one cluster.name).");
+  metrics_set("regmesh_cluster_name_conflicts_total", "", 0);
   metrics_describe("regmesh_peer_errors_total", METRIC_COUNTER,
                    "Peer requests that failed, by kind.");
   metrics_describe("regmesh_ratelimit_delegations_total", METRIC_COUNTER,
@@ -804,7 +821,12 @@ char *cluster_members_json(struct cluster *c) {
   json_t *arr = json_array();
   struct members_scan ms = {.c = c, .arr = arr};
   strmap_each(&c->peers, member_json, &ms);
-  json_t *doc = json_pack("{s:s,s:o}", "self", c->self->name, "members", arr);
+  struct swim_stats st = {0};
+  if (c->g)
+    swim_get_stats(gossip_uv_swim(c->g), &st);
+  json_t *doc = json_pack("{s:s,s:o,s:I,s:s}", "self", c->self->name, "members", arr,
+                          "name_conflicts", (json_int_t)st.name_conflicts, "last_conflict",
+                          st.last_conflict);
   char *txt = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
   json_decref(doc);
   return txt;
@@ -856,5 +878,6 @@ void cluster_update_metrics(struct cluster *c) {
     metrics_set("regmesh_gossip_dropped_total", "why=\"auth\"", (int64_t)st.dropped_auth);
     metrics_set("regmesh_gossip_dropped_total", "why=\"malformed\"",
                 (int64_t)st.dropped_malformed);
+    metrics_set("regmesh_cluster_name_conflicts_total", "", (int64_t)st.name_conflicts);
   }
 }

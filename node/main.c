@@ -429,6 +429,14 @@ static int members_print(const char *url, const struct body *b) {
   qsort(rows, n, sizeof *rows, row_cmp);
   print_rows(rows, n);
   print_summary(rows, n);
+  json_t *nc = json_object_get(root, "name_conflicts");
+  if (json_is_integer(nc) && json_integer_value(nc) > 0) {
+    char what[200];
+    term_copy(what, sizeof what, json_string_value(json_object_get(root, "last_conflict")));
+    printf("warning: %lld member name conflict(s), last: %s; every node needs its own "
+           "cluster.name\n",
+           (long long)json_integer_value(nc), what);
+  }
   free(rows);
   json_decref(root);
   return 0;

@@ -337,3 +337,24 @@ def test_join_through_a_dns_name_that_comes_up_later(make_fleet, hub):
     # join retries back off from 1 s; the node re-resolves every 10 s
     fl.wait_converged(2, timeout=40.0, nodes=[early, late])
     assert "joining through" in early.log_text()
+
+
+def test_two_nodes_with_one_name_say_so(make_fleet, hub, regmesh_binary):
+    """Cloned machines share host names: two nodes with one cluster.name
+    never form a fleet, and both log it as an error, count it in
+    regmesh_cluster_name_conflicts_total and show it in `regmesh members`."""
+    fl = make_fleet(hub, 2, start=False, node_opts={0: {"cluster": {"name": "twin"}},
+                                                    1: {"cluster": {"name": "twin"}}})
+    for nd in fl.nodes:
+        nd.start()
+
+    def both_noticed():
+        return all(nd.metric_sum("regmesh_cluster_name_conflicts_total") > 0 and
+                   "member name conflict" in nd.log_text() for nd in fl.nodes)
+    util.wait_until(both_noticed, 20, interval=0.3, what="both nodes to see the conflict")
+    for nd in fl.nodes:
+        errs = [l for l in nd.log_text().splitlines() if "member name conflict" in l]
+        assert errs and " error " in errs[0] and "twin" in errs[0], errs
+        assert len(errs) <= 2, "logged once a minute, not per message: %s" % errs
+        cp = util.run([regmesh_binary, "members", "--admin", nd.host_port], timeout=20)
+        assert "name conflict" in cp.stdout.decode(), cp.stdout

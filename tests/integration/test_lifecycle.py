@@ -2,6 +2,7 @@
 details, and `make install` with a unit systemd accepts."""
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -294,3 +295,27 @@ def test_probes_are_access_logged_only_at_debug(make_node, hub, level):
         assert probes == [], paths
     else:
         assert sorted(probes) == ["/healthz", "/metrics", "/readyz"], paths
+
+
+def test_log_format_json(make_node, hub):
+    """log_format: json: every line the node writes is one JSON object with
+    ts, level and msg; access lines carry their fields with numbers as
+    numbers."""
+    node = make_node([hub_upstream(hub)], extra_yaml="log_format: json\n")
+    assert node.request("GET", "/v2/").status == 200
+    assert node.request("GET", "/v2/no/such/manifests/x%7Fy").status == 400   # TAG_INVALID
+    node.stop()
+    recs = []
+    for line in node.log_text().splitlines():
+        if line.startswith("--- rmtest"):         # the harness's own marker
+            continue
+        rec = json.loads(line)
+        assert {"ts", "level", "msg"} <= set(rec), line
+        assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", rec["ts"]), line
+        recs.append(rec)
+    access = [r for r in recs if r["msg"] == "access"]
+    ok = [r for r in access if r["path"] == "/v2/"]
+    assert ok and ok[0]["status"] == 200 and ok[0]["method"] == "GET", access
+    assert isinstance(ok[0]["bytes"], int) and ok[0]["aborted"] == 0
+    assert any(r["status"] == 400 and r["path"].endswith("x%7Fy") for r in access), access
+    assert any("ready" in r["msg"] for r in recs)
