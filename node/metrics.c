@@ -15,13 +15,14 @@
 #define METRICS_SLOTS 1024
 #define METRIC_NAME_MAX 64
 #define METRIC_LABELS_MAX 160
-#define METRIC_FAMILIES 64
+#define METRIC_FAMILIES 128
 
 struct series {
   char name[METRIC_NAME_MAX];
   char labels[METRIC_LABELS_MAX];
   int64_t value;
-  int used;
+  double fvalue;
+  int used, is_float;
 };
 
 struct family {
@@ -30,7 +31,24 @@ struct family {
   enum metric_type type;
 };
 
+/* Buckets (upper bounds, microseconds): from a cached HEAD to a cold pull
+ * of a big layer. Fixed, so every series of a family lines up. */
+static const uint64_t g_bounds_us[] = {1000,    2500,    5000,    10000,   25000,
+                                       50000,   100000,  250000,  500000,  1000000,
+                                       2500000, 5000000, 10000000, 30000000, 60000000};
+#define HIST_BUCKETS (sizeof g_bounds_us / sizeof g_bounds_us[0])
+#define HIST_SLOTS 256
+
+struct hseries {
+  char name[METRIC_NAME_MAX];
+  char labels[METRIC_LABELS_MAX];
+  uint64_t bucket[HIST_BUCKETS]; /* not cumulative; +Inf is count */
+  uint64_t count, sum_us;
+  int used;
+};
+
 static struct series g_series[METRICS_SLOTS];
+static struct hseries g_hist[HIST_SLOTS];
 static struct family g_families[METRIC_FAMILIES];
 static unsigned g_nfamilies;
 static uint64_t g_dropped;
@@ -72,6 +90,51 @@ static struct series *lookup(const char *name, const char *labels, int create) {
   return NULL;
 }
 
+static struct hseries *hlookup(const char *name, const char *labels, int create) {
+  if (!labels)
+    labels = "";
+  if (strlen(name) >= METRIC_NAME_MAX || strlen(labels) >= METRIC_LABELS_MAX) {
+    g_dropped++;
+    return NULL;
+  }
+  uint32_t h = fnv(name, labels) % HIST_SLOTS;
+  for (unsigned i = 0; i < HIST_SLOTS; i++) {
+    struct hseries *s = &g_hist[(h + i) % HIST_SLOTS];
+    if (!s->used) {
+      if (!create)
+        return NULL;
+      memset(s, 0, sizeof *s);
+      s->used = 1;
+      strcpy(s->name, name);
+      strcpy(s->labels, labels);
+      return s;
+    }
+    if (strcmp(s->name, name) == 0 && strcmp(s->labels, labels) == 0)
+      return s;
+  }
+  if (create)
+    g_dropped++;
+  return NULL;
+}
+
+void metrics_observe_us(const char *name, const char *labels, uint64_t us) {
+  struct hseries *s = hlookup(name, labels, 1);
+  if (!s)
+    return;
+  size_t i = 0;
+  while (i < HIST_BUCKETS && us > g_bounds_us[i])
+    i++;
+  if (i < HIST_BUCKETS)
+    s->bucket[i]++;
+  s->count++;
+  s->sum_us += us;
+}
+
+uint64_t metrics_hist_count(const char *name, const char *labels) {
+  struct hseries *s = hlookup(name, labels, 0);
+  return s ? s->count : 0;
+}
+
 void metrics_describe(const char *name, enum metric_type type, const char *help) {
   for (unsigned i = 0; i < g_nfamilies; i++)
     if (strcmp(g_families[i].name, name) == 0)
@@ -96,6 +159,14 @@ void metrics_set(const char *name, const char *labels, int64_t v) {
     s->value = v;
 }
 
+void metrics_set_float(const char *name, const char *labels, double v) {
+  struct series *s = lookup(name, labels, 1);
+  if (s) {
+    s->is_float = 1;
+    s->fvalue = v;
+  }
+}
+
 int64_t metrics_get(const char *name, const char *labels) {
   struct series *s = lookup(name, labels, 0);
   return s ? s->value : 0;
@@ -113,6 +184,56 @@ static const struct family *family_of(const char *name) {
     if (strcmp(g_families[i].name, name) == 0)
       return &g_families[i];
   return NULL;
+}
+
+static int cmp_hseries(const void *a, const void *b) {
+  const struct hseries *x = *(const struct hseries *const *)a;
+  const struct hseries *y = *(const struct hseries *const *)b;
+  int c = strcmp(x->name, y->name);
+  return c ? c : strcmp(x->labels, y->labels);
+}
+
+static int render_hist(struct buf *out, const struct hseries *s) {
+  const char *sep = s->labels[0] ? "," : "";
+  uint64_t cum = 0;
+  int r = 0;
+  for (size_t i = 0; i < HIST_BUCKETS && r == 0; i++) {
+    cum += s->bucket[i];
+    r = buf_appendf(out, "%s_bucket{%s%sle=\"%g\"} %llu\n", s->name, s->labels, sep,
+                    (double)g_bounds_us[i] / 1e6, (unsigned long long)cum);
+  }
+  if (r == 0)
+    r = buf_appendf(out, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", s->name, s->labels, sep,
+                    (unsigned long long)s->count);
+  const char *lo = s->labels[0] ? "{" : "", *lc = s->labels[0] ? "}" : "";
+  if (r == 0)
+    r = buf_appendf(out, "%s_sum%s%s%s %.6f\n%s_count%s%s%s %llu\n", s->name, lo, s->labels,
+                    lc, (double)s->sum_us / 1e6, s->name, lo, s->labels, lc,
+                    (unsigned long long)s->count);
+  return r;
+}
+
+static int render_hists(struct buf *out) {
+  static struct hseries *order[HIST_SLOTS];
+  size_t n = 0;
+  for (unsigned i = 0; i < HIST_SLOTS; i++)
+    if (g_hist[i].used)
+      order[n++] = &g_hist[i];
+  qsort(order, n, sizeof order[0], cmp_hseries);
+  int r = 0;
+  const char *last = "";
+  for (size_t i = 0; i < n && r == 0; i++) {
+    if (strcmp(order[i]->name, last) != 0) {
+      const struct family *f = family_of(order[i]->name);
+      if (f)
+        r = buf_appendf(out, "# HELP %s %s\n# TYPE %s histogram\n", f->name, f->help,
+                        f->name);
+      last = order[i]->name;
+    }
+    if (r == 0)
+      r = render_hist(out, order[i]);
+  }
+  return r;
 }
 
 int metrics_render(struct buf *out) {
@@ -134,20 +255,31 @@ int metrics_render(struct buf *out) {
       last = s->name;
     }
     if (r == 0) {
-      if (s->labels[0])
-        r = buf_appendf(out, "%s{%s} %lld\n", s->name, s->labels, (long long)s->value);
+      char v[48];
+      if (s->is_float)
+        snprintf(v, sizeof v, "%.6f", s->fvalue);
       else
-        r = buf_appendf(out, "%s %lld\n", s->name, (long long)s->value);
+        snprintf(v, sizeof v, "%lld", (long long)s->value);
+      if (s->labels[0])
+        r = buf_appendf(out, "%s{%s} %s\n", s->name, s->labels, v);
+      else
+        r = buf_appendf(out, "%s %s\n", s->name, v);
     }
   }
+  if (r == 0)
+    r = render_hists(out);
   if (r == 0 && g_dropped)
-    r = buf_appendf(out, "regmesh_metrics_dropped_series_total %llu\n",
+    r = buf_appendf(out, "# HELP regmesh_metrics_dropped_series_total Series not recorded: "
+                         "the table was full or a name too long.\n"
+                         "# TYPE regmesh_metrics_dropped_series_total counter\n"
+                         "regmesh_metrics_dropped_series_total %llu\n",
                     (unsigned long long)g_dropped);
   return r;
 }
 
 void metrics_reset(void) {
   memset(g_series, 0, sizeof g_series);
+  memset(g_hist, 0, sizeof g_hist);
   g_nfamilies = 0;
   g_dropped = 0;
 }

@@ -33,7 +33,10 @@
 #include "../common/strmap.h"
 #include "../config/config.h"
 #include "../storage/storage.h"
+#include "regmesh_commit.h"
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <http_parser.h>
 #include <inttypes.h>
 #include <jansson.h>
@@ -42,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -223,16 +227,38 @@ static void rr_fix_source(struct rreq *r) {
     r->source = "peer";
 }
 
+/* cache_result: what a served blob or manifest was for the cache. A
+ * download shared with another request ("inflight") was a miss all the
+ * same: the bytes were not there. */
+static const char *cache_result(const char *source) {
+  if (strcmp(source, "local") == 0)
+    return "hit";
+  if (strcmp(source, "peer") == 0)
+    return "peer";
+  if (strcmp(source, "stale") == 0)
+    return "stale";
+  return "miss";
+}
+
 static void rr_metrics(struct rreq *r) {
   char labels[96];
   const char *route = r->route_label ? r->route_label : route_kind_str(r->rt.kind);
   snprintf(labels, sizeof labels, "route=\"%s\",status=\"%d\"", route, r->status);
   metrics_add("regmesh_http_requests_total", labels, 1);
+  /* until the response is complete on our side (the last bytes queued) */
+  uint64_t now = uv_now(r->n->loop);
+  uint64_t ms = now > r->req->start_ms ? now - r->req->start_ms : 0;
+  snprintf(labels, sizeof labels, "route=\"%s\",source=\"%s\"", route,
+           r->source ? r->source : "none");
+  metrics_observe_us("regmesh_http_request_duration_seconds", labels, ms * 1000);
   if (r->source && (r->rt.kind == ROUTE_BLOB || r->rt.kind == ROUTE_MANIFEST) &&
       r->status < 300) {
     snprintf(labels, sizeof labels, "source=\"%s\"", r->source);
     metrics_add("regmesh_hits_total", labels, 1);
     metrics_add("regmesh_served_bytes_total", labels, r->sent);
+    snprintf(labels, sizeof labels, "kind=\"%s\",result=\"%s\"",
+             r->rt.kind == ROUTE_BLOB ? "blob" : "manifest", cache_result(r->source));
+    metrics_add("regmesh_cache_requests_total", labels, 1);
   }
 }
 
@@ -268,6 +294,15 @@ static void rr_finish(struct rreq *r, int ok) {
 static int rr_start(struct rreq *r, int status, int64_t len) {
   r->status = status;
   r->started = 1;
+  /* a cold miss: how long the client waited for the first byte */
+  if (r->source && (strcmp(r->source, "upstream") == 0 || strcmp(r->source, "peer") == 0 ||
+                    strcmp(r->source, "inflight") == 0)) {
+    uint64_t now = uv_now(r->n->loop);
+    uint64_t ms = now > r->req->start_ms ? now - r->req->start_ms : 0;
+    metrics_observe_us("regmesh_cold_first_byte_seconds",
+                       r->rt.kind == ROUTE_BLOB ? "kind=\"blob\"" : "kind=\"manifest\"",
+                       ms * 1000);
+  }
   return http_respond_start(r->req, status, r->hdrs, r->nh, len);
 }
 
@@ -1191,9 +1226,49 @@ static void handle_referrers(struct rreq *r) {
 
 /* ---- operational endpoints ------------------------------------------------ */
 
+/* process_*: the names every Prometheus client library exports, read from
+ * /proc (memory, not disk) at scrape time. */
+static time_t g_start_time;
+
+static void process_metrics(void) {
+  struct rusage ru;
+  if (getrusage(RUSAGE_SELF, &ru) == 0)
+    metrics_set_float("process_cpu_seconds_total", "",
+                      (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
+                          ((double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_usec) / 1e6);
+  char buf[128];
+  int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    ssize_t k = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    unsigned long long vm, rss;
+    if (k > 0) {
+      buf[k] = '\0';
+      if (sscanf(buf, "%llu %llu", &vm, &rss) == 2) {
+        long page = sysconf(_SC_PAGESIZE);
+        metrics_set("process_virtual_memory_bytes", "", (int64_t)(vm * (unsigned long long)page));
+        metrics_set("process_resident_memory_bytes", "", (int64_t)(rss * (unsigned long long)page));
+      }
+    }
+  }
+  DIR *d = opendir("/proc/self/fd");
+  if (d) {
+    int64_t nfd = 0;
+    while (readdir(d))
+      nfd++;
+    closedir(d);
+    metrics_set("process_open_fds", "", nfd - 3); /* ., .. and the DIR's own */
+  }
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+    metrics_set("process_max_fds", "", (int64_t)rl.rlim_cur);
+  metrics_set("process_start_time_seconds", "", (int64_t)g_start_time);
+}
+
 static void update_gauges(struct node *n) {
   if (n->cluster)
     cluster_update_metrics(n->cluster);
+  process_metrics();
   struct blobstore_stats st;
   blobstore_get_stats(n->bs, &st);
   metrics_set("regmesh_storage_bytes", "", (int64_t)st.bytes);
@@ -1532,6 +1607,36 @@ void registry_handle(struct http_request *req, void *ud) {
 
 void registry_init(struct node *n) {
   (void)n;
+  g_start_time = time(NULL);
+  metrics_describe("regmesh_build_info", METRIC_GAUGE,
+                   "Always 1; the labels say which regmesh this is.");
+  metrics_set("regmesh_build_info", "version=\"" REGMESH_VERSION "\",commit=\"" REGMESH_COMMIT "\"",
+              1);
+  metrics_describe("process_cpu_seconds_total", METRIC_COUNTER,
+                   "User and system CPU time spent, in seconds.");
+  metrics_describe("process_resident_memory_bytes", METRIC_GAUGE, "Resident memory size.");
+  metrics_describe("process_virtual_memory_bytes", METRIC_GAUGE, "Virtual memory size.");
+  metrics_describe("process_open_fds", METRIC_GAUGE, "Open file descriptors.");
+  metrics_describe("process_max_fds", METRIC_GAUGE, "The limit on open file descriptors.");
+  metrics_describe("process_start_time_seconds", METRIC_GAUGE,
+                   "Start time of the process since the Unix epoch, in seconds.");
+  metrics_describe("regmesh_http_request_duration_seconds", METRIC_HISTOGRAM,
+                   "Time from a request's head to its response complete on the node's "
+                   "side, by route and source.");
+  metrics_describe("regmesh_cold_first_byte_seconds", METRIC_HISTOGRAM,
+                   "For blobs and manifests not in the cache: time from the request's head "
+                   "to the response's status line.");
+  metrics_describe("regmesh_cache_requests_total", METRIC_COUNTER,
+                   "Blobs and manifests served, by what they were for the cache: hit (on "
+                   "disk), miss (fetched, or sharing a fetch), peer (from the fleet), stale.");
+  static const char *const results[] = {"hit", "miss", "peer", "stale"};
+  for (size_t i = 0; i < 4; i++) {
+    char labels[64];
+    snprintf(labels, sizeof labels, "kind=\"blob\",result=\"%s\"", results[i]);
+    metrics_add("regmesh_cache_requests_total", labels, 0);
+    snprintf(labels, sizeof labels, "kind=\"manifest\",result=\"%s\"", results[i]);
+    metrics_add("regmesh_cache_requests_total", labels, 0);
+  }
   metrics_describe("regmesh_denied_total", METRIC_COUNTER,
                    "Requests refused: why=allow (address outside allow:), auth (no or wrong "
                    "login), peer_auth (peer request without a valid signature).");
@@ -1548,7 +1653,8 @@ void registry_init(struct node *n) {
   metrics_describe("regmesh_http_requests_total", METRIC_COUNTER,
                    "HTTP requests by API route and status.");
   metrics_describe("regmesh_hits_total", METRIC_COUNTER,
-                   "Blob and manifest responses by source (local, inflight, upstream, stale).");
+                   "Deprecated, use regmesh_cache_requests_total: blob and manifest "
+                   "responses by source (local, inflight, upstream, peer, stale).");
   metrics_describe("regmesh_served_bytes_total", METRIC_COUNTER,
                    "Body bytes sent to clients by source.");
   metrics_describe("regmesh_stale_tags_served_total", METRIC_COUNTER,

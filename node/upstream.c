@@ -61,6 +61,7 @@
 #define UP_LOW_SPEED_BYTES 1024L
 
 #define M_REQUESTS "regmesh_upstream_requests_total"
+#define M_DURATION "regmesh_upstream_request_duration_seconds"
 #define M_BYTES "regmesh_upstream_bytes_total"
 #define M_RL_REMAINING "regmesh_upstream_ratelimit_remaining"
 
@@ -216,6 +217,7 @@ struct upstream_req {
   size_t max_body;
   int internal; /* ping or token: no ping, no auth rounds */
   int brk_probe; /* this attempt is the half-open circuit's probe */
+  uint64_t t0_ms; /* created (uv_now), for the latency histogram */
   struct upstream_cbs cbs;
   void *ud;
   /* links */
@@ -417,6 +419,7 @@ static struct upstream_req *req_new(struct upstream *u, const char *url,
   }
   r->id = ++c->next_id;
   r->c = c;
+  r->t0_ms = uv_now(c->loop);
   r->u = u;
   r->state = UPREQ_NEW;
   r->expect_len = -1;
@@ -590,6 +593,13 @@ static void req_complete(struct upstream_req *r) {
   if (r->err && r->err != UV_ECANCELED && !r->internal)
     LOG_D("upstream %s req %u (%s): %s", r->u->cfg.host, r->id, r->kind,
           rm_strerror(r->err));
+  if (!r->done_called && !r->u->is_peer && r->err != UV_ECANCELED) {
+    /* the whole request: retries, auth rounds and body included */
+    char labels[256];
+    uint64_t now = uv_now(r->c->loop);
+    snprintf(labels, sizeof labels, "%s,kind=\"%s\"", r->u->labels, r->kind);
+    metrics_observe_us(M_DURATION, labels, (now > r->t0_ms ? now - r->t0_ms : 0) * 1000);
+  }
   if (!r->done_called) {
     r->done_called = 1;
     if (r->cbs.on_done)
@@ -1650,6 +1660,9 @@ int upclient_new(struct upclient **out, uv_loop_t *loop) {
   c->idle.data = c;
   c->open_handles = 2;
   metrics_describe(M_REQUESTS, METRIC_COUNTER, "HTTP exchanges with upstream registries");
+  metrics_describe(M_DURATION, METRIC_HISTOGRAM,
+                   "Upstream requests from start to end (retries, auth and body included), "
+                   "by upstream and kind.");
   metrics_describe(M_BYTES, METRIC_COUNTER,
                    "Body bytes received from upstream registries");
   metrics_describe(M_RL_REMAINING, METRIC_GAUGE,

@@ -1,13 +1,14 @@
 """The registry API regmesh serves, spoken to directly (http.client)."""
 
 import json
+import shutil
 import threading
 import time
 
 import pytest
 
-from rmtest import images, util
-from rmtest.checks import raw_exchange, split_head, stream_get, tls_client_hello
+from rmtest import images, regmesh, util
+from rmtest.checks import pull_via_http, raw_exchange, split_head, stream_get, tls_client_hello
 
 
 def _json_error(r, status, code):
@@ -216,3 +217,33 @@ def test_head_missing_blob_does_not_fetch_body(node, hub, catalog):
     assert hub.log.get_bytes(mark) < 1 << 20
     r = node.request("HEAD", "/v2/%s/blobs/sha256:%s" % (catalog.big.repo, "1" * 64))
     assert r.status == 404 and r.body == b""
+
+
+def test_metrics_pass_promtool(node, catalog, test_dir):
+    """/metrics after real traffic is clean for `promtool check metrics`,
+    with histograms, build info, process metrics and the cache results."""
+    promtool = shutil.which("promtool")
+    if not promtool:
+        pytest.skip("promtool (Debian package prometheus) is not installed")
+    pull_via_http(node.url, catalog.multi)
+    pull_via_http(node.url, catalog.multi)                  # now from the cache
+    text = node.request("GET", "/metrics").body
+    cp = util.run([promtool, "check", "metrics"], timeout=30, check=False, input=text)
+    assert cp.returncode == 0 and not cp.stdout.strip() and not cp.stderr.strip(), (
+        cp.stdout.decode() + cp.stderr.decode())
+    t = text.decode()
+    for want in ('regmesh_build_info{version="', "process_cpu_seconds_total ",
+                 "process_resident_memory_bytes ", "process_open_fds ",
+                 'regmesh_http_request_duration_seconds_bucket{route="blob",source="local",le="',
+                 'regmesh_upstream_request_duration_seconds_count{upstream="docker.io",kind="',
+                 'regmesh_cold_first_byte_seconds_count{kind="blob"}',
+                 'regmesh_cache_requests_total{kind="blob",result="stale"} 0',
+                 'regmesh_upstream_circuit_state{upstream="docker.io",state="closed"} 1'):
+        assert want in t, want
+    m = regmesh.parse_metrics(t)
+    hits = sum(v for n, lb, v in m if n == "regmesh_cache_requests_total"
+               and lb.get("kind") == "blob" and lb.get("result") == "hit")
+    misses = sum(v for n, lb, v in m if n == "regmesh_cache_requests_total"
+                 and lb.get("kind") == "blob" and lb.get("result") == "miss")
+    n_blobs = len(catalog.multi.own_blobs())
+    assert hits >= n_blobs and misses >= n_blobs, (hits, misses)
