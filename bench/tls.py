@@ -13,6 +13,8 @@ One run starts, on 127.0.0.1 only:
     the same URL paths;
   - two plain-HTTP regmesh nodes, one with an `allow:` list and one without,
     each seeded the same way;
+  - with --baseline-bin OLD, two more plain nodes, this build and OLD, to
+    show a change costs no throughput (--no-tls --no-plain for that alone);
 then runs wrk against each side, interleaved (the order flips every round),
 `--reps` rounds, and prints medians [min-max] and the ratios:
   - 256 MiB blob, `wrk -t1 -c2`: MiB/s and server CPU seconds per GiB sent
@@ -222,7 +224,7 @@ class TLSBench:
         self.crt, self.key = os.path.join(ca, "bench.crt"), os.path.join(ca, "bench.key")
 
     # -- servers -------------------------------------------------------------
-    def regmesh(self, label, tls=False, allow=None):
+    def regmesh(self, label, tls=False, allow=None, binary=None):
         d = self._dir(label)
         port = rb.free_port()
         cfg = os.path.join(d, "regmesh.yml")
@@ -238,7 +240,7 @@ class TLSBench:
             lines.append("allow: [%s]" % ", ".join(allow))
         with open(cfg, "w") as f:
             f.write("\n".join(lines) + "\n")
-        srv = Proc(label, [self.a.regmesh_bin, "serve", "--config", cfg], port, d,
+        srv = Proc(label, [binary or self.a.regmesh_bin, "serve", "--config", cfg], port, d,
                    scheme="https" if tls else "http").start()
         for key, (path, digest, size) in self.blobs.items():
             got = fetch_sha(srv.url(path), self.ca)
@@ -339,9 +341,13 @@ http {{
 
         big, small = rb.human(self.blobs["big"][2]), rb.human(self.blobs["small"][2])
         rows = []
+        groups = {g for (m, _) in self.res for g in [m.split(":")[0]]}
         for group, left, right, lname, rname in (
                 ("tls", "regmesh-tls", "nginx", "regmesh TLS", "nginx TLS"),
-                ("plain", "regmesh-allow", "regmesh-open", "regmesh allow:", "regmesh no allow:")):
+                ("plain", "regmesh-allow", "regmesh-open", "regmesh allow:", "regmesh no allow:"),
+                ("base", "regmesh-new", "regmesh-old", "this build", "baseline")):
+            if group not in groups:
+                continue
             rows.append([f"[{group}]", lname, rname, "ratio (left/right)"])
             for metric, label, digits in (
                     (f"{group}:big:mibs", f"{big} blob -t1 -c2, MiB/s", 1),
@@ -355,12 +361,16 @@ http {{
         widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(4)]
         out = ["", f"regmesh TLS bench: {a.reps} rounds x {a.secs}s per wrk run, interleaved; "
                    f"{os.cpu_count()} CPUs; load average at end {rb.loadavg()}",
-               f"regmesh: {a.regmesh_desc}", f"nginx: {self.nginx_version}", ""]
+               f"regmesh: {a.regmesh_desc}", f"nginx: {self.nginx_version}"]
+        if a.baseline_bin:
+            out.append(f"baseline: {a.baseline_desc}")
+        out.append("")
         for row in rows:
             out.append(" | ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
         out.append("")
         out.append("CPU s per GiB: server utime+stime over the wrk run / GiB wrk read "
-                   "(lower is better); ratios are regmesh/nginx and allow/no-allow.")
+                   "(lower is better); ratios are regmesh/nginx, allow/no-allow and "
+                   "this build/baseline.")
         if self.errors:
             out.append("")
             out.append("errors:")
@@ -379,6 +389,9 @@ def parse_args(argv):
     p.add_argument("--regmesh-log-level", default="info",
                    help="info (default) logs every request, as nginx's access_log does")
     p.add_argument("--no-plain", action="store_true", help="skip the plain-HTTP allow: pair")
+    p.add_argument("--no-tls", action="store_true", help="skip the TLS vs nginx pair")
+    p.add_argument("--baseline-bin",
+                   help="also compare this build's plain listener with an older regmesh binary")
     p.add_argument("--keep-tmp", action="store_true")
     a = p.parse_args(argv)
     a.big_mib = a.big_mib if a.big_mib is not None else (64 if a.quick else 256)
@@ -388,6 +401,13 @@ def parse_args(argv):
         a.regmesh_bin = os.environ.get("REGMESH_BIN") or os.path.join(
             os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "regmesh")
     return a
+
+
+def describe_bin(src, dest):
+    shutil.copy2(src, dest)
+    with open(dest, "rb") as f:
+        return (f"{src} (mtime {time.strftime('%Y-%m-%d %H:%M', time.localtime(os.path.getmtime(src)))}"
+                f", sha256 {hashlib.sha256(f.read()).hexdigest()[:12]})")
 
 
 def main(argv):
@@ -406,21 +426,28 @@ def main(argv):
     try:
         src = a.regmesh_bin
         a.regmesh_bin = os.path.join(tmp, "regmesh")
-        shutil.copy2(src, a.regmesh_bin)
-        with open(a.regmesh_bin, "rb") as f:
-            a.regmesh_desc = (f"{src} (mtime {time.strftime('%Y-%m-%d %H:%M', time.localtime(os.path.getmtime(src)))}"
-                              f", sha256 {hashlib.sha256(f.read()).hexdigest()[:12]})")
+        a.regmesh_desc = describe_bin(src, a.regmesh_bin)
+        if a.baseline_bin:
+            src = a.baseline_bin
+            a.baseline_bin = os.path.join(tmp, "regmesh-baseline")
+            a.baseline_desc = describe_bin(src, a.baseline_bin)
         b = TLSBench(a, tmp)
         b.nginx_version = subprocess.run([NGINX, "-v"], capture_output=True).stderr.decode().strip()
         b.upstream_and_blobs()
         b.certificates()
-        rm_tls = b.regmesh("regmesh-tls", tls=True)
-        ngx = b.nginx()
-        pairs = [("tls", [("regmesh-tls", rm_tls), ("nginx", ngx)])]
+        pairs = []
+        if not a.no_tls:
+            rm_tls = b.regmesh("regmesh-tls", tls=True)
+            ngx = b.nginx()
+            pairs.append(("tls", [("regmesh-tls", rm_tls), ("nginx", ngx)]))
         if not a.no_plain:
             rm_allow = b.regmesh("regmesh-allow", allow=["127.0.0.0/8", "10.0.0.0/8"])
             rm_open = b.regmesh("regmesh-open")
             pairs.append(("plain", [("regmesh-allow", rm_allow), ("regmesh-open", rm_open)]))
+        if a.baseline_bin:
+            new = b.regmesh("regmesh-new")
+            old = b.regmesh("regmesh-old", binary=a.baseline_bin)
+            pairs.append(("base", [("regmesh-new", new), ("regmesh-old", old)]))
         b.measure(pairs)
         b.report()
         log(f"done in {time.monotonic() - t0:.0f}s")
