@@ -93,6 +93,15 @@ static void json_open(struct line *l, enum log_level level, const char *msg) {
   put_json_str(l, msg);
 }
 
+/* the opening of a text line: "<time> <level> <msg>" */
+static void text_open(struct line *l, enum log_level level, const char *msg) {
+  put_time(l);
+  put(l, " ", 1);
+  put(l, level_names[level], strlen(level_names[level]));
+  put(l, " ", 1);
+  put(l, msg, strlen(msg));
+}
+
 void log_event(enum log_level level, const char *msg, const struct log_field *f, size_t n) {
   if (level < g_level)
     return;
@@ -113,11 +122,7 @@ void log_event(enum log_level level, const char *msg, const struct log_field *f,
     }
     l.b[l.n++] = '}';
   } else {
-    put_time(&l);
-    put(&l, " ", 1);
-    put(&l, level_names[level], strlen(level_names[level]));
-    put(&l, " ", 1);
-    put(&l, msg, strlen(msg));
+    text_open(&l, level, msg);
     for (size_t i = 0; i < n; i++) {
       put(&l, " ", 1);
       put(&l, f[i].key, strlen(f[i].key));
@@ -162,11 +167,7 @@ void log_msg(enum log_level level, const char *fmt, ...) {
     json_open(&l, level, msg);
     l.b[l.n++] = '}';
   } else {
-    put_time(&l);
-    put(&l, " ", 1);
-    put(&l, level_names[level], strlen(level_names[level]));
-    put(&l, " ", 1);
-    put(&l, msg, strlen(msg));
+    text_open(&l, level, msg);
   }
   line_write(&l);
 }

@@ -17,12 +17,18 @@
 #define METRIC_LABELS_MAX 160
 #define METRIC_FAMILIES 128
 
-struct series {
+/* what both tables (plain series, histograms) key their slots by */
+struct skey {
   char name[METRIC_NAME_MAX];
   char labels[METRIC_LABELS_MAX];
+  int used;
+};
+
+struct series {
+  struct skey k; /* first: probe() sees slots as keys */
   int64_t value;
   double fvalue;
-  int used, is_float;
+  int is_float;
 };
 
 struct family {
@@ -40,11 +46,9 @@ static const uint64_t g_bounds_us[] = {1000,    2500,    5000,    10000,   25000
 #define HIST_SLOTS 256
 
 struct hseries {
-  char name[METRIC_NAME_MAX];
-  char labels[METRIC_LABELS_MAX];
+  struct skey k;
   uint64_t bucket[HIST_BUCKETS]; /* not cumulative; +Inf is count */
   uint64_t count, sum_us;
-  int used;
 };
 
 static struct series g_series[METRICS_SLOTS];
@@ -63,58 +67,43 @@ static uint32_t fnv(const char *a, const char *b) {
   return h;
 }
 
-static struct series *lookup(const char *name, const char *labels, int create) {
+/* probe finds (name, labels) in a table of `slots` elements of `size`
+ * bytes, each starting with a struct skey; with create, a new slot is
+ * zeroed and keyed. NULL when absent, or when full (counted). */
+static void *probe(void *table, size_t size, unsigned slots, const char *name,
+                   const char *labels, int create) {
   if (!labels)
     labels = "";
   if (strlen(name) >= METRIC_NAME_MAX || strlen(labels) >= METRIC_LABELS_MAX) {
     g_dropped++;
     return NULL;
   }
-  uint32_t h = fnv(name, labels) % METRICS_SLOTS;
-  for (unsigned i = 0; i < METRICS_SLOTS; i++) {
-    struct series *s = &g_series[(h + i) % METRICS_SLOTS];
-    if (!s->used) {
+  uint32_t h = fnv(name, labels) % slots;
+  for (unsigned i = 0; i < slots; i++) {
+    struct skey *k = (struct skey *)((char *)table + (size_t)((h + i) % slots) * size);
+    if (!k->used) {
       if (!create)
         return NULL;
-      s->used = 1;
-      strcpy(s->name, name);
-      strcpy(s->labels, labels);
-      s->value = 0;
-      return s;
+      memset(k, 0, size);
+      k->used = 1;
+      strcpy(k->name, name);
+      strcpy(k->labels, labels);
+      return k;
     }
-    if (strcmp(s->name, name) == 0 && strcmp(s->labels, labels) == 0)
-      return s;
+    if (strcmp(k->name, name) == 0 && strcmp(k->labels, labels) == 0)
+      return k;
   }
   if (create)
     g_dropped++;
   return NULL;
 }
 
+static struct series *lookup(const char *name, const char *labels, int create) {
+  return probe(g_series, sizeof g_series[0], METRICS_SLOTS, name, labels, create);
+}
+
 static struct hseries *hlookup(const char *name, const char *labels, int create) {
-  if (!labels)
-    labels = "";
-  if (strlen(name) >= METRIC_NAME_MAX || strlen(labels) >= METRIC_LABELS_MAX) {
-    g_dropped++;
-    return NULL;
-  }
-  uint32_t h = fnv(name, labels) % HIST_SLOTS;
-  for (unsigned i = 0; i < HIST_SLOTS; i++) {
-    struct hseries *s = &g_hist[(h + i) % HIST_SLOTS];
-    if (!s->used) {
-      if (!create)
-        return NULL;
-      memset(s, 0, sizeof *s);
-      s->used = 1;
-      strcpy(s->name, name);
-      strcpy(s->labels, labels);
-      return s;
-    }
-    if (strcmp(s->name, name) == 0 && strcmp(s->labels, labels) == 0)
-      return s;
-  }
-  if (create)
-    g_dropped++;
-  return NULL;
+  return probe(g_hist, sizeof g_hist[0], HIST_SLOTS, name, labels, create);
 }
 
 void metrics_observe_us(const char *name, const char *labels, uint64_t us) {
@@ -175,8 +164,8 @@ int64_t metrics_get(const char *name, const char *labels) {
 static int cmp_series(const void *a, const void *b) {
   const struct series *x = *(const struct series *const *)a;
   const struct series *y = *(const struct series *const *)b;
-  int c = strcmp(x->name, y->name);
-  return c ? c : strcmp(x->labels, y->labels);
+  int c = strcmp(x->k.name, y->k.name);
+  return c ? c : strcmp(x->k.labels, y->k.labels);
 }
 
 static const struct family *family_of(const char *name) {
@@ -189,26 +178,26 @@ static const struct family *family_of(const char *name) {
 static int cmp_hseries(const void *a, const void *b) {
   const struct hseries *x = *(const struct hseries *const *)a;
   const struct hseries *y = *(const struct hseries *const *)b;
-  int c = strcmp(x->name, y->name);
-  return c ? c : strcmp(x->labels, y->labels);
+  int c = strcmp(x->k.name, y->k.name);
+  return c ? c : strcmp(x->k.labels, y->k.labels);
 }
 
 static int render_hist(struct buf *out, const struct hseries *s) {
-  const char *sep = s->labels[0] ? "," : "";
+  const char *sep = s->k.labels[0] ? "," : "";
   uint64_t cum = 0;
   int r = 0;
   for (size_t i = 0; i < HIST_BUCKETS && r == 0; i++) {
     cum += s->bucket[i];
-    r = buf_appendf(out, "%s_bucket{%s%sle=\"%g\"} %llu\n", s->name, s->labels, sep,
+    r = buf_appendf(out, "%s_bucket{%s%sle=\"%g\"} %llu\n", s->k.name, s->k.labels, sep,
                     (double)g_bounds_us[i] / 1e6, (unsigned long long)cum);
   }
   if (r == 0)
-    r = buf_appendf(out, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", s->name, s->labels, sep,
+    r = buf_appendf(out, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", s->k.name, s->k.labels, sep,
                     (unsigned long long)s->count);
-  const char *lo = s->labels[0] ? "{" : "", *lc = s->labels[0] ? "}" : "";
+  const char *lo = s->k.labels[0] ? "{" : "", *lc = s->k.labels[0] ? "}" : "";
   if (r == 0)
-    r = buf_appendf(out, "%s_sum%s%s%s %.6f\n%s_count%s%s%s %llu\n", s->name, lo, s->labels,
-                    lc, (double)s->sum_us / 1e6, s->name, lo, s->labels, lc,
+    r = buf_appendf(out, "%s_sum%s%s%s %.6f\n%s_count%s%s%s %llu\n", s->k.name, lo, s->k.labels,
+                    lc, (double)s->sum_us / 1e6, s->k.name, lo, s->k.labels, lc,
                     (unsigned long long)s->count);
   return r;
 }
@@ -217,18 +206,18 @@ static int render_hists(struct buf *out) {
   static struct hseries *order[HIST_SLOTS];
   size_t n = 0;
   for (unsigned i = 0; i < HIST_SLOTS; i++)
-    if (g_hist[i].used)
+    if (g_hist[i].k.used)
       order[n++] = &g_hist[i];
   qsort(order, n, sizeof order[0], cmp_hseries);
   int r = 0;
   const char *last = "";
   for (size_t i = 0; i < n && r == 0; i++) {
-    if (strcmp(order[i]->name, last) != 0) {
-      const struct family *f = family_of(order[i]->name);
+    if (strcmp(order[i]->k.name, last) != 0) {
+      const struct family *f = family_of(order[i]->k.name);
       if (f)
         r = buf_appendf(out, "# HELP %s %s\n# TYPE %s histogram\n", f->name, f->help,
                         f->name);
-      last = order[i]->name;
+      last = order[i]->k.name;
     }
     if (r == 0)
       r = render_hist(out, order[i]);
@@ -240,19 +229,19 @@ int metrics_render(struct buf *out) {
   static struct series *order[METRICS_SLOTS];
   size_t n = 0;
   for (unsigned i = 0; i < METRICS_SLOTS; i++)
-    if (g_series[i].used)
+    if (g_series[i].k.used)
       order[n++] = &g_series[i];
   qsort(order, n, sizeof order[0], cmp_series);
   int r = 0;
   const char *last = "";
   for (size_t i = 0; i < n && r == 0; i++) {
     struct series *s = order[i];
-    if (strcmp(s->name, last) != 0) {
-      const struct family *f = family_of(s->name);
+    if (strcmp(s->k.name, last) != 0) {
+      const struct family *f = family_of(s->k.name);
       if (f)
         r = buf_appendf(out, "# HELP %s %s\n# TYPE %s %s\n", f->name, f->help,
                         f->name, f->type == METRIC_COUNTER ? "counter" : "gauge");
-      last = s->name;
+      last = s->k.name;
     }
     if (r == 0) {
       char v[48];
@@ -260,10 +249,10 @@ int metrics_render(struct buf *out) {
         snprintf(v, sizeof v, "%.6f", s->fvalue);
       else
         snprintf(v, sizeof v, "%lld", (long long)s->value);
-      if (s->labels[0])
-        r = buf_appendf(out, "%s{%s} %s\n", s->name, s->labels, v);
+      if (s->k.labels[0])
+        r = buf_appendf(out, "%s{%s} %s\n", s->k.name, s->k.labels, v);
       else
-        r = buf_appendf(out, "%s %s\n", s->name, v);
+        r = buf_appendf(out, "%s %s\n", s->k.name, v);
     }
   }
   if (r == 0)
