@@ -57,6 +57,11 @@ struct node {
   uv_fs_t health_fs;
   int health_init, health_busy;
   int storage_writable;
+  /* SIGHUP: the config file is read on the thread pool */
+  uv_work_t reload_work;
+  struct config *reload_cfg; /* the new one, NULL if it did not load */
+  char reload_err[512];
+  int reload_busy, reload_again;
   /* private upstreams: "<upstream>|<repo>|<hex>" -> expiry (unix s) of an
    * upstream HEAD that confirmed the blob under that repository */
   struct strmap *confirmed;

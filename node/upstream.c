@@ -1832,6 +1832,12 @@ void upstream_free(struct upstream *u) {
   free(u);
 }
 
+void upstream_apply_ttls(struct upstream *u, const struct config_upstream *from) {
+  u->cfg.tag_ttl_ms = from->tag_ttl_ms;
+  u->cfg.tags_list_ttl_ms = from->tags_list_ttl_ms;
+  u->cfg.resolve_timeout_ms = from->resolve_timeout_ms;
+}
+
 const struct config_upstream *upstream_config(const struct upstream *u) {
   return &u->cfg;
 }

@@ -319,3 +319,52 @@ def test_log_format_json(make_node, hub):
     assert isinstance(ok[0]["bytes"], int) and ok[0]["aborted"] == 0
     assert any(r["status"] == 400 and r["path"].endswith("x%7Fy") for r in access), access
     assert any("ready" in r["msg"] for r in recs)
+
+
+def test_sighup_applies_ttls_and_refuses_a_broken_config(make_node, make_proxy, make_registry,
+                                                         catalog, shutdown_blob):
+    """SIGHUP with a shorter tags_list_ttl: applied (the next list asks the
+    upstream). SIGHUP with a broken file: refused with check-config's
+    file:line:col message, the node keeps serving, and a transfer in flight
+    across both reloads completes."""
+    blob, img = shutdown_blob, catalog.multi
+    reg = make_registry("reload", [img])
+    images.RegistryClient(reg.url).upload_blob("big/shutdown", blob)
+    px = make_proxy(reg.url)
+    node = make_node([regmesh.Upstream("docker.io", px.url, default=True, tag_ttl="1h")])
+    path = "/v2/big/shutdown/blobs/%s" % blob.digest
+    assert stream_get(node.url, path, timeout=120) == (200, blob.digest, blob.size)
+    rd = _SlowReader(node.port, path, rate=blob.size / 6)
+    rd.start()
+    assert rd.started_body.wait(20) and rd.status == 200
+
+    tags = "/v2/%s/tags/list" % img.repo
+
+    def lists():
+        return len([r for r in px.requests if r[1].split("?")[0].endswith("/tags/list")])
+    assert node.request("GET", tags).status == 200
+    before = lists()
+    assert node.request("GET", tags).status == 200
+    assert lists() == before, "the tags list is cached for the default 30 s"
+
+    text = open(node.config_path).read()
+    with open(node.config_path, "w") as f:
+        f.write(text.replace("    tag_ttl: 1h\n", "    tag_ttl: 1h\n    tags_list_ttl: 1s\n"))
+    mark = node.log_mark()
+    os.kill(node.pid, signal.SIGHUP)
+    util.wait_until(lambda: "reloaded" in node.log_text()[mark:], 10, what="the reload")
+    time.sleep(1.2)
+    assert node.request("GET", tags).status == 200
+    assert lists() > before, "tags_list_ttl 1s from the reload was not applied"
+
+    with open(node.config_path, "w") as f:
+        f.write(text.replace("storage:", "storage: [", 1))
+    mark = node.log_mark()
+    os.kill(node.pid, signal.SIGHUP)
+    util.wait_until(lambda: "refused" in node.log_text()[mark:], 10, what="the refusal")
+    refusal = [l for l in node.log_text()[mark:].splitlines() if "refused" in l][0]
+    assert re.search(re.escape(node.config_path) + r":\d+:\d+: ", refusal), refusal
+    assert node.alive()
+    assert stream_get(node.url, path, timeout=60) == (200, blob.digest, blob.size)
+    rd.join(60)
+    assert rd.error is None and (rd.got, rd.digest) == (blob.size, blob.digest)
