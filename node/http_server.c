@@ -436,6 +436,9 @@ static void conn_retire(struct http_conn *c) {
   if (!c->has_req)
     return;
   c->has_req = 0;
+  enum log_level lvl = r->log_quiet ? LOG_DEBUG : LOG_INFO;
+  if (c->srv->limits.no_access_log || !log_enabled(lvl))
+    return;
   char path[1024], query[512];
   const char *method = c->head_done ? http_method_str(c->method) : "-";
   if (r->path)
@@ -446,7 +449,6 @@ static void conn_retire(struct http_conn *c) {
     conn_escape(query, sizeof query, r->query, r->query_len);
   uint64_t now = uv_now(c->srv->loop);
   uint64_t ms = now > r->start_ms ? now - r->start_ms : 0;
-  enum log_level lvl = r->log_quiet ? LOG_DEBUG : LOG_INFO;
   if (log_get_format() == LOG_FORMAT_JSON) {
     struct log_field f[] = {
         {"id", NULL, (int64_t)r->id},

@@ -74,6 +74,7 @@ struct http_server_limits {
   uint64_t idle_timeout_ms;   /* keep-alive idle */
   uint64_t send_timeout_ms;   /* no write progress for this long: close */
   unsigned max_connections;   /* beyond this, new connections are closed */
+  int no_access_log;          /* `access_log: false`: no line per request */
 };
 
 /* http_server_new: server on loop; handler gets every request. limits may

@@ -257,6 +257,7 @@ int node_start(struct node *n, uv_loop_t *loop, struct config *cfg) {
       .idle_timeout_ms = cfg->http.idle_timeout_ms,
       .send_timeout_ms = cfg->http.send_timeout_ms,
       .max_connections = cfg->http.max_connections,
+      .no_access_log = !cfg->access_log,
   };
   if ((r = http_server_new(&n->http, loop, &lim, registry_handle, n)) != 0)
     return r;

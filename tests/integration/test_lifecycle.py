@@ -368,3 +368,12 @@ def test_sighup_applies_ttls_and_refuses_a_broken_config(make_node, make_proxy, 
     assert stream_get(node.url, path, timeout=60) == (200, blob.digest, blob.size)
     rd.join(60)
     assert rd.error is None and (rd.got, rd.digest) == (blob.size, blob.digest)
+
+
+def test_access_log_false_writes_no_request_lines(make_node, hub):
+    node = make_node([hub_upstream(hub)], extra_yaml="access_log: false\n")
+    mark = node.log_mark()
+    assert node.request("GET", "/v2/").status == 200
+    assert node.request("GET", "/v2/no/such/manifests/x").status >= 400
+    assert node.access(since=mark) == []
+    assert "ready" in node.log_text()          # the rest of the log is there
