@@ -156,20 +156,24 @@ def http_get_status(port, path, timeout=2.0):
         c.close()
 
 
+def read_sha256(resp):
+    """Reads an http.client response to its end: (status, sha256 digest, size)."""
+    h, n = hashlib.sha256(), 0
+    while True:
+        chunk = resp.read(MiB)
+        if not chunk:
+            break
+        h.update(chunk)
+        n += len(chunk)
+    return resp.status, "sha256:" + h.hexdigest(), n
+
+
 def get_blob_sha256(port, name, digest, timeout=300):
     """GET a blob through port, streaming; returns (status, sha256 digest, size)."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         c.request("GET", f"/v2/{name}/blobs/{digest}")
-        r = c.getresponse()
-        h, n = hashlib.sha256(), 0
-        while True:
-            chunk = r.read(MiB)
-            if not chunk:
-                break
-            h.update(chunk)
-            n += len(chunk)
-        return r.status, "sha256:" + h.hexdigest(), n
+        return read_sha256(c.getresponse())
     finally:
         c.close()
 

@@ -128,15 +128,7 @@ def fetch_sha(url, cafile, timeout=300):
         c = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         c.request("GET", path)
-        r = c.getresponse()
-        h, n = hashlib.sha256(), 0
-        while True:
-            chunk = r.read(MiB)
-            if not chunk:
-                break
-            h.update(chunk)
-            n += len(chunk)
-        return r.status, "sha256:" + h.hexdigest(), n
+        return rb.read_sha256(c.getresponse())
     finally:
         c.close()
 

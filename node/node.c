@@ -68,15 +68,12 @@ static void reload_apply(struct node *n, struct config *c) {
   n->cfg->shutdown_timeout_ms = c->shutdown_timeout_ms;
   size_t applied = 0;
   for (size_t i = 0; i < n->cfg->n_upstreams; i++) {
-    struct config_upstream *old = &n->cfg->upstreams[i];
-    const struct config_upstream *nu = config_upstream_find(c, old->host, strlen(old->host));
-    if (!nu)
-      continue;
-    old->tag_ttl_ms = nu->tag_ttl_ms;
-    old->tags_list_ttl_ms = nu->tags_list_ttl_ms;
-    old->resolve_timeout_ms = nu->resolve_timeout_ms;
-    upstream_apply_ttls(n->ups[i], nu);
-    applied++;
+    const char *host = n->cfg->upstreams[i].host;
+    const struct config_upstream *nu = config_upstream_find(c, host, strlen(host));
+    if (nu) {
+      upstream_apply_ttls(n->ups[i], nu); /* what tags and tags/list read */
+      applied++;
+    }
   }
   LOG_I("SIGHUP: %s reloaded: log_level, log_format, shutdown_timeout and the TTLs of "
         "%zu upstream(s) applied; listeners, storage, the upstream list, URLs, "
@@ -84,7 +81,7 @@ static void reload_apply(struct node *n, struct config *c) {
         n->cfg->path, applied);
 }
 
-static void on_sighup(uv_signal_t *h, int signum);
+static void reload_config(struct node *n);
 
 static void reload_done(uv_work_t *w, int status) {
   struct node *n = w->data;
@@ -104,7 +101,7 @@ static void reload_done(uv_work_t *w, int status) {
   }
   if (n->reload_again && !n->stopping) {
     n->reload_again = 0;
-    on_sighup(&n->sighup, SIGHUP);
+    reload_config(n); /* a SIGHUP came while the file was being read */
   }
 }
 
@@ -114,7 +111,7 @@ static void reload_config(struct node *n) {
     return;
   }
   if (n->reload_busy) {
-    n->reload_again = 1; /* the file changed again while it was being read */
+    n->reload_again = 1; /* read it once more when this read is done */
     return;
   }
   n->reload_work.data = n;

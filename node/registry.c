@@ -295,8 +295,8 @@ static int rr_start(struct rreq *r, int status, int64_t len) {
   r->status = status;
   r->started = 1;
   /* a cold miss: how long the client waited for the first byte */
-  if (r->source && (strcmp(r->source, "upstream") == 0 || strcmp(r->source, "peer") == 0 ||
-                    strcmp(r->source, "inflight") == 0)) {
+  const char *result = r->source ? cache_result(r->source) : "";
+  if (strcmp(result, "miss") == 0 || strcmp(result, "peer") == 0) {
     uint64_t now = uv_now(r->n->loop);
     uint64_t ms = now > r->req->start_ms ? now - r->req->start_ms : 0;
     metrics_observe_us("regmesh_cold_first_byte_seconds",
@@ -1195,7 +1195,8 @@ static void handle_tags(struct rreq *r) {
     return;
   }
   struct tagslist_entry *e = tags_cached(r);
-  uint64_t ttl = r->n->cfg->upstreams[r->rt.upstream].tags_list_ttl_ms;
+  /* the upstream's copy: a reload changes it there */
+  uint64_t ttl = upstream_config(r->n->ups[r->rt.upstream])->tags_list_ttl_ms;
   if (e && e->tags && uv_now(r->n->loop) - e->fetched_ms < ttl) {
     r->source = "local";
     tags_reply(r, e->tags);

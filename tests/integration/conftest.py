@@ -20,7 +20,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from rmtest import clients, images, proxy, regmesh, upstream, util  # noqa: E402
+from rmtest import clients, images, proxy, regmesh, upstream  # noqa: E402
 
 from rmtest.checks import (TEST_USER, TEST_PASSWORD, ghcr_upstream,  # noqa: E402
                            hub_upstream)
@@ -193,13 +193,7 @@ def make_node(regmesh_binary, test_dir, request):
             n.start()
         return n
     yield make
-    failed = _failed(request)
-    for n in nodes:
-        rc = n.proc.returncode() if n.proc else None
-        n.stop()
-        if failed or rc is not None:
-            print("\n--- regmesh log %s (exited: %s) ---\n%s" % (
-                n.log_path, rc, util.tail(n.log_path, 80)))
+    regmesh.stop_and_report(nodes, _failed(request))
 
 
 @pytest.fixture

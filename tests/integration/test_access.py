@@ -47,19 +47,17 @@ are not root; the IPv6 test when there is no ::1 here.
 import base64
 import hashlib
 import hmac
-import http.client
 import json
 import os
 import signal
 import socket
 import time
-import urllib.parse
 import uuid
 
 import pytest
 
 from rmtest import clients, images, netns, regmesh, util
-from rmtest.checks import GHCR_HOST, HUB_HOST, hub_upstream
+from rmtest.checks import GHCR_HOST, HUB_HOST, hub_upstream, stream_get
 from rmtest.fleet import FleetNode, make_fleet, make_secret, parse_members  # noqa: F401
 from rmtest.netns import netns_lab  # noqa: F401 (fixture)
 
@@ -86,25 +84,6 @@ def write_htpasswd(path, users):
         lines.append(cp.stdout.decode().strip())
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
-
-
-def stream(base, path, headers=None, timeout=60):
-    """GET, hashing the body: (status, digest, bytes). IPv6 literals work."""
-    u = urllib.parse.urlsplit(base)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        resp = conn.getresponse()
-        h, n = hashlib.sha256(), 0
-        while True:
-            data = resp.read(1 << 20)
-            if not data:
-                break
-            h.update(data)
-            n += len(data)
-        return resp.status, "sha256:" + h.hexdigest(), n
-    finally:
-        conn.close()
 
 
 def pull(get, get_stream, img, repo=None, headers=None):
@@ -219,7 +198,7 @@ class AccessNode(regmesh.Node):
     def stream(self, path, headers=None):
         if self.ns is not None:
             return self.ns.stream_get(self.url, path, headers=headers)
-        return stream(self.url, path, headers=headers)
+        return stream_get(self.url, path, headers=headers)
 
     def ctl(self, method, path, **kw):
         if self.control:
@@ -286,13 +265,7 @@ def procs(request):
     started = []
     yield started
     rep = getattr(request.node, "rep_call", None)
-    failed = rep is not None and rep.failed
-    for n in started:
-        rc = n.proc.returncode() if n.proc else None
-        n.stop()
-        if failed or rc is not None:
-            print("\n--- regmesh log %s (exited: %s) ---\n%s" % (
-                n.log_path, rc, util.tail(n.log_path, 80)))
+    regmesh.stop_and_report(started, rep is not None and rep.failed)
 
 
 @pytest.fixture
@@ -754,7 +727,7 @@ def test_hop_header_on_client_port_is_ignored(make_fleet, hub, catalog):
         up_mark, own_mark, via_mark = hub.log.mark(), owner.log_mark(), via.log_mark()
         peer_hits = via.metric_sum("regmesh_hits_total", source="peer")
         path = "/v2/%s/blobs/%s" % (repo, blob.digest)
-        st, digest, n = stream(via.url, path, headers=hdrs)
+        st, digest, n = stream_get(via.url, path, headers=hdrs)
         assert (st, digest, n) == (200, blob.digest, blob.size), (hop, st, digest, n)
         owner_lines = [a for a in owner.access(own_mark)
                        if a["method"] == "GET" and a["path"].endswith(blob.digest)]
@@ -801,4 +774,4 @@ def test_admin_listen_takes_the_operational_endpoints(regmesh_binary, test_dir, 
     # the admin listener serves nothing else; the public one still serves pulls
     assert util.request(nd.admin_url, "GET", "/v2/").status == 404
     pull(lambda m, p, **kw: util.request(nd.url, m, p, **kw),
-         lambda p, headers=None: stream(nd.url, p, headers=headers), catalog.nested)
+         lambda p, headers=None: stream_get(nd.url, p, headers=headers), catalog.nested)

@@ -49,7 +49,7 @@ import uuid
 import pytest
 
 from rmtest import checks, clients, images, netns, regmesh, util
-from rmtest.checks import GHCR_HOST, HUB_HOST, ghcr_upstream, hub_upstream
+from rmtest.checks import GHCR_HOST, HUB_HOST, ghcr_upstream, hub_upstream, stream_get
 from rmtest.fleet import FleetNode, expected_content, make_fleet  # noqa: F401 (fixture)
 
 OPENSSL = shutil.which("openssl")
@@ -520,7 +520,7 @@ def test_certificate_swap_keeps_transfers_and_refuses_bad_files(make_node, make_
     node = make_node([regmesh.Upstream(HUB_HOST, reg.url, default=True)],
                      tls={"cert": live_crt, "key": live_key, "ca": ca.crt})
     path = "/v2/big/tls/blobs/" + blob.digest
-    st, digest, n = _https_stream(node.port, path, ca.crt)
+    st, digest, n = stream_get(node.url, path, timeout=120)
     assert (st, digest, n) == (200, blob.digest, blob.size), "warming the cache"
     util.wait_until(lambda: node.has_blob(blob.digest), 30, what="blob cached")
     assert _peer_serial(node.port, ca.crt) == s1
@@ -574,25 +574,6 @@ def test_certificate_swap_keeps_transfers_and_refuses_bad_files(make_node, make_
               node.metric_sum("regmesh_tls_body_bytes_total", path="ktls"))
     assert bytes1 - bytes0 >= blob.size, "regmesh_tls_body_bytes_total grew by %d, the " \
         "transfer sent %d" % (bytes1 - bytes0, blob.size)
-
-
-def _https_stream(port, path, cafile, timeout=120):
-    ctx = ssl.create_default_context(cafile=cafile)
-    conn = http.client.HTTPSConnection(util.LOCALHOST, port, timeout=timeout, context=ctx)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        h = hashlib.sha256()
-        n = 0
-        while True:
-            data = resp.read(1 << 20)
-            if not data:
-                break
-            h.update(data)
-            n += len(data)
-        return resp.status, "sha256:" + h.hexdigest(), n
-    finally:
-        conn.close()
 
 
 # ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import http.client
 import socket
 import ssl
 import time
+import urllib.parse
 
 from . import images, regmesh, util
 
@@ -56,9 +57,15 @@ def pull_via_http(base, image, repo=None, query="", accept=images.ACCEPT_ALL,
 
 def stream_get(base, path, headers=None, timeout=120, chunk=1 << 20):
     """GET and hash the body while reading. Returns (status, sha256 digest
-    of what arrived, bytes read); a cut-short body gives its partial hash."""
-    host, port = base.split("//", 1)[1].split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    of what arrived, bytes read); a cut-short body gives its partial hash.
+    base: http:// or https:// (trusting the CA util.TLS_TRUST has for it);
+    IPv6 literals work."""
+    u = urllib.parse.urlsplit(base)
+    if u.scheme == "https":
+        conn = http.client.HTTPSConnection(u.hostname, u.port, timeout=timeout,
+                                           context=util.tls_context(u.netloc))
+    else:
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
     try:
         conn.request("GET", path, headers=headers or {})
         resp = conn.getresponse()

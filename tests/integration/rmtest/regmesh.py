@@ -96,6 +96,17 @@ def parse_metrics(text):
     return out
 
 
+def stop_and_report(nodes, failed):
+    """Test teardown: stop every node by PID; print a node's log tail when
+    the test failed or the node had exited on its own."""
+    for n in nodes:
+        rc = n.proc.returncode() if n.proc else None
+        n.stop()
+        if failed or rc is not None:
+            print("\n--- regmesh log %s (exited: %s) ---\n%s" % (
+                n.log_path, rc, util.tail(n.log_path, 80)))
+
+
 class Node:
     """A regmesh process. Attributes: url, port, host_port, data_dir,
     log_path, config_path, upstreams (by host; .port set for listeners)."""
