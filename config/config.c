@@ -122,6 +122,7 @@ struct walk {
   char *err;
   size_t errlen;
   char path[256]; /* "upstreams[1].url" of the node being applied */
+  unsigned nerr;  /* errors so far; the walk goes on past each */
   /* top-level, one per upstream, cluster */
   struct tls_pending tls[CONFIG_MAX_UPSTREAMS + 2];
   size_t n_tls;
@@ -152,8 +153,25 @@ static int fail(struct walk *w, const struct config__node *at, const char *fmt,
   va_start(ap, fmt);
   vsnprintf(why, sizeof why, fmt, ap);
   va_end(ap);
-  config__error(w->err, w->errlen, w->name, at ? at->line : 1, at ? at->col : 1,
-                w->path, "%s", why);
+  /* One line per error, so check-config shows them all at once; past the
+   * cap (or the buffer) the last line says how many more there were. */
+  unsigned k = w->nerr++;
+  if (w->err == NULL || w->errlen == 0 || k > CONFIG_MAX_ERRORS)
+    return RM_ECONFIG;
+  size_t used = k ? strlen(w->err) : 0;
+  if (k == CONFIG_MAX_ERRORS) {
+    snprintf(w->err + used, w->errlen - used, "\n%s: more errors follow", w->name);
+    return RM_ECONFIG;
+  }
+  char line[768];
+  config__error(k ? line : w->err, k ? sizeof line : w->errlen, w->name,
+                at ? at->line : 1, at ? at->col : 1, w->path, "%s", why);
+  if (k == 0) /* the first one always, truncated to the buffer if need be */
+    return RM_ECONFIG;
+  if (used + 1 + strlen(line) < w->errlen)
+    snprintf(w->err + used, w->errlen - used, "\n%s", line);
+  else
+    w->nerr = CONFIG_MAX_ERRORS + 1; /* full: stop adding */
   return RM_ECONFIG;
 }
 
@@ -1296,6 +1314,7 @@ static int apply_section(struct walk *w, const struct config__node *map,
                          const struct section_spec *sec, void *base) {
   const struct config__node *vals[SECTION_MAX_KEYS] = {0};
   const struct config__node *keys[SECTION_MAX_KEYS] = {0};
+  unsigned nerr0 = w->nerr;
   int rc;
 
   if (sec->n_keys > SECTION_MAX_KEYS)
@@ -1308,20 +1327,29 @@ static int apply_section(struct walk *w, const struct config__node *map,
   if (map->kind != CONFIG__MAPPING)
     return fail(w, map, "expected a mapping, got %s", kind_name(map));
 
+  /* An RM_ECONFIG from a key is counted by fail() and the walk goes on to
+   * the next key; anything else (out of memory) ends it. */
   for (const struct config__node *k = map->child; k && k->next;
        k = k->next->next) {
     const struct config__node *v = k->next;
-    if ((rc = check_plain(w, k)) != 0)
-      return rc;
-    if (k->kind != CONFIG__SCALAR)
-      return fail(w, k, "keys must be scalars, got %s", kind_name(k));
+    if ((rc = check_plain(w, k)) != 0) {
+      if (rc != RM_ECONFIG)
+        return rc;
+      continue;
+    }
+    if (k->kind != CONFIG__SCALAR) {
+      fail(w, k, "keys must be scalars, got %s", kind_name(k));
+      continue;
+    }
     size_t i;
     for (i = 0; i < sec->n_keys; i++)
       if (strlen(sec->keys[i].name) == k->len &&
           memcmp(sec->keys[i].name, k->text, k->len) == 0)
         break;
-    if (i == sec->n_keys)
-      return unknown_key(w, k, sec);
+    if (i == sec->n_keys) {
+      unknown_key(w, k, sec);
+      continue;
+    }
     const struct key_spec *spec = &sec->keys[i];
     size_t old = path_push_key(w, spec->name, strlen(spec->name));
     if (vals[i] != NULL) {
@@ -1333,7 +1361,7 @@ static int apply_section(struct walk *w, const struct config__node *map,
       rc = spec->set(w, v, (char *)base + spec->offset, spec);
     }
     path_pop(w, old);
-    if (rc != 0)
+    if (rc != 0 && rc != RM_ECONFIG)
       return rc;
   }
 
@@ -1342,11 +1370,13 @@ required:
     if (sec->keys[i].required && vals[i] == NULL) {
       size_t old =
           path_push_key(w, sec->keys[i].name, strlen(sec->keys[i].name));
-      rc = fail(w, map, "required key is missing");
+      fail(w, map, "required key is missing");
       path_pop(w, old);
-      return rc;
     }
   }
+  /* checks across keys read the values: only when each of them is valid */
+  if (w->nerr != nerr0)
+    return RM_ECONFIG;
   return sec->check ? sec->check(w, map, vals, base) : 0;
 }
 
@@ -1402,6 +1432,7 @@ static int set_upstreams(struct walk *w, const struct config__node *v,
   cfg->upstreams = calloc(v->n_children, sizeof *cfg->upstreams);
   if (cfg->upstreams == NULL)
     return fail_nomem(w);
+  unsigned nerr0 = w->nerr;
 
   size_t i = 0;
   for (const struct config__node *item = v->child; item;
@@ -1413,6 +1444,8 @@ static int set_upstreams(struct walk *w, const struct config__node *v,
     rc = apply_section(w, item, &upstream_section, u);
     for (size_t j = 0; rc == 0 && j < i; j++) {
       const struct config_upstream *o = &cfg->upstreams[j];
+      if (o->host == NULL) /* that item failed */
+        continue;
       if (same_host(u->host, o->host)) {
         size_t o2 = path_push_key(w, "host", 4);
         rc = fail(w, map_get(item, "host"),
@@ -1429,10 +1462,10 @@ static int set_upstreams(struct walk *w, const struct config__node *v,
       }
     }
     path_pop(w, old);
-    if (rc != 0)
+    if (rc != 0 && rc != RM_ECONFIG)
       return rc;
   }
-  return 0;
+  return w->nerr != nerr0 ? RM_ECONFIG : 0;
 }
 
 /* One listener for the collision check; node NULL for a default value. */

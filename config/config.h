@@ -20,6 +20,10 @@ struct sockaddr;
 #define CONFIG_MAX_ALLOW 1024
 /* Configuration files (and strings) larger than this are refused. */
 #define CONFIG_MAX_FILE_SIZE (1024 * 1024)
+/* A load reports up to this many errors, one per line; an err buffer of
+ * CONFIG_ERR_LEN bytes holds them. */
+#define CONFIG_MAX_ERRORS 20
+#define CONFIG_ERR_LEN 4096
 
 /* One entry of an `allow:` list: an IPv4 or IPv6 network. A bare address
  * is a host (/32 or /128). */
@@ -148,8 +152,10 @@ void config_init(struct config *cfg);
 int config_default_builtin(struct config *cfg);
 
 /* config_load_file parses and validates a YAML file into cfg (which it
- * initialises). On error returns RM_ECONFIG (or a UV_E* for I/O) and writes a
- * one-line message "file:line:col: key: why" into err. cfg is left empty
+ * initialises). On error returns RM_ECONFIG (or a UV_E* for I/O) and writes
+ * "file:line:col: key: why" into err, one line per error (up to
+ * CONFIG_MAX_ERRORS; checks across keys of a section run only once its keys
+ * are valid, and certificate files only once the whole file is). cfg is left empty
  * (config_free is still safe). cluster.secret_file is read here, blocking;
  * a relative one is relative to the file's directory. */
 int config_load_file(struct config *cfg, const char *path, char *err,

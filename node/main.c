@@ -40,7 +40,7 @@ static const char usage[] =
     "  help                    this text\n";
 
 static int load_config(struct config *cfg, const char *path) {
-  char err[512];
+  char err[CONFIG_ERR_LEN];
   int r = path ? config_load_file(cfg, path, err, sizeof err) : config_default_builtin(cfg);
   if (r) {
     if (path)

@@ -91,9 +91,12 @@ static void reload_done(uv_work_t *w, int status) {
   if (status == 0 && !n->stopping) {
     if (c)
       reload_apply(n, c);
-    else
+    else {
+      for (char *p = n->reload_err; (p = strchr(p, '\n')) != NULL;)
+        *p = ';'; /* one log line: "a; b" */
       LOG_E("SIGHUP: %s refused, the running configuration stays: %s", n->cfg->path,
             n->reload_err);
+    }
   }
   if (c) {
     config_free(c);

@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "../config/config.h" /* CONFIG_ERR_LEN */
+
 struct config;
 struct http_server;
 struct upclient;
@@ -60,7 +62,7 @@ struct node {
   /* SIGHUP: the config file is read on the thread pool */
   uv_work_t reload_work;
   struct config *reload_cfg; /* the new one, NULL if it did not load */
-  char reload_err[512];
+  char reload_err[CONFIG_ERR_LEN];
   int reload_busy, reload_again;
   /* private upstreams: "<upstream>|<repo>|<hex>" -> expiry (unix s) of an
    * upstream HEAD that confirmed the blob under that repository */

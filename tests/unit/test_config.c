@@ -569,9 +569,13 @@ static void test_errors(void **state) {
        "t.yml:1:12: control characters are not allowed (byte 0x01)"},
       {"storage: &s\n  root: a\n" UP,
        "t.yml:1:10: storage: anchors and aliases are not supported"},
-      {"x: &a 1\nlisten: *a\n" UP, "t.yml:1:1: x: unknown key"},
+      /* every error, one per line, in file order */
+      {"x: &a 1\nlisten: *a\n" UP,
+       "t.yml:1:1: x: unknown key\n"
+       "t.yml:2:9: listen: anchors and aliases are not supported"},
       {"listen: &a 127.0.0.1:1\nadmin_listen: *a\n" UP,
-       "t.yml:1:9: listen: anchors and aliases are not supported"},
+       "t.yml:1:9: listen: anchors and aliases are not supported\n"
+       "t.yml:2:15: admin_listen: anchors and aliases are not supported"},
       {UP "? [a, b]\n: c\n", "t.yml:4:3: keys must be scalars, got a sequence"},
   };
   int failed = 0;
@@ -590,6 +594,28 @@ static void test_errors(void **state) {
     config_free(&cfg);
   }
   assert_int_equal(failed, 0);
+}
+
+/* A file with many mistakes lists CONFIG_MAX_ERRORS of them, then says
+ * there are more. */
+static void test_error_cap(void **state) {
+  (void)state;
+  char yaml[4096];
+  size_t n = (size_t)snprintf(yaml, sizeof yaml, UP);
+  for (int i = 0; i < 30; i++)
+    n += (size_t)snprintf(yaml + n, sizeof yaml - n, "bogus%d: 1\n", i);
+  struct config cfg;
+  char err[CONFIG_ERR_LEN];
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
+  size_t lines = 1;
+  for (const char *p = err; *p; p++)
+    lines += *p == '\n';
+  assert_int_equal(lines, CONFIG_MAX_ERRORS + 1);
+  assert_non_null(strstr(err, "t.yml:4:1: bogus0: unknown key\n"));
+  assert_non_null(strstr(err, "t.yml:23:1: bogus19: unknown key\n"));
+  assert_null(strstr(err, "bogus20"));
+  assert_non_null(strstr(err, "\nt.yml: more errors follow"));
+  config_free(&cfg);
 }
 
 static void test_too_many_upstreams(void **state) {
@@ -1607,9 +1633,11 @@ static void test_auth(void **state) {
       {UP "auth: /etc/htpasswd\n",
        "t.yml:4:7: auth: expected a mapping, got a scalar"},
       {UP "auth:\n  passwd: /etc/htpasswd\n",
-       "t.yml:5:3: auth.passwd: unknown key (did you mean htpasswd?)"},
+       "t.yml:5:3: auth.passwd: unknown key (did you mean htpasswd?)\n"
+       "t.yml:5:3: auth.htpasswd: required key is missing"},
       {UP "auth:\n  realm: regmesh\n  htpasswd: /nonexistent\n",
-       "t.yml:5:3: auth.realm: unknown key"},
+       "t.yml:5:3: auth.realm: unknown key\n"
+       "t.yml:6:13: auth.htpasswd: /nonexistent: No such file or directory"},
       {UP "auth:\n  htpasswd: \"\"\n",
        "t.yml:5:13: auth.htpasswd: value is empty"},
       {UP "auth:\n  htpasswd: /nonexistent/htpasswd\n",
@@ -1891,7 +1919,9 @@ static void test_tls(void **state) {
       {UP "tls:\n  key: /k\n",
        "t.yml:5:3: tls.cert: required key is missing"},
       {UP "tls:\n  cert: /c\n", "t.yml:5:3: tls.key: required key is missing"},
-      {UP "tls:\n", "t.yml:4:5: tls.cert: required key is missing"},
+      {UP "tls:\n",
+       "t.yml:4:5: tls.cert: required key is missing\n"
+       "t.yml:4:5: tls.key: required key is missing"},
       {UP "tls: on\n", "t.yml:4:6: tls: expected a mapping, got a scalar"},
       {UP "tls: {cert: /c, key: /k, min_version: 1.0}\n",
        "t.yml:4:39: tls.min_version: TLS 1.0 is not offered: TLS 1.2 is the "
@@ -1919,7 +1949,8 @@ static void test_tls(void **state) {
        "t.yml:5:8: cluster.tls.ca: required key is missing"},
       {CL "  tls: {cert: /c, key: /k, client_ca: /a}\n",
        "t.yml:5:39: cluster.tls.client_ca: cluster.tls takes ca: (it "
-       "verifies peers both ways), not client_ca:"},
+       "verifies peers both ways), not client_ca:\n"
+       "t.yml:5:8: cluster.tls.ca: required key is missing"},
       {CL "  tls: {cert: /c, key: /k, ca: /a, min_version: 1.3}\n",
        "t.yml:5:36: cluster.tls.min_version: unknown key"},
       /* files are read last: a structural error elsewhere comes first */
@@ -1956,8 +1987,9 @@ static void expect_clean(const char *yaml, size_t len) {
   } else {
     n_clean_err++;
     assert_int_equal(rc, RM_ECONFIG);
-    assert_true(strncmp(err, "f:", 2) == 0);
-    assert_null(strchr(err, '\n'));
+    /* every line names the file */
+    for (const char *l = err; l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
+      assert_true(strncmp(l, "f:", 2) == 0);
   }
   config_free(&cfg);
 }
@@ -2068,6 +2100,7 @@ int main(void) {
       cmocka_unit_test(test_parse_size),
       cmocka_unit_test(test_parse_duration),
       cmocka_unit_test(test_errors),
+      cmocka_unit_test(test_error_cap),
       cmocka_unit_test(test_too_many_upstreams),
       cmocka_unit_test(test_default_rules),
       cmocka_unit_test(test_upstream_find),
