@@ -981,6 +981,7 @@ enum {
   UP_PRIVATE,
   UP_TLS,
   UP_RESOLVE_TIMEOUT,
+  UP_FIRST_BYTE_TIMEOUT,
 };
 
 /* indexed by the enum above, which upstream_check relies on */
@@ -1009,6 +1010,11 @@ static const struct key_spec upstream_keys[] = {
                             FIELD(struct config_upstream, resolve_timeout_ms),
                             .min = 1,
                             .max = HOUR_MS},
+    [UP_FIRST_BYTE_TIMEOUT] = {.name = "first_byte_timeout",
+                               .set = set_duration,
+                               FIELD(struct config_upstream, first_byte_timeout_ms),
+                               .min = 0,
+                               .max = HOUR_MS},
     [UP_TAGS_LIST_TTL] = {.name = "tags_list_ttl",
                           .set = set_duration,
                           FIELD(struct config_upstream, tags_list_ttl_ms),
@@ -1086,6 +1092,20 @@ static int upstream_check(struct walk *w, const struct config__node *map,
     int rc = fail(w, vals[UP_TLS],
                   "tls: is for this upstream's own listen:, and it has none "
                   "(the top-level tls: covers the shared listeners)");
+    path_pop(w, old);
+    return rc;
+  }
+  if (u->first_byte_timeout_ms != 0 && u->first_byte_timeout_ms < u->resolve_timeout_ms) {
+    /* the stale tag would never get its chance: the 504 would come first */
+    const struct config__node *at = vals[UP_FIRST_BYTE_TIMEOUT] ? vals[UP_FIRST_BYTE_TIMEOUT]
+                                                                : vals[UP_RESOLVE_TIMEOUT];
+    const char *key = vals[UP_FIRST_BYTE_TIMEOUT] ? "first_byte_timeout" : "resolve_timeout";
+    size_t old = path_push_key(w, key, strlen(key));
+    int rc = fail(w, at,
+                  "first_byte_timeout (%llu ms) is shorter than resolve_timeout (%llu ms); "
+                  "a stale tag could never be served",
+                  (unsigned long long)u->first_byte_timeout_ms,
+                  (unsigned long long)u->resolve_timeout_ms);
     path_pop(w, old);
     return rc;
   }
@@ -1384,6 +1404,7 @@ static void upstream_init(struct config_upstream *u) {
   memset(u, 0, sizeof *u);
   u->tag_ttl_ms = 60 * 1000;
   u->resolve_timeout_ms = 3000;
+  u->first_byte_timeout_ms = 10 * 1000;
   u->tags_list_ttl_ms = 30 * 1000;
   u->tls_verify = 1;
   u->connect_timeout_ms = 10 * 1000;

@@ -54,6 +54,9 @@ struct config_upstream {
   /* a tag past its TTL whose HEAD has no answer by then is served stale
    * from the cache while the HEAD goes on (default 3 s) */
   uint64_t resolve_timeout_ms;
+  /* a cold blob or manifest whose upstream sent nothing by then is a 504
+   * (the download goes on); 0 = no deadline (default 10 s) */
+  uint64_t first_byte_timeout_ms;
   uint64_t tags_list_ttl_ms; /* tags/list cache lifetime (default 30 s) */
   char *username;     /* optional credentials (basic, or for the token realm) */
   char *password;     /* literal password (discouraged), or ... */

@@ -380,6 +380,7 @@ void node_stop(struct node *n) {
     tls_source_close(n->tls_up[i]);
   access_close(n->access);
   tagcache_close(n->tags);
+  registry_stop(n);
   /* Leaving is gossiped while the listeners drain; both end on their own. */
   if (n->cluster)
     cluster_stop(n->cluster, NULL, NULL);

@@ -25,6 +25,7 @@ struct cluster;
 struct access;
 struct tls_source;
 struct strmap;
+struct rreq;
 
 /* Listener ids handed to the HTTP server: >= 0 is an upstream's own port.
  * MAIN and the upstreams' ports are client listeners; PEER is
@@ -67,6 +68,11 @@ struct node {
   /* private upstreams: "<upstream>|<repo>|<hex>" -> expiry (unix s) of an
    * upstream HEAD that confirmed the blob under that repository */
   struct strmap *confirmed;
+  /* requests still owing their client a status line, checked against each
+   * upstream's first_byte_timeout by a tick that runs while any wait */
+  struct rreq *waiting;
+  uv_timer_t deadline_timer;
+  int deadline_init;
   int ready;
   int draining; /* SIGTERM: finishing responses in flight */
   int stopping;

@@ -119,6 +119,10 @@ struct rreq {
   json_t *tl_all; /* tags gathered over the upstream's pages */
   int tl_pages;
 
+  /* on n->waiting until the status line is out: first_byte_timeout */
+  struct rreq *wait_prev, *wait_next;
+  uint64_t deadline_ms; /* loop time; 0 = not waiting */
+
   /* response header scratch: values are formatted into hbuf */
   struct http_header hdrs[MAX_RESP_HEADERS];
   size_t nh;
@@ -214,7 +218,10 @@ static void rr_release_fetch(struct rreq *r) {
   r->fd = -1;
 }
 
+static void deadline_clear(struct rreq *r);
+
 static void rr_free(struct rreq *r) {
+  deadline_clear(r);
   buf_free(&r->pbody);
   json_decref(r->tl_all);
   free(r);
@@ -265,6 +272,7 @@ static void rr_metrics(struct rreq *r) {
 /* After the response is over: drop what the request held; the rreq is freed
  * here unless an upstream request of its own still has to report back. */
 static void rr_cleanup(struct rreq *r) {
+  deadline_clear(r);
   rr_release_fetch(r);
   r->req = NULL;
   if (r->ureq) {
@@ -294,6 +302,7 @@ static void rr_finish(struct rreq *r, int ok) {
 static int rr_start(struct rreq *r, int status, int64_t len) {
   r->status = status;
   r->started = 1;
+  deadline_clear(r);
   /* a cold miss: how long the client waited for the first byte */
   const char *result = r->source ? cache_result(r->source) : "";
   if (strcmp(result, "miss") == 0 || strcmp(result, "peer") == 0) {
@@ -390,6 +399,77 @@ static void respond_failure(struct rreq *r, int err, int upstream_status) {
       snprintf(msg, sizeof msg, "upstream %s failed: %s", host, rm_strerror(err));
       respond_error(r, 502, "UNKNOWN", msg);
     }
+  }
+}
+
+/* ---- first_byte_timeout -------------------------------------------------- */
+
+/* A client pulling a cold blob or manifest hears something within its
+ * upstream's first_byte_timeout: the status line of the content, or a 504.
+ * The download itself goes on (it has other waiters, or fills the cache for
+ * the retry). Peers' requests carry no deadline: the asking node's covers
+ * its client, and a 504 from the owner would send the asker upstream. */
+#define DEADLINE_TICK_MS 100
+
+static void deadline_clear(struct rreq *r) {
+  if (!r->deadline_ms)
+    return;
+  struct node *n = r->n;
+  if (r->wait_prev)
+    r->wait_prev->wait_next = r->wait_next;
+  else
+    n->waiting = r->wait_next;
+  if (r->wait_next)
+    r->wait_next->wait_prev = r->wait_prev;
+  r->wait_prev = r->wait_next = NULL;
+  r->deadline_ms = 0;
+  if (!n->waiting && n->deadline_init)
+    uv_timer_stop(&n->deadline_timer);
+}
+
+static void on_deadline_tick(uv_timer_t *t);
+
+static void deadline_set(struct rreq *r) {
+  struct node *n = r->n;
+  uint64_t ms = upstream_config(n->ups[r->rt.upstream])->first_byte_timeout_ms;
+  if (r->hop || ms == 0 || !n->deadline_init)
+    return;
+  r->deadline_ms = uv_now(n->loop) + ms;
+  r->wait_prev = NULL;
+  r->wait_next = n->waiting;
+  if (n->waiting)
+    n->waiting->wait_prev = r;
+  else
+    uv_timer_start(&n->deadline_timer, on_deadline_tick, DEADLINE_TICK_MS, DEADLINE_TICK_MS);
+  n->waiting = r;
+}
+
+static void deadline_fire(struct rreq *r) {
+  struct node *n = r->n;
+  const struct config_upstream *uc = upstream_config(n->ups[r->rt.upstream]);
+  char msg[300];
+  metrics_add("regmesh_first_byte_timeouts_total", upstream_labels(n->ups[r->rt.upstream]), 1);
+  snprintf(msg, sizeof msg,
+           "upstream %s sent nothing within first_byte_timeout (%llu ms); the download "
+           "goes on, try again",
+           uc->host, (unsigned long long)uc->first_byte_timeout_ms);
+  LOG_D("%s %s: %s", route_kind_str(r->rt.kind), r->rt.name, msg);
+  respond_error(r, 504, "UNAVAILABLE", msg);
+}
+
+static void on_deadline_tick(uv_timer_t *t) {
+  struct node *n = t->data;
+  uint64_t now = uv_now(n->loop);
+  /* Answering one may end others (a shared wait); rescan after each. */
+  for (;;) {
+    struct rreq *due = NULL;
+    for (struct rreq *r = n->waiting; r && !due; r = r->wait_next)
+      if (now >= r->deadline_ms && !r->started && !r->finished)
+        due = r;
+    if (!due)
+      break;
+    deadline_fire(due); /* clears it from the list */
+    deadline_clear(due);
   }
 }
 
@@ -1487,6 +1567,8 @@ static void dispatch(struct rreq *r) {
   /* The spec asks proxies to echo the namespace they used. */
   if (r->rt.via_ns && query_param(req->query, "ns", r->ns_echo, sizeof r->ns_echo) != 1)
     r->ns_echo[0] = '\0';
+  if (r->rt.kind != ROUTE_BASE && r->rt.kind != ROUTE_CATALOG)
+    deadline_set(r);
   switch (r->rt.kind) {
   case ROUTE_BASE:
     hdr_common(r);
@@ -1606,9 +1688,22 @@ void registry_handle(struct http_request *req, void *ud) {
   dispatch(r);
 }
 
+void registry_stop(struct node *n) {
+  if (n->deadline_init) {
+    n->deadline_init = 0;
+    uv_close((uv_handle_t *)&n->deadline_timer, NULL);
+  }
+}
+
 void registry_init(struct node *n) {
-  (void)n;
+  if (uv_timer_init(n->loop, &n->deadline_timer) == 0) {
+    n->deadline_timer.data = n;
+    n->deadline_init = 1;
+  }
   g_start_time = time(NULL);
+  metrics_describe("regmesh_first_byte_timeouts_total", METRIC_COUNTER,
+                   "Cold requests answered 504 because the upstream sent nothing within "
+                   "first_byte_timeout.");
   metrics_describe("regmesh_build_info", METRIC_GAUGE,
                    "Always 1; the labels say which regmesh this is.");
   metrics_set("regmesh_build_info", "version=\"" REGMESH_VERSION "\",commit=\"" REGMESH_COMMIT "\"",

@@ -1836,7 +1836,10 @@ void upstream_apply_ttls(struct upstream *u, const struct config_upstream *from)
   u->cfg.tag_ttl_ms = from->tag_ttl_ms;
   u->cfg.tags_list_ttl_ms = from->tags_list_ttl_ms;
   u->cfg.resolve_timeout_ms = from->resolve_timeout_ms;
+  u->cfg.first_byte_timeout_ms = from->first_byte_timeout_ms;
 }
+
+const char *upstream_labels(const struct upstream *u) { return u->labels; }
 
 const struct config_upstream *upstream_config(const struct upstream *u) {
   return &u->cfg;

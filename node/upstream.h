@@ -153,5 +153,7 @@ struct upstream_circuit_info {
 };
 void upstream_get_circuit(const struct upstream *u, struct upstream_circuit_info *out);
 const char *upstream_circuit_str(enum upstream_circuit s);
+/* upstream_labels: `upstream="<host>"`, escaped for a metrics label set. */
+const char *upstream_labels(const struct upstream *u);
 
 #endif

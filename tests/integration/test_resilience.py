@@ -211,6 +211,39 @@ def test_hung_upstream_tag_served_stale_within_resolve_timeout(make_node, make_p
     util.wait_until(fresh, 15, interval=0.3, what="a fresh answer once the upstream answers")
 
 
+def test_hung_upstream_cold_miss_is_a_504_within_first_byte_timeout(make_node, make_proxy,
+                                                                     make_registry, catalog):
+    """Nothing cached and an upstream that never answers: a cold blob, a
+    manifest by tag and a HEAD each get a 504 with a registry error within
+    first_byte_timeout + 1 s, not a connection that hangs for minutes; the
+    node keeps serving (healthz) and, the upstream back, the same pull works."""
+    img = catalog.stale
+    px = make_proxy(make_registry("fbt", [img]).url)
+    node = make_node([regmesh.Upstream(HUB_HOST, px.url, default=True, resolve_timeout="1s",
+                                       first_byte_timeout="2s")])
+    px.hang = True
+    blob = "/v2/%s/blobs/sha256:%s" % (img.repo, img.layers[0].hex)
+    tag = "/v2/%s/manifests/%s" % (img.repo, img.tag)
+    for method, path in (("GET", blob), ("GET", tag), ("HEAD", blob)):
+        t0 = time.monotonic()
+        r = node.request(method, path, headers={"Accept": images.ACCEPT_ALL}, timeout=30)
+        took = time.monotonic() - t0
+        assert r.status == 504, (method, path, r)
+        assert 1.8 <= took < 3.0, "%s %s answered after %.2f s" % (method, path, took)
+        if method == "GET":
+            err = json.loads(r.body)["errors"][0]
+            assert "first_byte_timeout" in err["message"], err
+        assert node.request("GET", "/healthz", timeout=2).status == 200
+    assert node.metric_sum("regmesh_first_byte_timeouts_total") == 3
+    px.hang = False
+    # the hung attempts end (low_speed_time) or a new one starts: either way
+    # a retry gets the right bytes
+    def pulled():
+        r = node.request("GET", blob, timeout=60)
+        return r.status == 200 and util.sha256_bytes(r.body) == img.layers[0].digest
+    util.wait_until(pulled, 60, interval=0.5, what="the blob once the upstream answers")
+
+
 def _readyz(node):
     r = node.request("GET", "/readyz")
     return r.status, json.loads(r.body)

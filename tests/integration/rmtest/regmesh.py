@@ -30,9 +30,11 @@ class Upstream:
     """One `upstreams:` entry. `url` is where regmesh fetches from."""
 
     def __init__(self, host, url, default=False, tag_ttl="60s", listen=False,
-                 username=None, password=None, private=False, resolve_timeout=None):
+                 username=None, password=None, private=False, resolve_timeout=None,
+                 first_byte_timeout=None):
         self.host = host
         self.resolve_timeout = resolve_timeout
+        self.first_byte_timeout = first_byte_timeout
         self.private = private
         self.url = url
         self.default = default
@@ -174,6 +176,8 @@ class Node:
                 lines.append("    tag_ttl: %s" % u.tag_ttl)
             if u.resolve_timeout:
                 lines.append("    resolve_timeout: %s" % u.resolve_timeout)
+            if u.first_byte_timeout:
+                lines.append("    first_byte_timeout: %s" % u.first_byte_timeout)
             if u.port:
                 lines.append("    listen: %s:%d" % (util.LOCALHOST, u.port))
             if u.username is not None:
