@@ -58,6 +58,9 @@ struct access {
   const struct config *cfg;
   struct htpasswd pw;
   int have_pw;
+  /* the file: a copy, so a reload can point it elsewhere; replaced only
+   * between jobs (a job reads it on the thread pool) */
+  char *path, *next_path;
   uint32_t gen;
   struct access_slot cache[ACCESS_CACHE];
   unsigned jobs;   /* checks on the thread pool */
@@ -77,6 +80,8 @@ static void access_maybe_free(struct access *a) {
     return;
   if (a->have_pw)
     htpasswd_free(&a->pw);
+  free(a->path);
+  free(a->next_path);
   OPENSSL_cleanse(a->cache, sizeof a->cache);
   free(a);
 }
@@ -104,12 +109,12 @@ static int access_same(const struct stat *x, const struct stat *y) {
 static void access_reload_job(uv_work_t *w) {
   struct access *a = w->data;
   memset(&a->job_sig, 0, sizeof a->job_sig);
-  if (stat(a->cfg->auth_htpasswd, &a->job_sig) != 0)
+  if (stat(a->path, &a->job_sig) != 0)
     memset(&a->job_sig, 0, sizeof a->job_sig);
   a->job_changed = a->reload_force || !access_same(&a->job_sig, &a->sig);
   if (!a->job_changed)
     return;
-  a->job_rc = htpasswd_load(&a->job_pw, a->cfg->auth_htpasswd, a->job_err,
+  a->job_rc = htpasswd_load(&a->job_pw, a->path, a->job_err,
                             sizeof a->job_err);
 }
 
@@ -128,19 +133,29 @@ static void access_reload_done(uv_work_t *w, int status) {
       htpasswd_free(&a->pw);
       a->pw = a->job_pw;
       a->gen++; /* every cached answer is now stale */
-      LOG_I("auth: %s reloaded: %zu users", a->cfg->auth_htpasswd, a->pw.n);
+      LOG_I("auth: %s reloaded: %zu users", a->path, a->pw.n);
     }
   } else if (changed) {
-    LOG_E("auth: %s: reload refused, keeping the old users: %s",
-          a->cfg->auth_htpasswd, a->job_err);
+    LOG_E("auth: %s: reload refused, keeping the old users: %s", a->path, a->job_err);
   }
   memset(&a->job_pw, 0, sizeof a->job_pw);
+  if (a->next_path && !a->closing) {
+    access_start_reload(a, 1); /* a new file was named meanwhile */
+    return;
+  }
   access_maybe_free(a);
 }
 
 static void access_start_reload(struct access *a, int force) {
   if (a->reload_busy || a->closing || !a->have_pw)
     return;
+  if (a->next_path) {
+    free(a->path);
+    a->path = a->next_path;
+    a->next_path = NULL;
+    a->sig = (struct stat){0};
+    force = 1;
+  }
   a->reload_force = force;
   a->reload.data = a;
   if (uv_queue_work(a->loop, &a->reload, access_reload_job, access_reload_done) == 0)
@@ -151,12 +166,30 @@ static void access_on_timer(uv_timer_t *t) { access_start_reload(t->data, 0); }
 
 void access_reload(struct access *a) { access_start_reload(a, 1); }
 
+int access_set_htpasswd(struct access *a, const char *path) {
+  if (!a->have_pw || !path)
+    return UV_EINVAL;
+  if (a->path && strcmp(a->path, path) == 0 && !a->next_path)
+    return 0;
+  char *p = strdup(path);
+  if (!p)
+    return UV_ENOMEM;
+  free(a->next_path);
+  a->next_path = p;
+  access_start_reload(a, 1); /* now, or when the running job is done */
+  return 0;
+}
+
 int access_new(struct access **out, uv_loop_t *loop, const struct config *cfg) {
   struct access *a = calloc(1, sizeof *a);
   if (!a)
     return UV_ENOMEM;
   a->loop = loop;
   a->cfg = cfg;
+  if (cfg->auth_htpasswd && !(a->path = strdup(cfg->auth_htpasswd))) {
+    free(a);
+    return UV_ENOMEM;
+  }
   if (cfg->auth_htpasswd) {
     char err[512];
     if (stat(cfg->auth_htpasswd, &a->sig) != 0)
@@ -164,6 +197,7 @@ int access_new(struct access **out, uv_loop_t *loop, const struct config *cfg) {
     int r = htpasswd_load(&a->pw, cfg->auth_htpasswd, err, sizeof err);
     if (r) {
       LOG_E("auth: %s", err);
+      free(a->path);
       free(a);
       return r;
     }

@@ -52,5 +52,10 @@ int access_parse_basic(const char *v, char *cred, size_t cap, size_t *len,
 
 /* Reload the htpasswd file now (SIGHUP). */
 void access_reload(struct access *a);
+/* access_set_htpasswd: read users from another file from now on (a reload
+ * that renamed auth.htpasswd); a file that does not load keeps the old
+ * users. Only while auth is on: turning it on or off needs a restart.
+ * 0, UV_EINVAL or UV_ENOMEM. */
+int access_set_htpasswd(struct access *a, const char *path);
 
 #endif

@@ -1883,17 +1883,7 @@ static void server_on_idle(uv_idle_t *h) {
   }
 }
 
-int http_server_new(struct http_server **out, uv_loop_t *loop,
-                    const struct http_server_limits *limits,
-                    http_handler_cb handler, void *ud) {
-  if (!out || !loop || !handler)
-    return UV_EINVAL;
-  struct http_server *srv = calloc(1, sizeof *srv);
-  if (!srv)
-    return UV_ENOMEM;
-  if (limits)
-    srv->limits = *limits;
-  struct http_server_limits *L = &srv->limits;
+static void limits_defaults(struct http_server_limits *L) {
   if (L->max_header_bytes == 0)
     L->max_header_bytes = 16 * 1024;
   if (L->max_header_bytes < 256)
@@ -1908,6 +1898,19 @@ int http_server_new(struct http_server **out, uv_loop_t *loop,
     L->send_timeout_ms = 60000;
   if (L->max_connections == 0)
     L->max_connections = 4096;
+}
+
+int http_server_new(struct http_server **out, uv_loop_t *loop,
+                    const struct http_server_limits *limits,
+                    http_handler_cb handler, void *ud) {
+  if (!out || !loop || !handler)
+    return UV_EINVAL;
+  struct http_server *srv = calloc(1, sizeof *srv);
+  if (!srv)
+    return UV_ENOMEM;
+  if (limits)
+    srv->limits = *limits;
+  limits_defaults(&srv->limits);
   srv->loop = loop;
   srv->handler = handler;
   srv->ud = ud;
@@ -1921,6 +1924,15 @@ int http_server_new(struct http_server **out, uv_loop_t *loop,
     signal(SIGPIPE, SIG_IGN);
   *out = srv;
   return 0;
+}
+
+void http_server_set_limits(struct http_server *srv, const struct http_server_limits *limits) {
+  struct http_server_limits L = *limits;
+  limits_defaults(&L);
+  /* connections size their buffers by these at accept */
+  L.max_header_bytes = srv->limits.max_header_bytes;
+  L.max_headers = srv->limits.max_headers;
+  srv->limits = L;
 }
 
 /* server_parse_addr accepts "host:port", "[v6]:port" and ":port" (all

@@ -85,6 +85,10 @@ struct http_server_limits {
 int http_server_new(struct http_server **out, uv_loop_t *loop,
                     const struct http_server_limits *limits,
                     http_handler_cb handler, void *ud);
+/* http_server_set_limits changes timeouts, max_connections and the access
+ * log at once (a reload): timers armed from now on use the new values. The
+ * head size limits stay: connections size their buffers by them. */
+void http_server_set_limits(struct http_server *srv, const struct http_server_limits *limits);
 /* http_server_listen binds "host:port" (IPv4, [IPv6]) and tags its requests
  * with listener_id. Hosts are numeric; ":port" means 0.0.0.0. Returns 0 or a
  * negative error (UV_EINVAL for a malformed address, UV_EADDRINUSE ...). */

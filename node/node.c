@@ -11,6 +11,7 @@
 #include "fetch.h"
 #include "http_server.h"
 #include "registry.h"
+#include "reload.h"
 #include "tags.h"
 #include "tls.h"
 #include "upstream.h"
@@ -38,97 +39,13 @@ static void on_signal(uv_signal_t *h, int signum) {
   node_shutdown(n);
 }
 
-/* ---- SIGHUP: reload ----
- * The file is parsed and validated on the thread pool; a config that does
- * not pass is refused with check-config's message and the running one
- * stays. Of a valid one, what can change in place is applied: log level
- * and format, shutdown_timeout, and each upstream's TTLs and
- * resolve_timeout (matched by host). Listeners, storage, the upstream list,
- * URLs, credentials, allow and cluster need a restart, and the log says so. */
-static void reload_job(uv_work_t *w) {
-  struct node *n = w->data;
-  struct config *c = calloc(1, sizeof *c);
-  n->reload_err[0] = '\0';
-  if (c && config_load_file(c, n->cfg->path, n->reload_err, sizeof n->reload_err) != 0) {
-    config_free(c);
-    free(c);
-    c = NULL;
-  } else if (!c) {
-    snprintf(n->reload_err, sizeof n->reload_err, "out of memory");
-  }
-  n->reload_cfg = c;
-}
-
-static void reload_apply(struct node *n, struct config *c) {
-  enum log_level lvl;
-  if (c->log_level && log_level_parse(c->log_level, &lvl) == 0)
-    log_set_level(lvl);
-  log_set_format(c->log_json ? LOG_FORMAT_JSON : LOG_FORMAT_TEXT);
-  n->cfg->log_json = c->log_json;
-  n->cfg->shutdown_timeout_ms = c->shutdown_timeout_ms;
-  size_t applied = 0;
-  for (size_t i = 0; i < n->cfg->n_upstreams; i++) {
-    const char *host = n->cfg->upstreams[i].host;
-    const struct config_upstream *nu = config_upstream_find(c, host, strlen(host));
-    if (nu) {
-      upstream_apply_ttls(n->ups[i], nu); /* what tags and tags/list read */
-      applied++;
-    }
-  }
-  LOG_I("SIGHUP: %s reloaded: log_level, log_format, shutdown_timeout and the TTLs of "
-        "%zu upstream(s) applied; listeners, storage, the upstream list, URLs, "
-        "credentials, allow and cluster take effect at the next restart",
-        n->cfg->path, applied);
-}
-
-static void reload_config(struct node *n);
-
-static void reload_done(uv_work_t *w, int status) {
-  struct node *n = w->data;
-  struct config *c = n->reload_cfg;
-  n->reload_cfg = NULL;
-  n->reload_busy = 0;
-  if (status == 0 && !n->stopping) {
-    if (c)
-      reload_apply(n, c);
-    else {
-      for (char *p = n->reload_err; (p = strchr(p, '\n')) != NULL;)
-        *p = ';'; /* one log line: "a; b" */
-      LOG_E("SIGHUP: %s refused, the running configuration stays: %s", n->cfg->path,
-            n->reload_err);
-    }
-  }
-  if (c) {
-    config_free(c);
-    free(c);
-  }
-  if (n->reload_again && !n->stopping) {
-    n->reload_again = 0;
-    reload_config(n); /* a SIGHUP came while the file was being read */
-  }
-}
-
-static void reload_config(struct node *n) {
-  if (!n->cfg->path) {
-    LOG_I("SIGHUP: running on the built-in configuration; nothing to re-read");
-    return;
-  }
-  if (n->reload_busy) {
-    n->reload_again = 1; /* read it once more when this read is done */
-    return;
-  }
-  n->reload_work.data = n;
-  if (uv_queue_work(n->loop, &n->reload_work, reload_job, reload_done) == 0)
-    n->reload_busy = 1;
-}
-
-/* SIGHUP: the configuration (above), certificates and the htpasswd file
+/* SIGHUP: the configuration (reload.c), certificates and the htpasswd file
  * are read again (the files are also watched; this makes it immediate). */
 static void on_sighup(uv_signal_t *h, int signum) {
   struct node *n = h->data;
   (void)signum;
   LOG_I("SIGHUP: reloading the configuration, certificates and passwords");
-  reload_config(n);
+  node_reload(n);
   if (n->tls_main)
     tls_source_reload(n->tls_main);
   if (n->tls_peer)

@@ -1832,11 +1832,66 @@ void upstream_free(struct upstream *u) {
   free(u);
 }
 
-void upstream_apply_ttls(struct upstream *u, const struct config_upstream *from) {
-  u->cfg.tag_ttl_ms = from->tag_ttl_ms;
-  u->cfg.tags_list_ttl_ms = from->tags_list_ttl_ms;
-  u->cfg.resolve_timeout_ms = from->resolve_timeout_ms;
-  u->cfg.first_byte_timeout_ms = from->first_byte_timeout_ms;
+static int str_differs(const char *a, const char *b) {
+  return (a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0);
+}
+
+int upstream_reconfigure(struct upstream *u, const struct config_upstream *from) {
+  const char *pw = from->password;
+  if (from->password_env && !(pw = getenv(from->password_env)))
+    return RM_ECONFIG;
+  struct config_upstream next = *from;
+  next.host = next.listen = NULL;
+  char *pw_copy = NULL;
+  if (!cfg_dup(&next.url, from->url) || !cfg_dup(&next.username, from->username) ||
+      !cfg_dup(&next.password, from->password) ||
+      !cfg_dup(&next.password_env, from->password_env) ||
+      !cfg_dup(&next.ca_file, from->ca_file) || !cfg_dup(&pw_copy, pw)) {
+    upstream_cfg_free(&next);
+    free(pw_copy);
+    return UV_ENOMEM;
+  }
+  size_t n = strlen(next.url);
+  while (n > 0 && next.url[n - 1] == '/')
+    next.url[--n] = '\0';
+  int new_url = strcmp(next.url, u->cfg.url) != 0;
+  int new_creds = str_differs(next.username, u->cfg.username) ||
+                  str_differs(pw_copy, u->password) || new_url;
+  /* what stays: the identity and the listener */
+  next.host = u->cfg.host;
+  next.listen = u->cfg.listen;
+  next.is_default = u->cfg.is_default;
+  next.tls = u->cfg.tls;
+  u->cfg.host = u->cfg.listen = NULL;
+  upstream_cfg_free(&u->cfg);
+  u->cfg = next;
+  free(u->password);
+  u->password = pw_copy;
+  if (new_creds) {
+    /* tokens of the old identity: those nobody waits for go now; one being
+     * fetched serves its waiters and is refetched when refused */
+    for (struct upq *q = u->tokens.next; q != &u->tokens;) {
+      struct uptoken *e = UPQ_DATA(q, struct uptoken, link);
+      q = q->next;
+      if (!e->fetch && upq_empty(&e->waiters))
+        token_free(e);
+      else if (e->token) {
+        free(e->token);
+        e->token = NULL;
+      }
+    }
+    if (u->ping == PING_DONE)
+      u->ping = PING_NONE; /* learn the challenge again */
+  }
+  if (new_url) {
+    u->brk = UPSTREAM_CIRCUIT_CLOSED;
+    u->brk_failures = 0;
+    u->brk_probing = 0;
+    u->brk_backoff_ms = 0;
+    u->rl.limit = u->rl.remaining = u->rl.window_s = -1;
+    LOG_I("upstream %s -> %s (reloaded)", u->cfg.host, u->cfg.url);
+  }
+  return 0;
 }
 
 const char *upstream_labels(const struct upstream *u) { return u->labels; }

@@ -108,9 +108,13 @@ int upstream_new_peer(struct upstream **out, struct upclient *c, const char *nam
                       const char *url, const struct config_tls *tls,
                       uint64_t connect_timeout_ms, uint64_t stall_ms);
 const struct config_upstream *upstream_config(const struct upstream *u);
-/* upstream_apply_ttls takes tag_ttl, tags_list_ttl and resolve_timeout from
- * a reloaded configuration (the keys a reload can change in place). */
-void upstream_apply_ttls(struct upstream *u, const struct config_upstream *from);
+/* upstream_reconfigure takes from a reloaded configuration everything but
+ * host, listen, default and tls: url, credentials, TLS verification,
+ * timeouts, retries, private and the TTLs. Requests in flight finish as
+ * they started; with a new URL or new credentials, cached tokens and the
+ * learnt challenge are dropped (and with a new URL the circuit closes).
+ * 0, RM_ECONFIG (password_env is not set: nothing changes) or UV_ENOMEM. */
+int upstream_reconfigure(struct upstream *u, const struct config_upstream *from);
 
 /* upstream_ping starts the upstream's /v2/ ping now if it has none (the
  * node calls it at start so the first client request does not wait for it,

@@ -56,7 +56,7 @@ struct blob_entry {
  * guarded by it. */
 struct blobstore {
   char *root; /* owned, no trailing slash */
-  uint64_t max_size;
+  uint64_t max_size; /* atomic: a reload may change it (budget()) */
   uint64_t seq; /* temp-name counter, atomic */
   pthread_mutex_t mu;
   struct blob_entry **buckets; /* owned */
@@ -228,8 +228,13 @@ static void doom_locked(struct blobstore *bs, struct blob_entry *e, int evicted,
   *doomed = e;
 }
 
+static uint64_t budget(const struct blobstore *bs) {
+  return __atomic_load_n(&bs->max_size, __ATOMIC_RELAXED);
+}
+
 static int over_budget(const struct blobstore *bs) {
-  return bs->max_size && bs->bytes + bs->reserved > bs->max_size;
+  uint64_t max = budget(bs);
+  return max && bs->bytes + bs->reserved > max;
 }
 
 /* evict_locked drops least recently used, unpinned blobs other than `keep`
@@ -429,7 +434,7 @@ void blobstore_get_stats(struct blobstore *bs, struct blobstore_stats *st) {
   st->blobs = bs->count;
   st->evictions = bs->evictions;
   st->evicted_bytes = bs->evicted_bytes;
-  st->max_size = bs->max_size;
+  st->max_size = budget(bs);
   pthread_mutex_unlock(&bs->mu);
 }
 
@@ -437,7 +442,8 @@ void blobstore_get_stats(struct blobstore *bs, struct blobstore_stats *st) {
 
 int storage__reserve(struct blobstore *bs, uint64_t n) {
   struct blob_entry *doomed = NULL;
-  if (bs->max_size && n > bs->max_size)
+  uint64_t max = budget(bs);
+  if (max && n > max)
     return RM_ENOSPACE;
   pthread_mutex_lock(&bs->mu);
   bs->reserved += n;
@@ -445,6 +451,15 @@ int storage__reserve(struct blobstore *bs, uint64_t n) {
   pthread_mutex_unlock(&bs->mu);
   finish_doomed(bs, doomed);
   return 0;
+}
+
+void blobstore_set_max_size(struct blobstore *bs, uint64_t max_size) {
+  struct blob_entry *doomed = NULL;
+  pthread_mutex_lock(&bs->mu);
+  __atomic_store_n(&bs->max_size, max_size, __ATOMIC_RELAXED);
+  evict_locked(bs, NULL, &doomed);
+  pthread_mutex_unlock(&bs->mu);
+  finish_doomed(bs, doomed);
 }
 
 static void unreserve_locked(struct blobstore *bs, uint64_t n) {
@@ -561,9 +576,10 @@ int storage__install(struct blobstore *bs, const char *hex, const char *blob_tmp
   finish_doomed(bs, doomed);
   free(fresh);
   free(mt);
-  if (bs->max_size && size > bs->max_size)
+  uint64_t max = budget(bs);
+  if (max && size > max)
     LOG_W("storage: blob %s (%llu bytes) alone exceeds max_size %llu; kept", hex,
-          (unsigned long long)size, (unsigned long long)bs->max_size);
+          (unsigned long long)size, (unsigned long long)max);
   return 0;
 }
 

@@ -51,6 +51,9 @@ struct blobstore_stats {
  * Returns 0 or a negative error; *out is owned by the caller. */
 int blobstore_open(struct blobstore **out, const char *root, uint64_t max_size);
 void blobstore_close(struct blobstore *bs);
+/* blobstore_set_max_size changes the budget (a reload) and evicts down to
+ * it at once. Unlinks files: call it off the event loop. */
+void blobstore_set_max_size(struct blobstore *bs, uint64_t max_size);
 
 /* blobstore_stat looks a blob up by its validated hex digest and counts as an
  * access for LRU. Returns 0, RM_ENOTFOUND or a negative error. */

@@ -2,6 +2,7 @@
 details, and `make install` with a unit systemd accepts."""
 
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -14,7 +15,7 @@ import time
 import pytest
 
 from rmtest import images, regmesh, util
-from rmtest.checks import hub_upstream, stream_get
+from rmtest.checks import hub_upstream, pull_via_http, stream_get
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -368,6 +369,61 @@ def test_sighup_applies_ttls_and_refuses_a_broken_config(make_node, make_proxy, 
     assert stream_get(node.url, path, timeout=60) == (200, blob.digest, blob.size)
     rd.join(60)
     assert rd.error is None and (rd.got, rd.digest) == (blob.size, blob.digest)
+
+
+def test_sighup_applies_upstream_allow_and_budget_in_place(make_node, make_registry, catalog):
+    """Edited and reloaded, on a connection kept open throughout: a smaller
+    storage.max_size evicts at once; an upstream's url pointing at another
+    registry serves that registry's image; `allow:` shutting loopback out
+    refuses new connections until it is reopened. A changed admin_listen is
+    named as waiting for a restart and not applied."""
+    a, b = catalog.stale, catalog.multi
+    reg_a, reg_b = make_registry("reload-a", [a]), make_registry("reload-b", [b])
+    up = regmesh.Upstream("docker.io", reg_a.url, default=True)
+    node = make_node([up])
+    pull_via_http(node.url, a)
+    tag_b = "/v2/%s/manifests/%s" % (b.repo, b.tag)
+    accept = {"Accept": images.ACCEPT_ALL}
+    assert node.request("GET", tag_b, headers=accept).status == 404
+    kept = http.client.HTTPConnection(util.LOCALHOST, node.port, timeout=10)
+
+    def kept_alive():
+        kept.request("GET", "/v2/")
+        r = kept.getresponse()
+        r.read()
+        return r.status
+    assert kept_alive() == 200
+    stored = node.metric_sum("regmesh_storage_bytes")
+    assert stored > 64 * 1024
+
+    node.max_size = "16KiB"
+    node.extra_yaml = "admin_listen: %s:%d\n" % (util.LOCALHOST, util.free_port())
+    log = node.reload()
+    assert re.search(r"applied: .*storage\.max_size", log), log
+    assert re.search(r"not applied until the next restart: .*admin_listen", log), log
+    assert node.metric_sum("regmesh_storage_bytes") <= 16 * 1024   # still on the main port
+    assert node.metric_sum("regmesh_storage_evictions_total") >= 1
+    assert kept_alive() == 200
+
+    node.max_size = "20GiB"
+    node.extra_yaml = ""
+    up.url = reg_b.url
+    log = node.reload()
+    assert "upstreams[docker.io].url" in log, log
+    assert "next restart" not in log, log
+    r = node.request("GET", tag_b, headers=accept)
+    assert r.status == 200 and r.body == b.manifest, r
+    assert kept_alive() == 200
+
+    node.extra_yaml = "allow: [127.0.0.2/32]\n"
+    assert "applied: allow" in node.reload()
+    assert node.request("GET", "/v2/").status == 403
+    node.extra_yaml = "allow: [127.0.0.0/8]\n"
+    node.reload()
+    assert node.request("GET", "/v2/").status == 200
+    assert kept_alive() == 200
+    kept.close()
+    assert node.alive()
 
 
 def test_access_log_false_writes_no_request_lines(make_node, hub):

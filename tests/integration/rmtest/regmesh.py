@@ -4,6 +4,7 @@ PID, its access log and /metrics."""
 import hashlib
 import os
 import re
+import signal
 import time
 
 from . import util
@@ -199,6 +200,18 @@ class Node:
     def write_config(self):
         with open(self.config_path, "w") as f:
             f.write(self.config_text())
+
+    def reload(self, timeout=10.0):
+        """Writes the config as the attributes now say, sends SIGHUP and
+        returns what the node logged about it."""
+        self.write_config()
+        mark = self.log_mark()
+        os.kill(self.pid, signal.SIGHUP)
+        done = re.compile(r"SIGHUP: \S+ (reloaded|refused)")
+        util.wait_until(lambda: done.search(self.log_text()[mark:]), timeout,
+                        what="the reload")
+        time.sleep(0.2)                    # the line after it (what waits a restart)
+        return self.log_text()[mark:]
 
     # -- process ---------------------------------------------------------
     def start(self, timeout=20.0):
