@@ -1645,6 +1645,8 @@ static int cluster_default_name(struct walk *w, const struct config__node *at,
               Q(q, host), why);
   else if (str_set(&c->name, host, strlen(host)) != 0)
     rc = fail_nomem(w);
+  else
+    c->name_defaulted = 1;
   path_pop(w, old);
   return rc;
 }

@@ -99,6 +99,8 @@ struct config_cluster {
   char *name;               /* default: gethostname(); NULL only when the
                                section is absent and the host name could not
                                be read */
+  int name_defaulted;       /* name is the host name: the node may add its
+                               address when another member has it */
   char *bind;               /* default "0.0.0.0:7946" */
   char *advertise;          /* NULL = derived from bind at start */
   char *peer_listen;        /* default "<bind ip>:<bind port + 1>" */

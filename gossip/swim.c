@@ -198,6 +198,29 @@ int swim_set_meta(struct swim *s, const uint8_t *meta, size_t len) {
   return 0;
 }
 
+int swim_rename(struct swim *s, const char *name) {
+  size_t len = strlen(name);
+  if (len == 0 || len > WIRE_NAME_MAX || s->leaving)
+    return -EINVAL;
+  if (swim__member_find(s, name))
+    return -EEXIST;
+  struct swim__member *me = s->self;
+  char old[WIRE_NAME_MAX + 1];
+  memcpy(old, me->name, sizeof old);
+  strmap_del(&s->by_name, me->name);
+  swim__name_copy(me->name, name);
+  if (strmap_put(&s->by_name, me->name, me) != 0) {
+    memcpy(me->name, old, sizeof old);
+    strmap_put(&s->by_name, me->name, me); /* had room a moment ago */
+    return -ENOMEM;
+  }
+  memset(s->cfg.name, 0, sizeof s->cfg.name);
+  memcpy(s->cfg.name, name, len);
+  me->incarnation++;
+  swim__queue_self_alive(s);
+  return 0;
+}
+
 /* ---- leave ---- */
 
 static void leave_dead(struct swim *s) {

@@ -116,6 +116,9 @@ struct swim_stats {
   uint64_t name_conflicts;     /* alive for a known name from another address */
   /* the last one: "<name> at <known addr>, claimed from <other addr>" */
   char last_conflict[200];
+  /* of those, the ones claiming our own name, and the last claimant */
+  uint64_t self_conflicts;
+  struct wire_addr self_conflict_from;
   uint64_t push_pull_rejected; /* push/pulls aborted by the version check */
   uint64_t corrections;        /* newer alive sent back for a stale suspect/dead */
 };
@@ -140,6 +143,11 @@ void swim_tick(struct swim *s);
 int swim_join(struct swim *s, const struct wire_addr *seeds, size_t n);
 /* New metadata: bumps our incarnation and gossips an alive. */
 int swim_set_meta(struct swim *s, const uint8_t *meta, size_t len);
+/* swim_rename gives this node a new name (another member holds ours:
+ * nobody took our alive, so nobody knows the old one). The new name is
+ * gossiped with a higher incarnation. 0, -EINVAL (empty, too long,
+ * leaving), -EEXIST (a known member has it) or -ENOMEM. */
+int swim_rename(struct swim *s, const char *name);
 /* Graceful leave: serf leave intent + dead about ourselves, gossiped;
  * swim_leave_done() becomes true once it has been sent to enough members or
  * after timeout_ms. */

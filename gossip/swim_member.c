@@ -272,6 +272,10 @@ void swim__on_alive(struct swim *s, const struct wire_alive *a) {
       swim__addr_str(&a->addr, y, sizeof y);
       snprintf(s->stats.last_conflict, sizeof s->stats.last_conflict,
                "%.60s at %.60s, claimed from %.60s", a->node, x, y);
+      if (m->is_self) {
+        s->stats.self_conflicts++;
+        s->stats.self_conflict_from = a->addr;
+      }
       LOG_D("swim %s: conflicting address for %s: known %s, claimed %s", s->cfg.name,
             a->node, x, y);
       return;

@@ -30,6 +30,7 @@
 #include <jansson.h>
 #include <netdb.h>
 #include <stdio.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -77,6 +78,10 @@ struct cluster {
   uv_timer_t tick;
   uint64_t next_join;
   uint64_t conflicts_logged, next_conflict_log; /* name conflicts said so far */
+  /* our gossip address as members see it (advertise, else the bound one) */
+  char self_gossip[64];
+  uint64_t first_self_conflict; /* loop time another member claimed our name */
+  int renamed;
   /* seed resolution in progress */
   unsigned resolving;
   char seeds[SEEDS_MAX][80];
@@ -576,6 +581,53 @@ static void resolve_seeds(struct cluster *c) {
     join_now(c);
 }
 
+/* ---- a default name somebody else has ----
+ * Cloned machines share host names. A node whose cluster.name is the
+ * default (its host name) and finds another member with that name takes
+ * "<host name>-<advertise ip>" (with the port if even that is taken). Of
+ * two such nodes only the one with the greater address renames, so
+ * nobody's keys move twice; a claimant that does not rename (an explicit
+ * name) is left the name after RENAME_GRACE_MS. */
+#define RENAME_GRACE_MS 10000
+
+static void maybe_rename(struct cluster *c, const struct swim_stats *st, uint64_t now) {
+  if (!c->cfg->name_defaulted || c->renamed || st->self_conflicts == 0)
+    return;
+  if (!c->first_self_conflict)
+    c->first_self_conflict = now;
+  char theirs[64];
+  gossip_uv_format_addr(&st->self_conflict_from, theirs, sizeof theirs);
+  if (strcmp(c->self_gossip, theirs) <= 0 && now - c->first_self_conflict < RENAME_GRACE_MS)
+    return;
+  char ip[64], name[WIRE_NAME_MAX + 1];
+  snprintf(ip, sizeof ip, "%s", c->self_gossip);
+  char *colon = strrchr(ip, ':');
+  if (colon)
+    *colon = '\0';
+  struct swim *sw = gossip_uv_swim(c->g);
+  snprintf(name, sizeof name, "%s-%s", c->cfg->name, ip);
+  int r = swim_rename(sw, name);
+  if (r == -EEXIST) {
+    snprintf(name, sizeof name, "%s-%s", c->cfg->name, c->self_gossip);
+    r = swim_rename(sw, name);
+  }
+  if (r) {
+    c->renamed = 1; /* once: the conflict stays logged as an error */
+    LOG_E("cluster: cannot take a name of our own (%s): %s", name, rm_strerror(r));
+    return;
+  }
+  LOG_W("cluster: member %s at %s has our default name (the host name); this node is "
+        "now %s (set cluster.name to choose)",
+        c->cfg->name, theirs, name);
+  strmap_del(&c->peers, c->self->name);
+  snprintf(c->self->name, sizeof c->self->name, "%s", name);
+  if (strmap_put(&c->peers, c->self->name, c->self) != 0)
+    LOG_E("cluster: out of memory renaming ourselves");
+  c->renamed = 1;
+  c->next_join = now; /* the claimant never took us: join again now */
+  schedule_rebuild(c);
+}
+
 static void on_tick(uv_timer_t *t) {
   struct cluster *c = t->data;
   if (c->stopping)
@@ -594,6 +646,8 @@ static void on_tick(uv_timer_t *t) {
     c->conflicts_logged = st.name_conflicts;
     c->next_conflict_log = now + 60 * 1000;
   }
+  if (c->g)
+    maybe_rename(c, &st, now);
   if (c->cfg->n_join && swim_num_alive(gossip_uv_swim(c->g)) <= 1 && now >= c->next_join) {
     c->next_join = now + JOIN_RETRY_MS;
     resolve_seeds(c);
@@ -651,6 +705,8 @@ int cluster_start(struct cluster **out, struct node *n) {
   }
   char gaddr[64];
   gossip_uv_format_addr(gossip_uv_addr(c->g), gaddr, sizeof gaddr);
+  gossip_uv_format_addr(sc.advertise.ip_len ? &sc.advertise : gossip_uv_addr(c->g),
+                        c->self_gossip, sizeof c->self_gossip);
   if (cc->peer_url) {
     snprintf(c->self_url, sizeof c->self_url, "%s", cc->peer_url);
   } else {

@@ -23,6 +23,7 @@ What is asserted:
 import collections
 import math
 import os
+import socket
 import threading
 import time
 
@@ -358,3 +359,23 @@ def test_two_nodes_with_one_name_say_so(make_fleet, hub, regmesh_binary):
         assert len(errs) <= 2, "logged once a minute, not per message: %s" % errs
         cp = util.run([regmesh_binary, "members", "--admin", nd.host_port], timeout=20)
         assert "name conflict" in cp.stdout.decode(), cp.stdout
+
+
+def test_two_nodes_with_the_default_name_still_form_a_fleet(make_fleet, hub):
+    """Without cluster.name both nodes take the host name (this machine's
+    for both, as on cloned VMs): one of them adds its address, says so, and
+    the two form a fleet of two with distinct names."""
+    host = socket.gethostname()
+    fl = make_fleet(hub, 2, start=False, node_opts={0: {"cluster": {"name": None}},
+                                                    1: {"cluster": {"name": None}}})
+    for nd in fl.nodes:
+        nd.start()
+
+    def names(nd):
+        return sorted(n for n, m in fl.members(nd).items() if field(m, "state") == ALIVE)
+    want = sorted([host, "%s-%s" % (host, util.LOCALHOST)])
+    util.wait_until(lambda: all(names(nd) == want for nd in fl.nodes), 40, interval=0.5,
+                    what="two members named %s" % want)
+    renamed = [nd for nd in fl.nodes if "has our default name" in nd.log_text()]
+    assert len(renamed) == 1, "exactly one node renames itself"
+    assert renamed[0].get_json("/cluster/members")["self"] == want[1]
