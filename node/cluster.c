@@ -80,7 +80,8 @@ struct cluster {
   uint64_t conflicts_logged, next_conflict_log; /* name conflicts said so far */
   /* our gossip address as members see it (advertise, else the bound one) */
   char self_gossip[64];
-  uint64_t first_self_conflict; /* loop time another member claimed our name */
+  uint64_t self_conflicts_seen; /* swim's count at the last tick */
+  uint64_t first_self_conflict; /* loop time: alone, and our name claimed */
   int renamed;
   /* seed resolution in progress */
   unsigned resolving;
@@ -583,18 +584,32 @@ static void resolve_seeds(struct cluster *c) {
 
 /* ---- a default name somebody else has ----
  * Cloned machines share host names. A node whose cluster.name is the
- * default (its host name) and finds another member with that name takes
- * "<host name>-<advertise ip>" (with the port if even that is taken). Of
- * two such nodes only the one with the greater address renames, so
- * nobody's keys move twice; a claimant that does not rename (an explicit
- * name) is left the name after RENAME_GRACE_MS. */
-#define RENAME_GRACE_MS 10000
+ * default (its host name), that finds another member claiming that name
+ * and is alone because of it (nobody took its alive), takes
+ * "<host name>-<advertise ip>" (with the port if even that is taken). A
+ * node already in a fleet never renames: the newcomer does, so no fleet's
+ * keys move. Of two lone clones the one with the greater address renames
+ * at once; the other waits RENAME_GRACE_MS (two join retries, time for the
+ * first to rename and join it) in case its claimant never renames (an
+ * explicit name). */
+#define RENAME_GRACE_MS (2 * JOIN_RETRY_MS + 5000)
 
 static void maybe_rename(struct cluster *c, const struct swim_stats *st, uint64_t now) {
-  if (!c->cfg->name_defaulted || c->renamed || st->self_conflicts == 0)
+  if (!c->cfg->name_defaulted || c->renamed)
     return;
+  struct swim *sw = gossip_uv_swim(c->g);
+  if (swim_num_alive(sw) > 1) {
+    c->first_self_conflict = 0;
+    c->self_conflicts_seen = st->self_conflicts;
+    return;
+  }
+  if (st->self_conflicts != c->self_conflicts_seen) {
+    c->self_conflicts_seen = st->self_conflicts;
+    if (!c->first_self_conflict)
+      c->first_self_conflict = now;
+  }
   if (!c->first_self_conflict)
-    c->first_self_conflict = now;
+    return;
   char theirs[64];
   gossip_uv_format_addr(&st->self_conflict_from, theirs, sizeof theirs);
   if (strcmp(c->self_gossip, theirs) <= 0 && now - c->first_self_conflict < RENAME_GRACE_MS)
@@ -604,7 +619,6 @@ static void maybe_rename(struct cluster *c, const struct swim_stats *st, uint64_
   char *colon = strrchr(ip, ':');
   if (colon)
     *colon = '\0';
-  struct swim *sw = gossip_uv_swim(c->g);
   snprintf(name, sizeof name, "%s-%s", c->cfg->name, ip);
   int r = swim_rename(sw, name);
   if (r == -EEXIST) {

@@ -468,8 +468,7 @@ static void on_deadline_tick(uv_timer_t *t) {
         due = r;
     if (!due)
       break;
-    deadline_fire(due); /* clears it from the list */
-    deadline_clear(due);
+    deadline_fire(due); /* its cleanup takes it off the list (and may free it) */
   }
 }
 

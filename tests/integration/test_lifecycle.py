@@ -393,8 +393,9 @@ def test_sighup_applies_upstream_allow_and_budget_in_place(make_node, make_regis
         r.read()
         return r.status
     assert kept_alive() == 200
-    stored = node.metric_sum("regmesh_storage_bytes")
-    assert stored > 64 * 1024
+    # the last blob is committed just after its response
+    util.wait_until(lambda: node.metric_sum("regmesh_storage_bytes") > 64 * 1024, 10,
+                    what="the image in the store")
 
     node.max_size = "16KiB"
     node.extra_yaml = "admin_listen: %s:%d\n" % (util.LOCALHOST, util.free_port())
