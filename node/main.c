@@ -8,6 +8,7 @@
  * and stripped of control characters before it reaches the terminal.
  */
 #include "ca.h"
+#include "clientcfg.h"
 #include "node.h"
 
 #include "../common/errors.h"
@@ -32,6 +33,9 @@ static const char usage[] =
     "  check-config FILE       validate a configuration file and exit\n"
     "  members [--config FILE] [--admin HOST:PORT] [--json]\n"
     "                          list the cluster members a running node sees\n"
+    "  client-config docker|containerd|buildkit|podman|all [--config FILE] [--node URL]\n"
+    "                [--ca FILE] [--no-fallback] [--write ROOT | --check ROOT]\n"
+    "                          the files each client needs to pull through the node\n"
     "  keygen                  print a new cluster.secret (base64 of 32 random bytes)\n"
     "  ca init DIR             create a cluster CA in DIR (ca.key, ca.crt)\n"
     "  ca issue DIR NAME [--ip IP]... [--dns NAME]... [--days N] [--force]\n"
@@ -490,6 +494,8 @@ int main(int argc, char **argv) {
     return cmd_check_config(argc - 2, argv + 2);
   if (strcmp(cmd, "members") == 0)
     return cmd_members(argc - 2, argv + 2);
+  if (strcmp(cmd, "client-config") == 0)
+    return clientcfg_cli(argc - 2, argv + 2);
   if (strcmp(cmd, "keygen") == 0)
     return ca_cli_keygen(argc - 2, argv + 2);
   if (strcmp(cmd, "ca") == 0)

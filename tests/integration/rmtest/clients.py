@@ -128,7 +128,10 @@ class Skopeo:
                                  "CONTAINERS_REGISTRIES_CONF": self.registries_conf})
             tmp = os.path.join(scratch, "tmp")
             os.makedirs(tmp)
-            argv = [SKOPEO, "--policy", self.policy, "--tmpdir", tmp] + list(args)
+            # skopeo 1.9 reads CONTAINERS_REGISTRIES_CONF for nothing; its
+            # (hidden) --registries-conf is what makes the file count
+            argv = [SKOPEO, "--policy", self.policy, "--registries-conf", self.registries_conf,
+                    "--tmpdir", tmp] + list(args)
             return util.run(private_varlib_argv(argv, scratch), timeout=timeout,
                             env=env, check=check)
         finally:

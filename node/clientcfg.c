@@ -1,0 +1,706 @@
+/* clientcfg.c - `regmesh client-config`: the files each registry client
+ * needs to pull through a node, printed, written under a root, or checked.
+ *
+ * Everything is derived from the node's configuration: the main listener
+ * (which routes by containerd's and buildkit's `?ns=` and by the first path
+ * component for containers-registries.conf), each upstream's own listener
+ * (the only way for dockerd's registry-mirrors and for renamed images), and
+ * TLS (https and a CA to trust). Files regmesh owns whole (hosts.toml) are
+ * replaced; files with the user's other settings are merged: daemon.json
+ * through jansson, registries.conf and buildkitd.toml by replacing the
+ * `[[registry]]` tables for our prefixes (or the block between our markers)
+ * and leaving every other line as it was. Each write says what changed.
+ */
+#include "clientcfg.h"
+
+#include "../common/errors.h"
+#include "../config/config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <uv.h>
+
+#define CC_FILE_MAX (1024 * 1024) /* existing client files we merge into */
+#define MARK_BEGIN "# BEGIN regmesh client-config"
+#define MARK_END "# END regmesh client-config"
+
+static const char cc_usage[] =
+    "usage: regmesh client-config docker|containerd|buildkit|podman|all\n"
+    "           [--config FILE] [--node URL] [--ca FILE] [--no-fallback]\n"
+    "           [--write ROOT | --check ROOT]\n"
+    "\n"
+    "Prints the files each client needs to pull every upstream of the node\n"
+    "through it (or writes them under ROOT, e.g. /, merging into an existing\n"
+    "daemon.json, registries.conf or buildkitd.toml and saying what changed;\n"
+    "or tells whether the files under ROOT point at the node: exit 0 if so).\n"
+    "\n"
+    "  --config FILE   the node's configuration (default: the built-in one)\n"
+    "  --node URL      how clients reach the main listener, e.g.\n"
+    "                  https://build-07.example:5000 (default: from `listen`,\n"
+    "                  a wildcard address as 127.0.0.1)\n"
+    "  --ca FILE       CA certificate clients trust for an https node\n"
+    "  --no-fallback   clients never go to the upstream registries themselves\n";
+
+enum cc_client { CC_DOCKER = 1, CC_CONTAINERD = 2, CC_BUILDKIT = 4, CC_PODMAN = 8 };
+
+struct cc {
+  const struct config *cfg;
+  char scheme[8];     /* "http" or "https" of the main listener */
+  char host[256];     /* how clients name the node: "127.0.0.1", "[::1]" */
+  char hostport[300]; /* host:port of the main listener */
+  const char *ca;
+  int no_fallback;
+  const char *root; /* --write / --check */
+  int check;
+  int mismatches;
+};
+
+/* ---- small helpers ---- */
+
+static int cc_join(char *out, size_t len, const char *root, const char *rel) {
+  int n = snprintf(out, len, "%s/%s", root, rel);
+  return n > 0 && (size_t)n < len ? 0 : RM_ETOOBIG;
+}
+
+static int mkdirs(const char *path) {
+  char tmp[4096];
+  if (snprintf(tmp, sizeof tmp, "%s", path) >= (int)sizeof tmp)
+    return RM_ETOOBIG;
+  for (char *p = tmp + 1; *p; p++) {
+    if (*p != '/')
+      continue;
+    *p = '\0';
+    if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
+      return -errno;
+    *p = '/';
+  }
+  return 0;
+}
+
+/* read_all: the file whole, NUL-terminated; *out NULL when it does not
+ * exist. 0 or a negative errno / RM_ETOOBIG. */
+static int read_all(const char *path, char **out) {
+  *out = NULL;
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return errno == ENOENT ? 0 : -errno;
+  char *buf = malloc(CC_FILE_MAX + 1);
+  size_t n = buf ? fread(buf, 1, CC_FILE_MAX + 1, f) : 0;
+  int err = ferror(f);
+  fclose(f);
+  if (!buf)
+    return UV_ENOMEM;
+  if (err || n > CC_FILE_MAX) {
+    free(buf);
+    return err ? -EIO : RM_ETOOBIG;
+  }
+  buf[n] = '\0';
+  *out = buf;
+  return 0;
+}
+
+/* write_atomic: a temporary file next to path, then rename, so a client
+ * never reads half a file. */
+static int write_atomic(const char *path, const char *text) {
+  char tmp[4200];
+  if (snprintf(tmp, sizeof tmp, "%s.regmesh-tmp", path) >= (int)sizeof tmp)
+    return RM_ETOOBIG;
+  int r = mkdirs(path);
+  if (r)
+    return r;
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return -errno;
+  size_t len = strlen(text), off = 0;
+  while (off < len) {
+    ssize_t w = write(fd, text + off, len - off);
+    if (w < 0) {
+      if (errno == EINTR)
+        continue;
+      r = -errno;
+      break;
+    }
+    off += (size_t)w;
+  }
+  if (r == 0 && fsync(fd) != 0)
+    r = -errno;
+  if (close(fd) != 0 && r == 0)
+    r = -errno;
+  if (r == 0 && rename(tmp, path) != 0)
+    r = -errno;
+  if (r)
+    unlink(tmp);
+  return r;
+}
+
+/* A growing string; on allocation failure it stays as it was and `bad` is set. */
+struct sbuf {
+  char *s;
+  size_t n, cap;
+  int bad;
+};
+
+static void sb_add(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_add(struct sbuf *b, const char *fmt, ...) {
+  va_list ap;
+  for (;;) {
+    size_t room = b->cap - b->n;
+    va_start(ap, fmt);
+    int w = vsnprintf(b->s ? b->s + b->n : NULL, b->s ? room : 0, fmt, ap);
+    va_end(ap);
+    if (w < 0) {
+      b->bad = 1;
+      return;
+    }
+    if (b->s && (size_t)w < room) {
+      b->n += (size_t)w;
+      return;
+    }
+    size_t cap = (b->cap ? b->cap * 2 : 1024) + (size_t)w;
+    char *s = realloc(b->s, cap);
+    if (!s) {
+      b->bad = 1;
+      return;
+    }
+    b->s = s;
+    b->cap = cap;
+  }
+}
+
+/* ---- where each upstream is reached ---- */
+
+static int is_hub(const char *host) { return strcmp(host, "docker.io") == 0; }
+
+/* The registry a client falls back to: docker.io's API host, else the name. */
+static const char *fallback_host(const char *host) {
+  return is_hub(host) ? "registry-1.docker.io" : host;
+}
+
+static int listener_https(const struct cc *c, const struct config_upstream *u) {
+  return (u && u->tls) || c->cfg->tls;
+}
+
+/* host:port of an upstream's own listener, named like the main one. */
+static void upstream_hostport(const struct cc *c, const struct config_upstream *u, char *out,
+                              size_t len) {
+  const char *colon = strrchr(u->listen, ':');
+  snprintf(out, len, "%s:%s", c->host, colon ? colon + 1 : "");
+}
+
+static int is_loopback_host(const char *h) {
+  return strncmp(h, "127.", 4) == 0 || strcmp(h, "[::1]") == 0 || strcmp(h, "localhost") == 0;
+}
+
+/* ---- writing, merging, checking one file ---- */
+
+/* emit: print (no root), or write/check ROOT/rel against `want`. */
+static int emit(struct cc *c, const char *rel, const char *want, const char *note) {
+  char path[4096];
+  if (!c->root) {
+    printf("# ---- /%s%s%s\n%s\n", rel, note ? " " : "", note ? note : "", want);
+    return 0;
+  }
+  if (cc_join(path, sizeof path, c->root, rel) != 0)
+    return RM_ETOOBIG;
+  char *have = NULL;
+  int r = read_all(path, &have);
+  if (r) {
+    fprintf(stderr, "regmesh client-config: %s: %s\n", path, rm_strerror(r));
+    return r;
+  }
+  int same = have && strcmp(have, want) == 0;
+  if (c->check) {
+    printf("%-8s %s\n", same ? "ok" : have ? "differs" : "missing", path);
+    c->mismatches += !same;
+  } else if (same) {
+    printf("unchanged %s\n", path);
+  } else if ((r = write_atomic(path, want)) != 0) {
+    fprintf(stderr, "regmesh client-config: cannot write %s: %s\n", path, rm_strerror(r));
+  } else {
+    printf("%s %s%s%s\n", have ? "updated" : "wrote", path, note ? " " : "", note ? note : "");
+  }
+  free(have);
+  return r;
+}
+
+/* existing: what ROOT/rel holds now (NULL when absent or printing). */
+static int existing(const struct cc *c, const char *rel, char **out) {
+  char path[4096];
+  *out = NULL;
+  if (!c->root)
+    return 0;
+  if (cc_join(path, sizeof path, c->root, rel) != 0)
+    return RM_ETOOBIG;
+  int r = read_all(path, out);
+  if (r)
+    fprintf(stderr, "regmesh client-config: %s: %s\n", path, rm_strerror(r));
+  return r;
+}
+
+/* ---- containerd and dockerd's containerd store: hosts.toml ---- */
+
+static void hosts_toml(const struct cc *c, const struct config_upstream *u, struct sbuf *b) {
+  sb_add(b, "# regmesh client-config: %s through the node at %s://%s\n", u->host, c->scheme,
+         c->hostport);
+  if (c->no_fallback) {
+    /* the node is the server too, so nothing else is ever asked (containerd
+     * wants a [host] table all the same) */
+    sb_add(b, "server = \"%s://%s\"\n", c->scheme, c->hostport);
+    if (c->ca)
+      sb_add(b, "ca = \"%s\"\n", c->ca);
+    sb_add(b, "\n");
+  } else {
+    sb_add(b, "server = \"https://%s\"\n\n", fallback_host(u->host));
+  }
+  sb_add(b, "[host.\"%s://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", c->scheme,
+         c->hostport);
+  if (c->ca)
+    sb_add(b, "  ca = \"%s\"\n", c->ca);
+}
+
+static int gen_hosts_dir(struct cc *c, const char *dir) {
+  int rc = 0;
+  for (size_t i = 0; i < c->cfg->n_upstreams; i++) {
+    const struct config_upstream *u = &c->cfg->upstreams[i];
+    struct sbuf b = {0};
+    char rel[600];
+    hosts_toml(c, u, &b);
+    snprintf(rel, sizeof rel, "%s/%s/hosts.toml", dir, u->host);
+    int r = b.bad ? UV_ENOMEM : emit(c, rel, b.s, NULL);
+    free(b.s);
+    if (r)
+      rc = r;
+  }
+  return rc;
+}
+
+/* ---- dockerd: daemon.json ---- */
+
+/* json_str_array_has: index of s in the array, or -1. */
+static int json_str_array_find(json_t *a, const char *s) {
+  for (size_t i = 0; i < json_array_size(a); i++) {
+    const char *v = json_string_value(json_array_get(a, i));
+    if (v && strcmp(v, s) == 0)
+      return (int)i;
+  }
+  return -1;
+}
+
+static int gen_daemon_json(struct cc *c) {
+  const struct config *cfg = c->cfg;
+  const struct config_upstream *hub = config_upstream_find(cfg, "docker.io", 9);
+  char mirror[400] = "", note[600] = "";
+  json_t *insecure = json_array();
+  if (!insecure)
+    return UV_ENOMEM;
+  /* registry-mirrors sends no registry name: the listener must be docker.io's */
+  if (hub && hub->listen)
+    snprintf(mirror, sizeof mirror, "%s://%s:%s", listener_https(c, hub) ? "https" : "http",
+             c->host, strrchr(hub->listen, ':') + 1);
+  else if (hub && hub->is_default)
+    snprintf(mirror, sizeof mirror, "%s://%s", c->scheme, c->hostport);
+  else
+    snprintf(note, sizeof note, "(docker.io is not the default upstream and has no listen: "
+                                "registry-mirrors cannot reach it)");
+  /* renamed images (<node>:<port>/org/app) over plain HTTP beyond loopback */
+  for (size_t i = 0; i < cfg->n_upstreams; i++) {
+    const struct config_upstream *u = &cfg->upstreams[i];
+    char hp[300];
+    if (!u->listen || listener_https(c, u) || is_loopback_host(c->host))
+      continue;
+    upstream_hostport(c, u, hp, sizeof hp);
+    json_array_append_new(insecure, json_string(hp));
+  }
+  char *have = NULL;
+  int r = existing(c, "etc/docker/daemon.json", &have);
+  if (r) {
+    json_decref(insecure);
+    return r;
+  }
+  json_t *doc = NULL;
+  if (have && have[strspn(have, " \t\r\n")]) {
+    json_error_t e;
+    doc = json_loads(have, JSON_REJECT_DUPLICATES, &e);
+    if (!json_is_object(doc)) {
+      fprintf(stderr, "regmesh client-config: %s/etc/docker/daemon.json:%d:%d: %s; not changed\n",
+              c->root, e.line, e.column, doc ? "not a JSON object" : e.text);
+      json_decref(doc);
+      json_decref(insecure);
+      free(have);
+      return RM_EPARSE;
+    }
+  } else {
+    doc = json_object();
+  }
+  free(have);
+  json_t *before = json_deep_copy(doc);
+  if (mirror[0]) {
+    json_t *m = json_object_get(doc, "registry-mirrors");
+    if (!json_is_array(m)) {
+      m = json_array();
+      json_object_set_new(doc, "registry-mirrors", m);
+    }
+    int at = json_str_array_find(m, mirror);
+    if (at != 0) { /* first: dockerd tries mirrors in order */
+      if (at > 0)
+        json_array_remove(m, (size_t)at);
+      json_array_insert_new(m, 0, json_string(mirror));
+      snprintf(note, sizeof note, "(registry-mirrors: %s %s", mirror, at > 0 ? "moved first" : "added first");
+    }
+  }
+  if (json_array_size(insecure)) {
+    json_t *a = json_object_get(doc, "insecure-registries");
+    if (!json_is_array(a)) {
+      a = json_array();
+      json_object_set_new(doc, "insecure-registries", a);
+    }
+    for (size_t i = 0; i < json_array_size(insecure); i++) {
+      const char *hp = json_string_value(json_array_get(insecure, i));
+      if (json_str_array_find(a, hp) < 0) {
+        json_array_append_new(a, json_string(hp));
+        size_t l = strlen(note);
+        snprintf(note + l, sizeof note - l, "%sinsecure-registries: %s added", l ? "; " : "(", hp);
+      }
+    }
+  }
+  json_decref(insecure);
+  if (note[0] != '\0' && note[strlen(note) - 1] != ')') {
+    size_t l = strlen(note);
+    snprintf(note + l, sizeof note - l, ")");
+  }
+  if (c->check) {
+    /* what matters is the keys, not how the file is laid out */
+    int same = before && json_object_size(before) && json_equal(before, doc);
+    printf("%-8s %s/etc/docker/daemon.json\n", same ? "ok" : "differs", c->root);
+    c->mismatches += !same;
+    json_decref(before);
+    json_decref(doc);
+    return 0;
+  }
+  json_decref(before);
+  char *text = json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+  json_decref(doc);
+  if (!text)
+    return UV_ENOMEM;
+  struct sbuf b = {0};
+  sb_add(&b, "%s\n", text);
+  free(text);
+  r = b.bad ? UV_ENOMEM : emit(c, "etc/docker/daemon.json", b.s, note[0] ? note : NULL);
+  free(b.s);
+  return r;
+}
+
+/* ---- TOML files shared with the user: a marked block ---- */
+
+/* Removes lines [from, to) of text (offsets), in place. */
+static void cut(char *text, size_t from, size_t to) {
+  memmove(text + from, text + to, strlen(text + to) + 1);
+}
+
+/* drop_marked removes our previous block (markers included). */
+static void drop_marked(char *text) {
+  char *b = strstr(text, MARK_BEGIN);
+  if (!b)
+    return;
+  char *e = strstr(b, MARK_END);
+  size_t to = e ? (size_t)(e - text) + strlen(MARK_END) : strlen(text);
+  if (text[to] == '\n')
+    to++;
+  cut(text, (size_t)(b - text), to);
+}
+
+/* A line's text without leading blanks. */
+static const char *lstrip(const char *p) {
+  while (*p == ' ' || *p == '\t')
+    p++;
+  return p;
+}
+
+/* drop_registries removes registries.conf [[registry]] tables (with their
+ * [[registry.mirror]] sub-tables) whose prefix (or location, without a
+ * prefix) is one of `hosts`: ours replace them. Other lines stay. */
+static void drop_registries(char *text, const struct config *cfg) {
+  size_t pos = 0;
+  while (text[pos]) {
+    const char *line = text + pos;
+    const char *t = lstrip(line);
+    if (strncmp(t, "[[registry]]", 12) != 0) {
+      const char *nl = strchr(line, '\n');
+      pos = nl ? (size_t)(nl - text) + 1 : strlen(text);
+      continue;
+    }
+    /* the table runs to the next table header other than a mirror */
+    size_t end = pos;
+    const char *nl = strchr(line, '\n');
+    end = nl ? (size_t)(nl - text) + 1 : strlen(text);
+    char key[300] = "";
+    int has_prefix = 0;
+    while (text[end]) {
+      const char *l = text + end;
+      const char *lt = lstrip(l);
+      if (lt[0] == '[' && strncmp(lt, "[[registry.mirror]]", 19) != 0)
+        break;
+      char v[300];
+      if (!has_prefix && sscanf(lt, "prefix = \"%299[^\"]\"", v) == 1) {
+        snprintf(key, sizeof key, "%s", v);
+        has_prefix = 1;
+      } else if (!key[0] && sscanf(lt, "location = \"%299[^\"]\"", v) == 1) {
+        snprintf(key, sizeof key, "%s", v);
+      }
+      const char *n2 = strchr(l, '\n');
+      end = n2 ? (size_t)(n2 - text) + 1 : strlen(text);
+    }
+    int ours = 0;
+    for (size_t i = 0; i < cfg->n_upstreams && !ours; i++)
+      ours = strcmp(key, cfg->upstreams[i].host) == 0;
+    if (ours)
+      cut(text, pos, end);
+    else
+      pos = end;
+  }
+}
+
+/* merged: existing text minus what ours replaces, then our block. */
+static char *merged(const char *have, const char *block, const struct config *cfg,
+                    int registries) {
+  struct sbuf b = {0};
+  if (have) {
+    char *t = strdup(have);
+    if (!t)
+      return NULL;
+    drop_marked(t);
+    if (registries)
+      drop_registries(t, cfg);
+    size_t n = strlen(t);
+    while (n > 0 && (t[n - 1] == '\n'))
+      t[--n] = '\0';
+    if (n)
+      sb_add(&b, "%s\n\n", t);
+    free(t);
+  }
+  sb_add(&b, "%s\n%s%s\n", MARK_BEGIN, block, MARK_END);
+  if (b.bad) {
+    free(b.s);
+    return NULL;
+  }
+  return b.s;
+}
+
+/* ---- buildkitd.toml ---- */
+
+static int gen_buildkit(struct cc *c) {
+  struct sbuf blk = {0};
+  for (size_t i = 0; i < c->cfg->n_upstreams; i++)
+    sb_add(&blk, "[registry.\"%s\"]\n  mirrors = [\"%s\"]\n", c->cfg->upstreams[i].host,
+           c->hostport);
+  /* a mirror's own settings come from its own table (buildkit reads
+   * [registry."<mirror host>"], not the upstream's) */
+  sb_add(&blk, "[registry.\"%s\"]\n", c->hostport);
+  if (strcmp(c->scheme, "http") == 0)
+    sb_add(&blk, "  http = true\n");
+  else if (c->ca)
+    sb_add(&blk, "  ca = [\"%s\"]\n", c->ca);
+  else
+    sb_add(&blk, "  http = false\n");
+  char *have = NULL;
+  int r = blk.bad ? UV_ENOMEM : existing(c, "etc/buildkit/buildkitd.toml", &have);
+  if (r == 0 && have) {
+    /* a table of ours outside the block would be a duplicate TOML table */
+    char *t = strdup(have);
+    if (t) {
+      drop_marked(t);
+      for (size_t i = 0; i < c->cfg->n_upstreams && r == 0; i++) {
+        char hdr[300];
+        snprintf(hdr, sizeof hdr, "[registry.\"%s\"]", c->cfg->upstreams[i].host);
+        if (strstr(t, hdr)) {
+          fprintf(stderr, "regmesh client-config: %s/etc/buildkit/buildkitd.toml already has "
+                          "%s; remove it (regmesh writes its own) and run again\n",
+                  c->root, hdr);
+          r = RM_ECONFIG;
+        }
+      }
+      free(t);
+    }
+  }
+  char *want = r == 0 ? merged(have, blk.s, c->cfg, 0) : NULL;
+  if (r == 0)
+    r = want ? emit(c, "etc/buildkit/buildkitd.toml", want, NULL) : UV_ENOMEM;
+  free(want);
+  free(have);
+  free(blk.s);
+  return r;
+}
+
+/* ---- containers-registries.conf ---- */
+
+static int gen_podman(struct cc *c) {
+  struct sbuf blk = {0};
+  int insecure = strcmp(c->scheme, "http") == 0;
+  for (size_t i = 0; i < c->cfg->n_upstreams; i++) {
+    const char *h = c->cfg->upstreams[i].host;
+    /* the first path component names the upstream for the node */
+    sb_add(&blk, "[[registry]]\nprefix = \"%s\"\n", h);
+    if (c->no_fallback) {
+      sb_add(&blk, "location = \"%s/%s\"\n%s", c->hostport, h,
+             insecure ? "insecure = true\n" : "");
+    } else {
+      sb_add(&blk, "location = \"%s\"\n[[registry.mirror]]\nlocation = \"%s/%s\"\n%s", h,
+             c->hostport, h, insecure ? "insecure = true\n" : "");
+    }
+  }
+  char *have = NULL;
+  int r = blk.bad ? UV_ENOMEM : existing(c, "etc/containers/registries.conf", &have);
+  char *want = r == 0 ? merged(have, blk.s, c->cfg, 1) : NULL;
+  if (r == 0)
+    r = want ? emit(c, "etc/containers/registries.conf", want, NULL) : UV_ENOMEM;
+  free(want);
+  free(have);
+  free(blk.s);
+  if (r == 0 && c->ca && strcmp(c->scheme, "https") == 0) {
+    /* containers/image trusts per host:port directory */
+    char *pem = NULL, rel[400];
+    if ((r = read_all(c->ca, &pem)) == 0 && pem) {
+      snprintf(rel, sizeof rel, "etc/containers/certs.d/%s/ca.crt", c->hostport);
+      r = emit(c, rel, pem, NULL);
+    }
+    free(pem);
+  }
+  return r;
+}
+
+/* ---- arguments ---- */
+
+/* node_url parses --node: http(s)://host[:port], no path. */
+static int node_url(struct cc *c, const char *url) {
+  const char *rest;
+  if (strncmp(url, "http://", 7) == 0) {
+    snprintf(c->scheme, sizeof c->scheme, "http");
+    rest = url + 7;
+  } else if (strncmp(url, "https://", 8) == 0) {
+    snprintf(c->scheme, sizeof c->scheme, "https");
+    rest = url + 8;
+  } else {
+    return RM_EPARSE;
+  }
+  size_t n = strlen(rest);
+  while (n > 0 && rest[n - 1] == '/')
+    n--;
+  if (n == 0 || n >= sizeof c->hostport || memchr(rest, '/', n) || memchr(rest, '@', n) ||
+      memchr(rest, '?', n) || memchr(rest, ' ', n) || memchr(rest, '"', n))
+    return RM_EPARSE;
+  memcpy(c->hostport, rest, n);
+  c->hostport[n] = '\0';
+  const char *colon = strrchr(c->hostport, ':');
+  const char *close = strrchr(c->hostport, ']');
+  if (!colon || (close && colon < close)) { /* no port: the scheme's */
+    size_t l = strlen(c->hostport);
+    snprintf(c->hostport + l, sizeof c->hostport - l, ":%s",
+             strcmp(c->scheme, "https") == 0 ? "443" : "80");
+    colon = strrchr(c->hostport, ':');
+  }
+  snprintf(c->host, sizeof c->host, "%.*s", (int)(colon - c->hostport), c->hostport);
+  return 0;
+}
+
+/* from_listen: the main listener as local clients reach it. */
+static void from_listen(struct cc *c) {
+  const char *l = c->cfg->listen;
+  const char *colon = strrchr(l, ':');
+  snprintf(c->scheme, sizeof c->scheme, "%s", c->cfg->tls ? "https" : "http");
+  snprintf(c->host, sizeof c->host, "%.*s", (int)(colon - l), l);
+  if (c->host[0] == '\0' || strcmp(c->host, "0.0.0.0") == 0)
+    snprintf(c->host, sizeof c->host, "127.0.0.1");
+  else if (strcmp(c->host, "[::]") == 0)
+    snprintf(c->host, sizeof c->host, "[::1]");
+  snprintf(c->hostport, sizeof c->hostport, "%s:%s", c->host, colon + 1);
+}
+
+int clientcfg_cli(int argc, char **argv) {
+  if (argc < 1 || strcmp(argv[0], "--help") == 0 || strcmp(argv[0], "-h") == 0) {
+    fputs(cc_usage, argc < 1 ? stderr : stdout);
+    return argc < 1 ? 2 : 0;
+  }
+  unsigned which = 0;
+  if (strcmp(argv[0], "docker") == 0)
+    which = CC_DOCKER;
+  else if (strcmp(argv[0], "containerd") == 0)
+    which = CC_CONTAINERD;
+  else if (strcmp(argv[0], "buildkit") == 0)
+    which = CC_BUILDKIT;
+  else if (strcmp(argv[0], "podman") == 0)
+    which = CC_PODMAN;
+  else if (strcmp(argv[0], "all") == 0)
+    which = CC_DOCKER | CC_CONTAINERD | CC_BUILDKIT | CC_PODMAN;
+  else {
+    fprintf(stderr, "regmesh client-config: unknown client '%s'\n%s", argv[0], cc_usage);
+    return 2;
+  }
+  struct cc c = {0};
+  const char *config = NULL, *node = NULL;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    int more = i + 1 < argc;
+    if (strcmp(a, "--config") == 0 && more)
+      config = argv[++i];
+    else if (strcmp(a, "--node") == 0 && more)
+      node = argv[++i];
+    else if (strcmp(a, "--ca") == 0 && more)
+      c.ca = argv[++i];
+    else if (strcmp(a, "--write") == 0 && more && !c.root)
+      c.root = argv[++i];
+    else if (strcmp(a, "--check") == 0 && more && !c.root) {
+      c.root = argv[++i];
+      c.check = 1;
+    } else if (strcmp(a, "--no-fallback") == 0)
+      c.no_fallback = 1;
+    else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+      fputs(cc_usage, stdout);
+      return 0;
+    } else {
+      fprintf(stderr, "regmesh client-config: bad argument '%s'\n%s", a, cc_usage);
+      return 2;
+    }
+  }
+  if (c.ca && (strchr(c.ca, '"') || c.ca[0] != '/')) {
+    fprintf(stderr, "regmesh client-config: --ca needs an absolute path (clients read it "
+                    "from their own directory)\n");
+    return 2;
+  }
+  struct config cfg;
+  char err[CONFIG_ERR_LEN];
+  int r = config ? config_load_file(&cfg, config, err, sizeof err) : config_default_builtin(&cfg);
+  if (r) {
+    fprintf(stderr, "%s\n", config ? err : rm_strerror(r));
+    return 1;
+  }
+  c.cfg = &cfg;
+  if (node && node_url(&c, node) != 0) {
+    fprintf(stderr, "regmesh client-config: --node wants http(s)://host[:port], got '%s'\n",
+            node);
+    config_free(&cfg);
+    return 2;
+  }
+  if (!node)
+    from_listen(&c);
+  int rc = 0;
+  if ((which & CC_DOCKER) && ((r = gen_daemon_json(&c)) != 0 ||
+                              (r = gen_hosts_dir(&c, "etc/docker/certs.d")) != 0))
+    rc = r;
+  if ((which & CC_CONTAINERD) && (r = gen_hosts_dir(&c, "etc/containerd/certs.d")) != 0)
+    rc = r;
+  if ((which & CC_BUILDKIT) && (r = gen_buildkit(&c)) != 0)
+    rc = r;
+  if ((which & CC_PODMAN) && (r = gen_podman(&c)) != 0)
+    rc = r;
+  config_free(&cfg);
+  if (rc)
+    return 1;
+  return c.check && c.mismatches ? 1 : 0;
+}
