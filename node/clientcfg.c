@@ -493,6 +493,18 @@ static char *merged(const char *have, const char *block, const struct config *cf
   return b.s;
 }
 
+/* emit_merged: our block merged into what rel holds, emitted; frees have
+ * and the block. */
+static int emit_merged(struct cc *c, const char *rel, char *have, struct sbuf *blk,
+                       int registries) {
+  char *want = merged(have, blk->s, c->cfg, registries);
+  int r = want ? emit(c, rel, want, NULL) : UV_ENOMEM;
+  free(want);
+  free(have);
+  free(blk->s);
+  return r;
+}
+
 /* ---- buildkitd.toml ---- */
 
 static int gen_buildkit(struct cc *c) {
@@ -529,13 +541,12 @@ static int gen_buildkit(struct cc *c) {
       free(t);
     }
   }
-  char *want = r == 0 ? merged(have, blk.s, c->cfg, 0) : NULL;
-  if (r == 0)
-    r = want ? emit(c, "etc/buildkit/buildkitd.toml", want, NULL) : UV_ENOMEM;
-  free(want);
-  free(have);
-  free(blk.s);
-  return r;
+  if (r) {
+    free(have);
+    free(blk.s);
+    return r;
+  }
+  return emit_merged(c, "etc/buildkit/buildkitd.toml", have, &blk, 0);
 }
 
 /* ---- containers-registries.conf ---- */
@@ -557,12 +568,12 @@ static int gen_podman(struct cc *c) {
   }
   char *have = NULL;
   int r = blk.bad ? UV_ENOMEM : existing(c, "etc/containers/registries.conf", &have);
-  char *want = r == 0 ? merged(have, blk.s, c->cfg, 1) : NULL;
-  if (r == 0)
-    r = want ? emit(c, "etc/containers/registries.conf", want, NULL) : UV_ENOMEM;
-  free(want);
-  free(have);
-  free(blk.s);
+  if (r) {
+    free(have);
+    free(blk.s);
+    return r;
+  }
+  r = emit_merged(c, "etc/containers/registries.conf", have, &blk, 1);
   if (r == 0 && c->ca && strcmp(c->scheme, "https") == 0) {
     /* containers/image trusts per host:port directory */
     char *pem = NULL, rel[400];

@@ -5,6 +5,7 @@ node."""
 
 import json
 import os
+import shutil
 import uuid
 
 import pytest
@@ -161,3 +162,36 @@ def test_podman_and_skopeo_pull_with_the_written_registries_conf(regmesh_binary,
     _blob_gets(node, mark, [b.digest for b in amd.own_blobs()])
     assert all(a["path"].startswith("/v2/docker.io/") for a in node.access(mark)
                if "/v2/" in a["path"] and a["path"] != "/v2/")
+
+
+def test_dockerd_pulls_with_the_merged_daemon_json(regmesh_binary, containerd, node, catalog,
+                                                   test_dir):
+    """The harness's own daemon.json (data root, sockets, vfs) is merged by
+    client-config; dockerd started on the result keeps its settings and
+    pulls Docker Hub names through the node."""
+    if clients.missing("dockerd"):
+        pytest.skip("not installed here: dockerd")
+    dk = clients.Dockerd(os.path.join(test_dir, "dockerd"), containerd, [],
+                         "rmtest-dk-" + uuid.uuid4().hex[:8])
+    root = os.path.join(test_dir, "root")
+    os.makedirs(os.path.join(root, "etc/docker"))
+    target = os.path.join(root, "etc/docker/daemon.json")
+    shutil.copy(dk.config, target)
+    out = _cc(regmesh_binary, "docker", "--config", node.config_path, "--write", root)
+    assert "registry-mirrors: %s added first" % node.url in out.stdout.decode(), out.stdout
+    merged = json.load(open(target))
+    before = json.load(open(dk.config))
+    assert merged["registry-mirrors"] == [node.url]
+    assert {k: v for k, v in merged.items() if k != "registry-mirrors"} == \
+        {k: v for k, v in before.items() if k != "registry-mirrors"}
+    shutil.copy(target, dk.config)
+    dk.start()
+    try:
+        mark = node.log_mark()
+        ok, msgs = dk.pull("alpine", "3.19")
+        assert ok, "docker pull failed: %r" % msgs[-5:]
+        st, info = dk.inspect("alpine:3.19")
+        assert st == 200 and "alpine@" + catalog.alpine.digest in info["RepoDigests"], info
+        _blob_gets(node, mark, [b.digest for b in catalog.alpine.child("amd64").own_blobs()])
+    finally:
+        dk.stop()
