@@ -136,12 +136,24 @@ def test_make_install_and_systemd_verify(test_dir):
     text = open(unit).read()
     assert "ExecStart=%s serve --config %s\n" % (binary, conf) in text, text
     assert "ExecReload=" in text
-    assert "@" not in text.replace("$MAINPID", ""), "an unfilled @VAR@ in the unit"
+    assert not re.search(r"@[A-Z_]+@", text), "an unfilled @VAR@ in the unit"
     cp = util.run(["systemd-analyze", "verify", unit], timeout=60, check=False)
     # verify also complains about units it pulls in that this container
     # lacks; only lines about regmesh.service count
     ours = [l for l in (cp.stdout + cp.stderr).decode().splitlines() if "regmesh" in l]
     assert not ours, "\n".join(ours)
+    # hardened: systemd's own rating of the sandbox, 2.5 or lower
+    cp = util.run(["systemd-analyze", "security", "--offline=yes", unit], timeout=60,
+                  check=False)
+    m = re.search(r"Overall exposure level for regmesh\.service: ([0-9.]+)",
+                  cp.stdout.decode())
+    assert m, cp.stdout.decode()[-2000:] + cp.stderr.decode()[-2000:]
+    assert float(m.group(1)) <= 2.5, cp.stdout.decode()
+    for key in ("DynamicUser=yes", "CacheDirectory=regmesh", "ProtectSystem=strict",
+                "CapabilityBoundingSet=\n", "SystemCallFilter=@system-service"):
+        assert key in text, key
+    # the example config's storage is the unit's cache directory
+    assert "root: /var/cache/regmesh" in open(conf).read()
     # the installed binary accepts the installed example config
     util.run([binary, "check-config", conf], timeout=10)
     # an existing config is kept
