@@ -379,3 +379,4 @@ def test_two_nodes_with_the_default_name_still_form_a_fleet(make_fleet, hub):
     renamed = [nd for nd in fl.nodes if "has our default name" in nd.log_text()]
     assert len(renamed) == 1, "exactly one node renames itself"
     assert renamed[0].get_json("/cluster/members")["self"] == want[1]
+

@@ -22,6 +22,7 @@ root); the serf test only when `serf` is not installed.
 import collections
 import json
 import os
+import re
 import shutil
 import time
 
@@ -294,3 +295,52 @@ def test_serf_agent_lists_the_fleet(make_fleet, hub, test_dir):
         assert abs(total - 1.0) < 0.01, {n: field(m, "share") for n, m in ms.items()}
     finally:
         proc.stop(timeout=5)
+
+
+def test_grafana_dashboard_queries_parse_and_name_real_metrics(make_fleet, make_registry,
+                                                               test_dir):
+    """deploy/grafana/regmesh-dashboard.json: every query is valid PromQL
+    (promtool parses it as a recording rule) and every regmesh_* series it
+    reads is one a fleet node exports."""
+    promtool = shutil.which("promtool")
+    if not promtool:
+        pytest.skip("promtool (Debian package prometheus) is not installed")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    dash = json.load(open(os.path.join(repo, "deploy", "grafana", "regmesh-dashboard.json")))
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    assert len(exprs) >= 10
+    rules = os.path.join(test_dir, "rules.yml")
+    with open(rules, "w") as f:
+        f.write("groups:\n- name: dashboard\n  rules:\n")
+        for i, e in enumerate(exprs):
+            e = (e.replace("$__rate_interval", "5m").replace("$__range", "6h")
+                 .replace("$instance", ".*"))
+            f.write("  - record: dashboard:q%d\n    expr: %s\n" % (i, json.dumps(e)))
+    cp = util.run([promtool, "check", "rules", rules], timeout=30, check=False)
+    assert cp.returncode == 0, cp.stdout.decode() + cp.stderr.decode()
+
+    # an upstream that reports a rate limit, so the budget series exist
+    budget = RateLimitProxy(make_registry("dash").url, mode="budget", remaining=90).start()
+    try:
+        fl = make_fleet(budget.url, 1)
+        util.wait_until(lambda: fl.nodes[0].metric_sum("regmesh_upstream_ratelimit_remaining")
+                        == 90, 15, what="the rate limit in the metrics")
+        exported = {n for n, _, _ in fl.nodes[0].metrics()}
+    finally:
+        budget.stop()
+    wanted = {re.sub(r"_(bucket|sum|count)$", "", m)
+              for e in exprs for m in re.findall(r"regmesh_[a-z_]+", e)}
+    exported |= {re.sub(r"_(bucket|sum|count)$", "", m) for m in exported}
+    # counters that only appear once something happened (a denial, a
+    # timeout) must at least be ones the node's code registers
+    registered = set()
+    for fn in os.listdir(os.path.join(repo, "node")):
+        if fn.endswith(".c"):
+            registered |= set(re.findall(r'"(regmesh_[a-z_]+)"',
+                                         open(os.path.join(repo, "node", fn)).read()))
+    missing = wanted - exported - registered
+    assert not missing, "the dashboard reads series no node exports: %s" % sorted(missing)
+    for always in ("regmesh_cache_requests_total", "regmesh_upstream_ratelimit_remaining",
+                   "regmesh_cluster_members", "regmesh_upstream_circuit_state",
+                   "regmesh_storage_bytes", "regmesh_http_request_duration_seconds"):
+        assert always in wanted and always in exported, always
