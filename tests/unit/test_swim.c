@@ -751,6 +751,9 @@ static void test_name_conflict(void **state) {
   assert_non_null(member(a, "a", &m));
   assert_int_equal(m.addr.ip[3], 1);
   assert_int_equal(m.incarnation, 1);
+  swim_get_stats(a->s, &st);
+  assert_int_equal(st.self_conflicts, 1);
+  assert_int_equal(st.self_conflict_from.ip[3], 9);
   /* after b left, the name is free for a new address */
   send_accusation(a, WIRE_DEAD, "b", "b", 1, 2);
   send_alive(a, "b", 9, 1);
@@ -770,6 +773,37 @@ static void test_name_conflict(void **state) {
   int n = wire_encode_alive(buf, sizeof buf, &al);
   swim_on_udp(a->s, &al.addr, buf, (size_t)n);
   assert_null(member(a, "x", &m));
+  tnode_stop(a);
+}
+
+/* swim_rename: the self member moves to the new name with a higher
+ * incarnation; the old name is free (the claimant may now be added), a
+ * known name or a bad one is refused and nothing changes. */
+static void test_rename(void **state) {
+  (void)state;
+  struct tnode *a = tnode_start("a", 1, NULL);
+  send_alive(a, "b", 2, 1);
+  struct swim_member m;
+  assert_int_equal(swim_rename(a->s, "b"), -EEXIST);
+  assert_int_equal(swim_rename(a->s, ""), -EINVAL);
+  char longname[WIRE_NAME_MAX + 2];
+  memset(longname, 'x', sizeof longname - 1);
+  longname[sizeof longname - 1] = '\0';
+  assert_int_equal(swim_rename(a->s, longname), -EINVAL);
+  assert_non_null(member(a, "a", &m));
+  assert_int_equal(swim_rename(a->s, "a-10.0.0.1"), 0);
+  assert_null(member(a, "a", &m));
+  assert_non_null(member(a, "a-10.0.0.1", &m));
+  assert_true(m.is_self);
+  assert_int_equal(m.incarnation, 2);
+  assert_int_equal(m.addr.ip[3], 1);
+  assert_int_equal(swim_num_alive(a->s), 2);
+  /* the other node with our old name is a member like any other now */
+  send_alive(a, "a", 9, 1);
+  assert_non_null(member(a, "a", &m));
+  assert_false(m.is_self);
+  assert_int_equal(m.addr.ip[3], 9);
+  assert_int_equal(swim_num_alive(a->s), 3);
   tnode_stop(a);
 }
 
@@ -1293,6 +1327,7 @@ int main(void) {
       cmocka_unit_test(test_indirect_probe),
       cmocka_unit_test(test_dead_from_self_is_left),
       cmocka_unit_test(test_name_conflict),
+      cmocka_unit_test(test_rename),
       cmocka_unit_test(test_push_pull_versions),
       cmocka_unit_test(test_encryption),
       cmocka_unit_test(test_leave_intent),
