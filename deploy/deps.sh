@@ -8,7 +8,7 @@ set -eu
 build="build-essential cmake pkg-config libuv1-dev libcurl4-openssl-dev
 libssl-dev libmsgpack-dev libyaml-dev libhttp-parser-dev libjansson-dev libcrypt-dev curl
 ca-certificates"
-test="libcmocka-dev python3 python3-pytest python3-jwt python3-cryptography
+test="libcmocka-dev python3 python3-pytest python3-jwt python3-cryptography python3-yaml
 docker-registry skopeo containerd runc docker.io podman apache2-utils wrk
 iproute2 iptables util-linux procps clang libclang-rt-14-dev serf tcpdump
 containernetworking-plugins uidmap nginx-light openssl prometheus"
