@@ -1996,7 +1996,7 @@ int config_load_file(struct config *cfg, const char *path, char *err,
   config_init(cfg);
   if (err != NULL && errlen > 0)
     err[0] = '\0';
-  rc = config__read_file(path, CONFIG_MAX_FILE_SIZE, &buf, &len, err, errlen);
+  rc = config_read_file(path, CONFIG_MAX_FILE_SIZE, &buf, &len, err, errlen);
   if (rc != 0)
     return rc;
   rc = config_load_string(cfg, buf, len, path, err, errlen);

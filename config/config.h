@@ -199,4 +199,11 @@ int config_cidr_match(const struct config_cidr *list, size_t n,
 
 void config_free(struct config *cfg);
 
+/* config_read_file reads path whole into a new heap buffer
+ * (*out, owned by the caller) of at most max bytes: the config, htpasswd,
+ * and the client files client-config merges into. 0, a negative errno,
+ * UV_ENOMEM, or RM_ECONFIG when the file is larger; err gets "path: why". */
+int config_read_file(const char *path, size_t max, char **out, size_t *outlen,
+                      char *err, size_t errlen);
+
 #endif

@@ -6,6 +6,7 @@
  * buffer is wiped before it is freed on error, since it may hold password
  * hashes.
  */
+#include "config.h"
 #include "config_internal.h"
 
 #include "errors.h"
@@ -19,7 +20,7 @@
 #include <unistd.h>
 #include <uv.h>
 
-int config__read_file(const char *path, size_t max, char **out, size_t *outlen,
+int config_read_file(const char *path, size_t max, char **out, size_t *outlen,
                       char *err, size_t errlen) {
   char ebuf[128], dummy[1];
   size_t cap = 4096, len = 0;

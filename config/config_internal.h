@@ -22,12 +22,6 @@ struct config_cidr;
 
 /* ---- files (config_file.c) ---- */
 
-/* config__read_file reads path whole into a new heap buffer (*out, owned by
- * the caller) of at most max bytes. 0, a negative errno, UV_ENOMEM, or
- * RM_ECONFIG when the file is larger; err gets "path: why". */
-int config__read_file(const char *path, size_t max, char **out, size_t *outlen,
-                      char *err, size_t errlen);
-
 /* ---- tree (config_tree.c) ---- */
 
 enum config__kind {

@@ -14,6 +14,7 @@
 #include "clientcfg.h"
 
 #include "../common/errors.h"
+#include "../common/fsutil.h"
 #include "../config/config.h"
 
 #include <errno.h>
@@ -69,66 +70,47 @@ static int cc_join(char *out, size_t len, const char *root, const char *rel) {
   return n > 0 && (size_t)n < len ? 0 : RM_ETOOBIG;
 }
 
-static int mkdirs(const char *path) {
-  char tmp[4096];
-  if (snprintf(tmp, sizeof tmp, "%s", path) >= (int)sizeof tmp)
-    return RM_ETOOBIG;
-  for (char *p = tmp + 1; *p; p++) {
-    if (*p != '/')
-      continue;
-    *p = '\0';
-    if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
-      return -errno;
-    *p = '/';
-  }
-  return 0;
-}
-
 /* read_all: the file whole, NUL-terminated; *out NULL when it does not
- * exist. 0 or a negative errno / RM_ETOOBIG. */
+ * exist. 0, a negative errno, RM_ECONFIG (too large) or RM_EPARSE (a NUL
+ * byte inside: these are text files). */
 static int read_all(const char *path, char **out) {
+  char *buf = NULL, err[8];
+  size_t len = 0;
   *out = NULL;
-  FILE *f = fopen(path, "rb");
-  if (!f)
-    return errno == ENOENT ? 0 : -errno;
-  char *buf = malloc(CC_FILE_MAX + 1);
-  size_t n = buf ? fread(buf, 1, CC_FILE_MAX + 1, f) : 0;
-  int err = ferror(f);
-  fclose(f);
-  if (!buf)
-    return UV_ENOMEM;
-  if (err || n > CC_FILE_MAX) {
+  int r = config_read_file(path, CC_FILE_MAX, &buf, &len, err, sizeof err);
+  if (r == UV_ENOENT)
+    return 0;
+  if (r)
+    return r;
+  char *t = memchr(buf, '\0', len) ? NULL : realloc(buf, len + 1);
+  if (!t) {
+    int nul = memchr(buf, '\0', len) != NULL;
     free(buf);
-    return err ? -EIO : RM_ETOOBIG;
+    return nul ? RM_EPARSE : UV_ENOMEM;
   }
-  buf[n] = '\0';
-  *out = buf;
+  t[len] = '\0';
+  *out = t;
   return 0;
 }
 
 /* write_atomic: a temporary file next to path, then rename, so a client
  * never reads half a file. */
 static int write_atomic(const char *path, const char *text) {
-  char tmp[4200];
+  char tmp[4200], dir[4200];
   if (snprintf(tmp, sizeof tmp, "%s.regmesh-tmp", path) >= (int)sizeof tmp)
     return RM_ETOOBIG;
-  int r = mkdirs(path);
-  if (r)
-    return r;
+  snprintf(dir, sizeof dir, "%s", path);
+  char *slash = strrchr(dir, '/');
+  if (slash && slash != dir) {
+    *slash = '\0';
+    int r = rm_mkdir_p(dir);
+    if (r)
+      return r;
+  }
   int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0)
     return -errno;
-  size_t len = strlen(text), off = 0;
-  while (off < len) {
-    ssize_t w = write(fd, text + off, len - off);
-    if (w < 0) {
-      if (errno == EINTR)
-        continue;
-      r = -errno;
-      break;
-    }
-    off += (size_t)w;
-  }
+  int r = rm_write_all(fd, text, strlen(text));
   if (r == 0 && fsync(fd) != 0)
     r = -errno;
   if (close(fd) != 0 && r == 0)
@@ -200,21 +182,18 @@ static int is_loopback_host(const char *h) {
 
 /* ---- writing, merging, checking one file ---- */
 
-/* emit: print (no root), or write/check ROOT/rel against `want`. */
-static int emit(struct cc *c, const char *rel, const char *want, const char *note) {
+/* emit_known: print (no root), or write/check ROOT/rel, which now holds
+ * `have` (NULL: absent), against `want`. */
+static int emit_known(struct cc *c, const char *rel, const char *have, const char *want,
+                      const char *note) {
   char path[4096];
+  int r = 0;
   if (!c->root) {
     printf("# ---- /%s%s%s\n%s\n", rel, note ? " " : "", note ? note : "", want);
     return 0;
   }
   if (cc_join(path, sizeof path, c->root, rel) != 0)
     return RM_ETOOBIG;
-  char *have = NULL;
-  int r = read_all(path, &have);
-  if (r) {
-    fprintf(stderr, "regmesh client-config: %s: %s\n", path, rm_strerror(r));
-    return r;
-  }
   int same = have && strcmp(have, want) == 0;
   if (c->check) {
     printf("%-8s %s\n", same ? "ok" : have ? "differs" : "missing", path);
@@ -226,7 +205,6 @@ static int emit(struct cc *c, const char *rel, const char *want, const char *not
   } else {
     printf("%s %s%s%s\n", have ? "updated" : "wrote", path, note ? " " : "", note ? note : "");
   }
-  free(have);
   return r;
 }
 
@@ -241,6 +219,16 @@ static int existing(const struct cc *c, const char *rel, char **out) {
   int r = read_all(path, out);
   if (r)
     fprintf(stderr, "regmesh client-config: %s: %s\n", path, rm_strerror(r));
+  return r;
+}
+
+/* emit: emit_known for a file regmesh owns whole. */
+static int emit(struct cc *c, const char *rel, const char *want, const char *note) {
+  char *have = NULL;
+  int r = existing(c, rel, &have);
+  if (r == 0)
+    r = emit_known(c, rel, have, want, note);
+  free(have);
   return r;
 }
 
@@ -339,7 +327,6 @@ static int gen_daemon_json(struct cc *c) {
   } else {
     doc = json_object();
   }
-  free(have);
   json_t *before = json_deep_copy(doc);
   if (mirror[0]) {
     json_t *m = json_object_get(doc, "registry-mirrors");
@@ -382,18 +369,23 @@ static int gen_daemon_json(struct cc *c) {
     c->mismatches += !same;
     json_decref(before);
     json_decref(doc);
+    free(have);
     return 0;
   }
   json_decref(before);
   char *text = json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
   json_decref(doc);
-  if (!text)
+  if (!text) {
+    free(have);
     return UV_ENOMEM;
+  }
   struct sbuf b = {0};
   sb_add(&b, "%s\n", text);
   free(text);
-  r = b.bad ? UV_ENOMEM : emit(c, "etc/docker/daemon.json", b.s, note[0] ? note : NULL);
+  r = b.bad ? UV_ENOMEM
+            : emit_known(c, "etc/docker/daemon.json", have, b.s, note[0] ? note : NULL);
   free(b.s);
+  free(have);
   return r;
 }
 
@@ -467,40 +459,33 @@ static void drop_registries(char *text, const struct config *cfg) {
   }
 }
 
-/* merged: existing text minus what ours replaces, then our block. */
-static char *merged(const char *have, const char *block, const struct config *cfg,
-                    int registries) {
-  struct sbuf b = {0};
-  if (have) {
-    char *t = strdup(have);
-    if (!t)
-      return NULL;
-    drop_marked(t);
-    if (registries)
-      drop_registries(t, cfg);
-    size_t n = strlen(t);
-    while (n > 0 && (t[n - 1] == '\n'))
-      t[--n] = '\0';
-    if (n)
-      sb_add(&b, "%s\n\n", t);
-    free(t);
-  }
-  sb_add(&b, "%s\n%s%s\n", MARK_BEGIN, block, MARK_END);
-  if (b.bad) {
-    free(b.s);
+/* ours_removed: a copy of have (NULL: "") without our marked block and,
+ * for registries.conf, without other tables for our upstreams. */
+static char *ours_removed(const char *have, const struct config *cfg, int registries) {
+  char *t = strdup(have ? have : "");
+  if (!t)
     return NULL;
-  }
-  return b.s;
+  drop_marked(t);
+  if (registries)
+    drop_registries(t, cfg);
+  return t;
 }
 
-/* emit_merged: our block merged into what rel holds, emitted; frees have
- * and the block. */
-static int emit_merged(struct cc *c, const char *rel, char *have, struct sbuf *blk,
-                       int registries) {
-  char *want = merged(have, blk->s, c->cfg, registries);
-  int r = want ? emit(c, rel, want, NULL) : UV_ENOMEM;
-  free(want);
+/* emit_merged: the user's lines (rest), then our block, against have.
+ * Frees have, rest and the block. */
+static int emit_merged(struct cc *c, const char *rel, char *have, char *rest,
+                       struct sbuf *blk) {
+  struct sbuf b = {0};
+  size_t n = strlen(rest);
+  while (n > 0 && rest[n - 1] == '\n')
+    rest[--n] = '\0';
+  if (n)
+    sb_add(&b, "%s\n\n", rest);
+  sb_add(&b, "%s\n%s%s\n", MARK_BEGIN, blk->s, MARK_END);
+  int r = b.bad ? UV_ENOMEM : emit_known(c, rel, have, b.s, NULL);
+  free(b.s);
   free(have);
+  free(rest);
   free(blk->s);
   return r;
 }
@@ -521,32 +506,28 @@ static int gen_buildkit(struct cc *c) {
     sb_add(&blk, "  ca = [\"%s\"]\n", c->ca);
   else
     sb_add(&blk, "  http = false\n");
-  char *have = NULL;
+  char *have = NULL, *rest = NULL;
   int r = blk.bad ? UV_ENOMEM : existing(c, "etc/buildkit/buildkitd.toml", &have);
-  if (r == 0 && have) {
-    /* a table of ours outside the block would be a duplicate TOML table */
-    char *t = strdup(have);
-    if (t) {
-      drop_marked(t);
-      for (size_t i = 0; i < c->cfg->n_upstreams && r == 0; i++) {
-        char hdr[300];
-        snprintf(hdr, sizeof hdr, "[registry.\"%s\"]", c->cfg->upstreams[i].host);
-        if (strstr(t, hdr)) {
-          fprintf(stderr, "regmesh client-config: %s/etc/buildkit/buildkitd.toml already has "
-                          "%s; remove it (regmesh writes its own) and run again\n",
-                  c->root, hdr);
-          r = RM_ECONFIG;
-        }
-      }
-      free(t);
+  if (r == 0 && !(rest = ours_removed(have, c->cfg, 0)))
+    r = UV_ENOMEM;
+  /* a table of ours outside the block would be a duplicate TOML table */
+  for (size_t i = 0; r == 0 && i < c->cfg->n_upstreams; i++) {
+    char hdr[300];
+    snprintf(hdr, sizeof hdr, "[registry.\"%s\"]", c->cfg->upstreams[i].host);
+    if (strstr(rest, hdr)) {
+      fprintf(stderr, "regmesh client-config: %s/etc/buildkit/buildkitd.toml already has "
+                      "%s; remove it (regmesh writes its own) and run again\n",
+              c->root, hdr);
+      r = RM_ECONFIG;
     }
   }
   if (r) {
     free(have);
+    free(rest);
     free(blk.s);
     return r;
   }
-  return emit_merged(c, "etc/buildkit/buildkitd.toml", have, &blk, 0);
+  return emit_merged(c, "etc/buildkit/buildkitd.toml", have, rest, &blk);
 }
 
 /* ---- containers-registries.conf ---- */
@@ -566,14 +547,16 @@ static int gen_podman(struct cc *c) {
              c->hostport, h, insecure ? "insecure = true\n" : "");
     }
   }
-  char *have = NULL;
+  char *have = NULL, *rest = NULL;
   int r = blk.bad ? UV_ENOMEM : existing(c, "etc/containers/registries.conf", &have);
+  if (r == 0 && !(rest = ours_removed(have, c->cfg, 1)))
+    r = UV_ENOMEM;
   if (r) {
     free(have);
     free(blk.s);
     return r;
   }
-  r = emit_merged(c, "etc/containers/registries.conf", have, &blk, 1);
+  r = emit_merged(c, "etc/containers/registries.conf", have, rest, &blk);
   if (r == 0 && c->ca && strcmp(c->scheme, "https") == 0) {
     /* containers/image trusts per host:port directory */
     char *pem = NULL, rel[400];
@@ -679,7 +662,7 @@ int clientcfg_cli(int argc, char **argv) {
       return 2;
     }
   }
-  if (c.ca && (strchr(c.ca, '"') || c.ca[0] != '/')) {
+  if (c.ca && (c.ca[0] != '/' || strpbrk(c.ca, "\"\\\n\r\t"))) {
     fprintf(stderr, "regmesh client-config: --ca needs an absolute path (clients read it "
                     "from their own directory)\n");
     return 2;

@@ -11,9 +11,8 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "../config/config.h" /* CONFIG_ERR_LEN */
+#include "../config/config.h" /* struct config, CONFIG_ERR_LEN */
 
-struct config;
 struct http_server;
 struct upclient;
 struct upstream;

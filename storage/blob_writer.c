@@ -165,7 +165,7 @@ static int write_meta_tmp(struct blob_writer *w, const char *media_type, char *p
   int fd = storage__create_tmp(w->bs, prefix, path, size);
   if (fd < 0)
     return fd;
-  int r = storage__write_all(fd, line, (size_t)n);
+  int r = rm_write_all(fd, line, (size_t)n);
   if (!r && fsync(fd) != 0)
     r = -errno;
   if (close(fd) != 0 && !r)

@@ -489,7 +489,7 @@ int storage__install(struct blobstore *bs, const char *hex, const char *blob_tmp
   if (!r)
     r = prefix_dir(bs, hex, dir, sizeof dir);
   if (!r)
-    r = storage__mkdir(dir, &created);
+    r = rm_mkdir(dir, &created);
   if (!r && created) {
     /* The new prefix directory's own entry must be durable too. */
     char parent[PATH_MAX];
@@ -872,14 +872,14 @@ int blobstore_open(struct blobstore **out, const char *root, uint64_t max_size) 
   bs->lock_fd = -1;
   pthread_mutex_init(&bs->mu, NULL);
 
-  int r = storage__mkdir_p(bs->root);
+  int r = rm_mkdir_p(bs->root);
   if (r)
     LOG_E("storage: cannot create %s: %s", bs->root, rm_strerror(r));
   if (!r)
     r = lock_root(bs);
   for (size_t i = 0; !r && i < sizeof dirs / sizeof dirs[0]; i++) {
     snprintf(path, sizeof path, "%s/%s", bs->root, dirs[i]);
-    r = storage__mkdir_p(path);
+    r = rm_mkdir_p(path);
     if (r)
       LOG_E("storage: cannot create %s: %s", path, rm_strerror(r));
   }

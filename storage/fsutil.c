@@ -26,23 +26,6 @@
  * someone else's tree, and bounding it bounds our recursion. */
 #define EMPTY_DIR_MAX_DEPTH 16
 
-int storage__write_all(int fd, const void *p, size_t n) {
-  const char *c = p;
-  while (n > 0) {
-    ssize_t w = write(fd, c, n);
-    if (w < 0) {
-      if (errno == EINTR)
-        continue;
-      return -errno;
-    }
-    if (w == 0) /* no progress and no error: would loop forever */
-      return UV_EIO;
-    c += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
 int storage__read_upto(int fd, char *buf, size_t cap, size_t *len) {
   size_t got = 0;
   while (got < cap) {
@@ -58,41 +41,6 @@ int storage__read_upto(int fd, char *buf, size_t cap, size_t *len) {
   }
   *len = got;
   return 0;
-}
-
-int storage__mkdir(const char *path, int *created) {
-  struct stat st;
-  if (created)
-    *created = 0;
-  if (mkdir(path, 0755) == 0) {
-    if (created)
-      *created = 1;
-    return 0;
-  }
-  if (errno != EEXIST)
-    return -errno;
-  /* EEXIST also covers a file sitting where the directory should be. */
-  if (stat(path, &st) != 0)
-    return -errno;
-  return S_ISDIR(st.st_mode) ? 0 : UV_ENOTDIR;
-}
-
-int storage__mkdir_p(const char *path) {
-  char buf[PATH_MAX];
-  size_t len = strlen(path);
-  if (len == 0 || len >= sizeof buf)
-    return UV_ENAMETOOLONG;
-  memcpy(buf, path, len + 1);
-  for (size_t i = 1; i < len; i++) {
-    if (buf[i] != '/')
-      continue;
-    buf[i] = '\0';
-    int r = storage__mkdir(buf, NULL);
-    buf[i] = '/';
-    if (r)
-      return r;
-  }
-  return storage__mkdir(buf, NULL);
 }
 
 int storage__fsync_dir(const char *path) {

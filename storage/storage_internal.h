@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "fsutil.h" /* rm_write_all, rm_mkdir_p */
+
 /* Longest file name we create in tmp/ or under blobs/, beyond the root:
  * "/blobs/sha256/xx/" + 64 hex + ".evict.<pid>.<seq>" stays well below. */
 #define STORAGE__NAME_RESERVE 192
@@ -44,18 +46,9 @@ int storage__install(struct blobstore *bs, const char *hex, const char *blob_tmp
 
 /* --- fsutil.c ---------------------------------------------------------- */
 
-/* storage__write_all writes n bytes, retrying short writes and EINTR.
- * Returns 0 or a negative errno. */
-int storage__write_all(int fd, const void *p, size_t n);
 /* storage__read_upto reads until EOF or cap bytes, retrying EINTR; *len gets
  * the count. Callers pass cap = limit + 1 to detect an oversized file. */
 int storage__read_upto(int fd, char *buf, size_t cap, size_t *len);
-/* storage__mkdir_p creates path and its parents (0755). Returns 0, or a
- * negative errno (UV_ENOTDIR when something else sits on the path). */
-int storage__mkdir_p(const char *path);
-/* storage__mkdir creates one directory; *created says whether it was new.
- * An existing directory is success. */
-int storage__mkdir(const char *path, int *created);
 /* storage__fsync_dir makes the directory's entries durable. */
 int storage__fsync_dir(const char *path);
 /* storage__empty_dir removes everything inside path (not path itself),

@@ -184,7 +184,7 @@ int tagstore_put(struct blobstore *bs, const char *upstream, const char *name,
   /* The parent of the tag file: tags/<upstream>/<name...>/_tags. */
   char *slash = strrchr(path, '/');
   *slash = '\0';
-  r = storage__mkdir_p(path);
+  r = rm_mkdir_p(path);
   *slash = '/';
   if (r)
     return r;
@@ -192,7 +192,7 @@ int tagstore_put(struct blobstore *bs, const char *upstream, const char *name,
   int fd = storage__create_tmp(bs, "tag", tmp, sizeof tmp);
   if (fd < 0)
     return fd;
-  r = storage__write_all(fd, text, (size_t)n);
+  r = rm_write_all(fd, text, (size_t)n);
   if (close(fd) != 0 && !r)
     r = -errno;
   if (!r && rename(tmp, path) != 0)

@@ -55,6 +55,24 @@ def pull_via_http(base, image, repo=None, query="", accept=images.ACCEPT_ALL,
     return fetched
 
 
+def read_digest(resp, chunk=1 << 20):
+    """Reads an http.client response, hashing as it goes: (status, sha256
+    digest of what arrived, bytes read); a cut-short body gives its partial
+    hash."""
+    h = hashlib.sha256()
+    n = 0
+    try:
+        while True:
+            data = resp.read(chunk)
+            if not data:
+                break
+            h.update(data)
+            n += len(data)
+    except (http.client.IncompleteRead, ConnectionError, socket.timeout):
+        pass
+    return resp.status, "sha256:" + h.hexdigest(), n
+
+
 def stream_get(base, path, headers=None, timeout=120, chunk=1 << 20):
     """GET and hash the body while reading. Returns (status, sha256 digest
     of what arrived, bytes read); a cut-short body gives its partial hash.
@@ -68,19 +86,7 @@ def stream_get(base, path, headers=None, timeout=120, chunk=1 << 20):
         conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
     try:
         conn.request("GET", path, headers=headers or {})
-        resp = conn.getresponse()
-        h = hashlib.sha256()
-        n = 0
-        try:
-            while True:
-                data = resp.read(chunk)
-                if not data:
-                    break
-                h.update(data)
-                n += len(data)
-        except (http.client.IncompleteRead, ConnectionError, socket.timeout):
-            pass
-        return resp.status, "sha256:" + h.hexdigest(), n
+        return read_digest(conn.getresponse(), chunk)
     finally:
         conn.close()
 

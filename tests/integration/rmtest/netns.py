@@ -35,6 +35,7 @@ import urllib.parse
 import pytest
 
 from . import clients, upstream, util
+from .checks import read_digest
 
 IP = shutil.which("ip") or ("/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else None)
 IPTABLES = shutil.which("iptables") or (
@@ -191,24 +192,11 @@ class Netns:
 
     def stream_get(self, base, path, headers=None, timeout=120, chunk=1 << 20):
         """checks.stream_get inside the namespace: (status, digest, bytes)."""
-        import hashlib
         u = urllib.parse.urlsplit(base)
         conn = _NsHTTPConnection(self, u.hostname, u.port, timeout=timeout)
         try:
             conn.request("GET", path, headers=headers or {})
-            resp = conn.getresponse()
-            h = hashlib.sha256()
-            n = 0
-            try:
-                while True:
-                    data = resp.read(chunk)
-                    if not data:
-                        break
-                    h.update(data)
-                    n += len(data)
-            except (http.client.IncompleteRead, ConnectionError, socket.timeout):
-                pass
-            return resp.status, "sha256:" + h.hexdigest(), n
+            return read_digest(conn.getresponse(), chunk)
         finally:
             conn.close()
 
