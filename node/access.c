@@ -95,6 +95,10 @@ int access_allowed(const struct access *a, const struct sockaddr_storage *ss) {
   return config_cidr_match(access_loopback, 2, (const struct sockaddr *)ss);
 }
 
+int access_is_loopback(const struct sockaddr_storage *ss) {
+  return config_cidr_match(access_loopback, 2, (const struct sockaddr *)ss);
+}
+
 int access_auth_enabled(const struct access *a) { return a->have_pw; }
 
 /* ---- the htpasswd file ---- */

@@ -27,6 +27,8 @@ void access_close(struct access *a);
 int access_allowed(const struct access *a, const struct sockaddr_storage *ss);
 /* access_auth_enabled: 1 when clients must log in. */
 int access_auth_enabled(const struct access *a);
+/* access_is_loopback: 127.0.0.0/8 or ::1. */
+int access_is_loopback(const struct sockaddr_storage *ss);
 
 /* Answers of access_check. */
 enum access_verdict {

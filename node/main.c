@@ -7,7 +7,9 @@
  * answer comes from the network, so every field is type-checked, bounded
  * and stripped of control characters before it reaches the terminal.
  */
+#include "adminc.h"
 #include "ca.h"
+#include "cachecli.h"
 #include "clientcfg.h"
 #include "node.h"
 
@@ -36,6 +38,8 @@ static const char usage[] =
     "  client-config docker|containerd|buildkit|podman|all [--config FILE] [--node URL]\n"
     "                [--ca FILE] [--no-fallback] [--write ROOT | --check ROOT]\n"
     "                          the files each client needs to pull through the node\n"
+    "  cache ls|stat|rm|pin|unpin|verify|warm [--config FILE] [--admin HOST:PORT]\n"
+    "                          see and steer a running node's cache (regmesh cache --help)\n"
     "  keygen                  print a new cluster.secret (base64 of 32 random bytes)\n"
     "  ca init DIR             create a cluster CA in DIR (ca.key, ca.crt)\n"
     "  ca issue DIR NAME [--ip IP]... [--dns NAME]... [--days N] [--force]\n"
@@ -131,9 +135,6 @@ static const char members_usage[] =
     "A wildcard host (0.0.0.0, [::]) is asked on 127.0.0.1 / [::1].\n";
 
 #define MEMBERS_TIMEOUT_MS 5000L
-/* a member is a few hundred bytes of JSON: 8 MiB is far past any fleet,
- * and bounds what a wrong address can make us buffer */
-#define MEMBERS_MAX_BODY (8 * 1024 * 1024)
 
 struct members_opts {
   const char *config;
@@ -168,172 +169,11 @@ static int members_args(int argc, char **argv, struct members_opts *o) {
   return 0;
 }
 
-/* dial_address turns a listen address into one to connect to: a wildcard
- * host means "every address of this machine", so loopback answers. Only
- * host:port or [v6]:port with plain host characters pass, so the result is
- * safe to paste into a URL. Returns 0 or RM_EPARSE. */
-static int dial_address(const char *in, char *out, size_t outlen) {
-  char host[256];
-  const char *port;
-  size_t hlen;
-  int v6 = in[0] == '[';
-  if (v6) {
-    const char *close = strchr(in, ']');
-    if (close == NULL || close[1] != ':')
-      return RM_EPARSE;
-    hlen = (size_t)(close - in - 1);
-    port = close + 2;
-    in++;
-  } else {
-    const char *colon = strrchr(in, ':');
-    if (colon == NULL)
-      return RM_EPARSE;
-    hlen = (size_t)(colon - in);
-    port = colon + 1;
-  }
-  if (hlen == 0 || hlen >= sizeof host)
-    return RM_EPARSE;
-  memcpy(host, in, hlen);
-  host[hlen] = '\0';
-  const char *allowed = v6 ? "0123456789abcdefABCDEF:." : NULL;
-  for (size_t i = 0; i < hlen; i++) {
-    char c = host[i];
-    int ok = allowed ? strchr(allowed, c) != NULL
-                     : (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-                           (c >= '0' && c <= '9') || c == '.' || c == '-';
-    if (!ok)
-      return RM_EPARSE;
-  }
-  size_t plen = strlen(port);
-  unsigned long p = 0;
-  if (plen == 0 || plen > 5 || strspn(port, "0123456789") != plen ||
-      (p = strtoul(port, NULL, 10)) < 1 || p > 65535)
-    return RM_EPARSE;
-  unsigned char bin[16];
-  static const unsigned char any[16];
-  if (v6) {
-    if (inet_pton(AF_INET6, host, bin) != 1)
-      return RM_EPARSE;
-    if (memcmp(bin, any, 16) == 0)
-      snprintf(host, sizeof host, "::1");
-  } else if (strcmp(host, "0.0.0.0") == 0) {
-    snprintf(host, sizeof host, "127.0.0.1");
-  }
-  int n = snprintf(out, outlen, v6 ? "[%s]:%lu" : "%s:%lu", host, p);
-  return n < 0 || (size_t)n >= outlen ? RM_EPARSE : 0;
-}
-
 /* members_target picks the node's address: --admin, else the config's
  * admin listener (where /cluster/members lives when there is one), else its
  * main listener, else the default one. Returns 0 or an exit code. */
 static int members_target(const struct members_opts *o, char *out, size_t outlen) {
-  const char *addr = "127.0.0.1:5000";
-  struct config cfg;
-  int loaded = 0;
-  if (o->admin != NULL) {
-    addr = o->admin;
-  } else if (o->config != NULL) {
-    if (load_config(&cfg, o->config) != 0)
-      return 1;
-    loaded = 1;
-    addr = cfg.admin_listen ? cfg.admin_listen : cfg.listen;
-  }
-  int r = dial_address(addr, out, outlen);
-  if (r != 0)
-    fprintf(stderr,
-            "regmesh members: invalid address '%s': expected HOST:PORT or "
-            "[V6]:PORT\n",
-            addr);
-  if (loaded)
-    config_free(&cfg);
-  return r ? 2 : 0;
-}
-
-struct body {
-  char *data;
-  size_t len;
-  int too_big;
-};
-
-static size_t body_write(char *p, size_t size, size_t n, void *arg) {
-  struct body *b = arg;
-  size_t add = size * n;
-  if (add > MEMBERS_MAX_BODY - b->len) {
-    b->too_big = 1;
-    return 0; /* curl stops with CURLE_WRITE_ERROR */
-  }
-  char *nd = realloc(b->data, b->len + add + 1);
-  if (nd == NULL)
-    return 0;
-  memcpy(nd + b->len, p, add);
-  b->data = nd;
-  b->len += add;
-  b->data[b->len] = '\0';
-  return add;
-}
-
-/* members_get does the request. Returns 0 with the status and body, or 1
- * after printing why nothing usable came back. */
-static int members_get(const char *url, struct body *b, long *status) {
-  char errbuf[CURL_ERROR_SIZE] = "";
-  CURL *h = curl_easy_init();
-  if (h == NULL) {
-    fprintf(stderr, "regmesh members: libcurl initialisation failed\n");
-    return 1;
-  }
-  curl_easy_setopt(h, CURLOPT_URL, url);
-  curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, MEMBERS_TIMEOUT_MS);
-  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-  /* the node is dialled directly: an http_proxy meant for the internet
-   * must not carry an admin request */
-  curl_easy_setopt(h, CURLOPT_NOPROXY, "*");
-  curl_easy_setopt(h, CURLOPT_USERAGENT, "regmesh/" REGMESH_VERSION);
-  curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
-  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, body_write);
-  curl_easy_setopt(h, CURLOPT_WRITEDATA, b);
-  CURLcode rc = curl_easy_perform(h);
-  curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
-  curl_easy_cleanup(h);
-  if (b->too_big) {
-    fprintf(stderr, "regmesh members: the answer of %s is larger than %d bytes\n", url,
-            MEMBERS_MAX_BODY);
-    return 1;
-  }
-  if (rc != CURLE_OK) {
-    fprintf(stderr, "regmesh members: cannot reach %s: %s\n", url,
-            errbuf[0] ? errbuf : curl_easy_strerror(rc));
-    return 1;
-  }
-  return 0;
-}
-
-/* term_copy copies at most cap-1 bytes of s, each byte outside printable
- * ASCII replaced by '?': names come from the network and must not drive
- * the terminal. NULL (a missing field) prints as "-". */
-static void term_copy(char *dst, size_t cap, const char *s) {
-  size_t o = 0;
-  if (s == NULL || s[0] == '\0')
-    s = "-";
-  for (; *s && o + 1 < cap; s++, o++)
-    dst[o] = (*s >= 0x20 && *s < 0x7f) ? *s : '?';
-  dst[o] = '\0';
-}
-
-/* members_fail reports a non-200 answer: the registry error's message when
- * the body is one ({"errors":[{"code":..,"message":..}]}). */
-static int members_fail(const char *url, long status, const struct body *b) {
-  char msg[512];
-  json_t *root = b->data ? json_loadb(b->data, b->len, 0, NULL) : NULL;
-  const char *text = json_string_value(
-      json_object_get(json_array_get(json_object_get(root, "errors"), 0), "message"));
-  if (text != NULL) {
-    term_copy(msg, sizeof msg, text);
-    fprintf(stderr, "regmesh members: %s\n", msg);
-  } else {
-    fprintf(stderr, "regmesh members: %s answered HTTP %ld\n", url, status);
-  }
-  json_decref(root);
-  return 1;
+  return adminc_target("regmesh members", o->admin, o->config, out, outlen);
 }
 
 enum { COL_NAME, COL_STATE, COL_ADDR, COL_ZONE, COL_WEIGHT, COL_SHARE, COL_URL, N_COLS };
@@ -355,7 +195,7 @@ static void row_fill(struct member_row *r, const json_t *m) {
                                            NULL,   NULL,    "url"};
   for (int c = 0; c < N_COLS; c++)
     if (keys[c] != NULL)
-      term_copy(r->col[c], sizeof r->col[c],
+      adminc_term_copy(r->col[c], sizeof r->col[c],
                 json_string_value(json_object_get(m, keys[c])));
   const json_t *w = json_object_get(m, "weight");
   const json_t *s = json_object_get(m, "share");
@@ -363,12 +203,12 @@ static void row_fill(struct member_row *r, const json_t *m) {
     snprintf(r->col[COL_WEIGHT], sizeof r->col[COL_WEIGHT], "%lld",
              (long long)json_integer_value(w));
   else
-    term_copy(r->col[COL_WEIGHT], sizeof r->col[COL_WEIGHT], NULL);
+    adminc_term_copy(r->col[COL_WEIGHT], sizeof r->col[COL_WEIGHT], NULL);
   if (json_is_number(s))
     snprintf(r->col[COL_SHARE], sizeof r->col[COL_SHARE], "%.1f%%",
              json_number_value(s) * 100.0);
   else
-    term_copy(r->col[COL_SHARE], sizeof r->col[COL_SHARE], NULL);
+    adminc_term_copy(r->col[COL_SHARE], sizeof r->col[COL_SHARE], NULL);
 }
 
 static void print_rows(const struct member_row *rows, size_t n) {
@@ -411,7 +251,7 @@ static void print_summary(const struct member_row *rows, size_t n) {
   printf("\n");
 }
 
-static int members_print(const char *url, const struct body *b) {
+static int members_print(const char *url, const struct adminc_body *b) {
   json_error_t jerr;
   json_t *root = json_loadb(b->data ? b->data : "", b->len, 0, &jerr);
   json_t *list = json_object_get(root, "members");
@@ -436,7 +276,7 @@ static int members_print(const char *url, const struct body *b) {
   json_t *nc = json_object_get(root, "name_conflicts");
   if (json_is_integer(nc) && json_integer_value(nc) > 0) {
     char what[200];
-    term_copy(what, sizeof what, json_string_value(json_object_get(root, "last_conflict")));
+    adminc_term_copy(what, sizeof what, json_string_value(json_object_get(root, "last_conflict")));
     printf("warning: %lld member name conflict(s), last: %s; every node needs its own "
            "cluster.name\n",
            (long long)json_integer_value(nc), what);
@@ -449,7 +289,7 @@ static int members_print(const char *url, const struct body *b) {
 /* members_print_json: the body unchanged, plus a final newline when it has
  * none, so a shell prompt does not follow it on the same line (JSON
  * readers ignore it). */
-static void members_print_json(const struct body *b) {
+static void members_print_json(const struct adminc_body *b) {
   fwrite(b->data ? b->data : "", 1, b->len, stdout);
   if (b->len == 0 || b->data[b->len - 1] != '\n')
     putchar('\n');
@@ -468,11 +308,11 @@ static int cmd_members(int argc, char **argv) {
     fprintf(stderr, "regmesh: libcurl initialisation failed\n");
     return 1;
   }
-  struct body b = {0};
+  struct adminc_body b = {0};
   long status = 0;
-  r = members_get(url, &b, &status);
+  r = adminc_request("regmesh members", "GET", url, MEMBERS_TIMEOUT_MS, &b, &status);
   if (r == 0 && status != 200)
-    r = members_fail(url, status, &b);
+    r = adminc_fail("regmesh members", url, status, &b);
   else if (r == 0 && o.json)
     members_print_json(&b);
   else if (r == 0)
@@ -494,6 +334,8 @@ int main(int argc, char **argv) {
     return cmd_check_config(argc - 2, argv + 2);
   if (strcmp(cmd, "members") == 0)
     return cmd_members(argc - 2, argv + 2);
+  if (strcmp(cmd, "cache") == 0)
+    return cachecli(argc - 2, argv + 2);
   if (strcmp(cmd, "client-config") == 0)
     return clientcfg_cli(argc - 2, argv + 2);
   if (strcmp(cmd, "keygen") == 0)

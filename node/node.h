@@ -72,6 +72,7 @@ struct node {
   struct rreq *waiting;
   uv_timer_t deadline_timer;
   int deadline_init;
+  int cache_verify_busy; /* one `cache verify` at a time */
   int ready;
   int draining; /* SIGTERM: finishing responses in flight */
   int stopping;

@@ -19,6 +19,7 @@
 #include "cluster.h"
 #include "fetch.h"
 #include "http_server.h"
+#include "cache.h"
 #include "metrics.h"
 #include "node.h"
 #include "peerauth.h"
@@ -97,6 +98,7 @@ struct rreq {
   int hop_authed;         /* its X-Regmesh-Auth checked out */
   int authed;             /* a client that logged in (auth.htpasswd) */
   int auth_pending;       /* its password is being checked */
+  int job_pending;        /* a cache job runs on the thread pool */
   int client_gone;        /* ... and it hung up meanwhile */
   char user[64];
   char hop_sig[PEERAUTH_SIG_HEX + 1];
@@ -1469,6 +1471,105 @@ static void handle_readyz(struct rreq *r) {
   free(text);
 }
 
+static void deny(struct rreq *r, int status, const char *why, const char *msg);
+
+/* ---- /cache/: the operator's view (cache.c, docs/operations.md) ---------- */
+
+struct cache_work {
+  uv_work_t work;
+  struct rreq *r;
+  struct cache_job *job;
+};
+
+static void cache_work(uv_work_t *w) {
+  struct cache_work *cw = w->data;
+  cache_job_run(cw->job);
+}
+
+static void cache_after(uv_work_t *w, int status) {
+  struct cache_work *cw = w->data;
+  struct rreq *r = cw->r;
+  struct cache_job *j = cw->job;
+  struct node *n = r->n;
+  (void)status;
+  if (j->op == CACHE_OP_VERIFY) {
+    n->cache_verify_busy = 0;
+    metrics_add("regmesh_cache_verified_blobs_total", "", (int64_t)j->verified);
+    metrics_add("regmesh_cache_corrupt_blobs_total", "", (int64_t)j->corrupt);
+  }
+  for (size_t i = 0; i < j->n_forget; i++)
+    tagcache_forget(n->tags, j->forget[i].host, j->forget[i].name, j->forget[i].tag);
+  r->job_pending = 0;
+  if (r->client_gone) {
+    rr_finish(r, 0);
+  } else {
+    hdr_reset(r);
+    respond_body(r, j->status, "application/json", j->body, strlen(j->body));
+  }
+  cache_job_free(j);
+  free(cw);
+}
+
+static void handle_cache(struct rreq *r) {
+  static const struct {
+    const char *path;
+    enum cache_op op;
+    int post;
+  } ops[] = {{"/cache/ls", CACHE_OP_LS, 0},        {"/cache/stat", CACHE_OP_STAT, 0},
+             {"/cache/rm", CACHE_OP_RM, 1},        {"/cache/pin", CACHE_OP_PIN, 1},
+             {"/cache/unpin", CACHE_OP_UNPIN, 1},  {"/cache/verify", CACHE_OP_VERIFY, 1}};
+  struct http_request *req = r->req;
+  struct node *n = r->n;
+  size_t i = 0;
+  while (i < sizeof ops / sizeof ops[0] && strcmp(req->path, ops[i].path) != 0)
+    i++;
+  if (i == sizeof ops / sizeof ops[0]) {
+    respond_error(r, 404, "UNSUPPORTED",
+                  "cache endpoints: GET /cache/ls, /cache/stat; POST /cache/rm, /cache/pin, "
+                  "/cache/unpin, /cache/verify");
+    return;
+  }
+  int want = ops[i].post ? HTTP_POST : HTTP_GET;
+  if ((int)req->method != want && !(want == HTTP_GET && req->method == HTTP_HEAD)) {
+    respond_error(r, 405, "UNSUPPORTED", ops[i].post ? "use POST" : "use GET");
+    return;
+  }
+  /* Changing the cache is for the operator: the admin listener (which
+   * obeys allow:), or this host when there is no admin listener. */
+  if (ops[i].post && req->listener_id != NODE_LISTENER_ADMIN &&
+      !access_is_loopback(&req->remote_addr)) {
+    deny(r, 403, "allow", "changing the cache is allowed from admin_listen or this host only");
+    return;
+  }
+  char arg[CACHE_ARG_MAX] = "", up[256] = "";
+  if (query_param(req->query, "ref", arg, sizeof arg) < 0 ||
+      query_param(req->query, "upstream", up, sizeof up) < 0) {
+    respond_error(r, 400, "UNSUPPORTED", "a query parameter is malformed or too long");
+    return;
+  }
+  if (ops[i].op == CACHE_OP_VERIFY && n->cache_verify_busy) {
+    respond_error(r, 409, "DENIED", "a cache verify is already running");
+    return;
+  }
+  struct cache_work *cw = calloc(1, sizeof *cw);
+  if (!cw || cache_job_new(&cw->job, n->bs, n->cfg, ops[i].op, arg, up) != 0) {
+    free(cw);
+    respond_error(r, 503, "UNAVAILABLE", "out of memory");
+    return;
+  }
+  cw->r = r;
+  cw->work.data = cw;
+  if (uv_queue_work(n->loop, &cw->work, cache_work, cache_after) != 0) {
+    cache_job_free(cw->job);
+    free(cw);
+    respond_error(r, 503, "UNAVAILABLE", "cannot start the job");
+    return;
+  }
+  if (ops[i].op == CACHE_OP_VERIFY)
+    n->cache_verify_busy = 1;
+  r->job_pending = 1;
+}
+
 static int handle_admin(struct rreq *r) {
   const char *p = r->req->path;
   struct node *n = r->n;
@@ -1494,6 +1595,8 @@ static int handle_admin(struct rreq *r) {
     buf_free(&b);
   } else if (strncmp(p, "/cluster/", 9) == 0) {
     handle_cluster(r);
+  } else if (strncmp(p, "/cache/", 7) == 0) {
+    handle_cache(r);
   } else {
     r->route_label = "other";
     r->req->log_quiet = 0;
@@ -1507,7 +1610,7 @@ static int handle_admin(struct rreq *r) {
 static void on_client_close(struct http_request *req, void *ud) {
   (void)req;
   struct rreq *r = ud;
-  if (r->auth_pending) { /* on_auth_done ends it */
+  if (r->auth_pending || r->job_pending) { /* on_auth_done / cache_after end it */
     r->client_gone = 1;
     return;
   }
@@ -1662,7 +1765,7 @@ void registry_handle(struct http_request *req, void *ud) {
   if (req->listener_id == NODE_LISTENER_ADMIN) {
     if (!handle_admin(r))
       respond_error(r, 404, "UNSUPPORTED",
-                    "the admin listener serves /metrics, /healthz, /readyz, /cluster/");
+                    "the admin listener serves /metrics, /healthz, /readyz, /cluster/, /cache/");
     return;
   }
   /* with an admin listener, the public one serves none of it */
@@ -1732,6 +1835,12 @@ void registry_init(struct node *n) {
     snprintf(labels, sizeof labels, "kind=\"manifest\",result=\"%s\"", results[i]);
     metrics_add("regmesh_cache_requests_total", labels, 0);
   }
+  metrics_describe("regmesh_cache_verified_blobs_total", METRIC_COUNTER,
+                   "Blobs re-hashed by cache verify and found intact.");
+  metrics_describe("regmesh_cache_corrupt_blobs_total", METRIC_COUNTER,
+                   "Blobs cache verify found not to hash to their digest.");
+  metrics_add("regmesh_cache_verified_blobs_total", "", 0);
+  metrics_add("regmesh_cache_corrupt_blobs_total", "", 0);
   metrics_describe("regmesh_denied_total", METRIC_COUNTER,
                    "Requests refused: why=allow (address outside allow:), auth (no or wrong "
                    "login), peer_auth (peer request without a valid signature).");

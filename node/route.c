@@ -109,7 +109,7 @@ static int upstream_index(const struct config *cfg, const struct config_upstream
   return u ? (int)(u - cfg->upstreams) : -1;
 }
 
-static int is_docker_hub(const char *host) {
+int route_is_docker_hub(const char *host) {
   return strcmp(host, "docker.io") == 0 || strcmp(host, "index.docker.io") == 0 ||
          strcmp(host, "registry-1.docker.io") == 0;
 }
@@ -230,7 +230,7 @@ int route_request(const struct config *cfg, int listener_upstream,
   }
   out->upstream = upstream_index(cfg, up);
 
-  int add_library = is_docker_hub(up->host) && memchr(name, '/', name_len) == NULL;
+  int add_library = route_is_docker_hub(up->host) && memchr(name, '/', name_len) == NULL;
   snprintf(out->name, sizeof out->name, "%s%.*s", add_library ? "library/" : "",
            (int)name_len, name);
   *err = ROUTE_ERR_NONE;

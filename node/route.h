@@ -60,6 +60,10 @@ int route_request(const struct config *cfg, int listener_upstream,
                   const char *path, const char *query, struct route *out,
                   enum route_error *err, char *msg, size_t msglen);
 
+/* route_is_docker_hub: docker.io and the names Docker Hub also answers to
+ * (index.docker.io, registry-1.docker.io). */
+int route_is_docker_hub(const char *host);
+
 /* query_param finds `key` in a raw query string and copies its
  * percent-decoded value into out (NUL-terminated). Returns 1 when found and
  * it fit, 0 when absent, -1 when malformed or too long. */

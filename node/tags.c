@@ -127,6 +127,29 @@ void tagcache_free(struct tagcache *tc) {
   free(tc);
 }
 
+struct forget {
+  char prefix[700];
+  size_t len;
+};
+
+static void forget_one(const char *key, void *value, void *ud) {
+  struct tag_entry *e = value;
+  struct forget *f = ud;
+  /* keys are host|name|tag@variant: every variant of the tag */
+  if (strncmp(key, f->prefix, f->len) == 0 && !e->ureq)
+    e->has_rec = 0;
+}
+
+void tagcache_forget(struct tagcache *tc, const char *host, const char *name,
+                     const char *tag) {
+  struct forget f;
+  int n = snprintf(f.prefix, sizeof f.prefix, "%s|%s|%s@", host, name, tag);
+  if (n < 0 || (size_t)n >= sizeof f.prefix)
+    return;
+  f.len = (size_t)n;
+  strmap_each(&tc->entries, forget_one, &f);
+}
+
 struct idle_scan {
   char *keys[64];
   int n;

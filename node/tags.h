@@ -63,6 +63,10 @@ int tagcache_resolve(struct tagcache *tc, struct upstream *u, const char *name,
                      const char *tag, const char *variant, const char *accept,
                      const struct tag_peer *peer, struct tag_waiter *w,
                      struct tag_record *rec);
+/* tagcache_forget drops what memory holds of every variant of a tag whose
+ * record `cache rm` removed, so the next pull asks again. */
+void tagcache_forget(struct tagcache *tc, const char *host, const char *name,
+                     const char *tag);
 /* tagcache_cancel detaches a waiting w; its callback is not called. */
 void tagcache_cancel(struct tag_waiter *w);
 

@@ -18,6 +18,7 @@
 #include "digest.h"
 #include "errors.h"
 #include "log.h"
+#include "strmap.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -66,6 +67,11 @@ struct blobstore {
   uint64_t bytes;    /* committed */
   uint64_t reserved; /* announced by writers still in tmp/ */
   uint64_t evictions, evicted_bytes;
+  /* digests named by pins ("cache pin"): hex -> how many pins name it, as
+   * a pointer-sized count; eviction skips them */
+  struct strmap kept;
+  uint64_t kept_bytes; /* committed bytes of kept blobs, for stats */
+  pthread_mutex_t pin_mu; /* serialises pin file changes (pins.c) */
   int lock_fd; /* <root>/lock, flock'ed for the store's life; -1 if none */
 };
 
@@ -76,6 +82,10 @@ static int64_t now_s(void) {
 }
 
 const char *storage__root(const struct blobstore *bs) {
+  return bs->root;
+}
+
+const char *blobstore_root(const struct blobstore *bs) {
   return bs->root;
 }
 
@@ -197,6 +207,10 @@ static void entry_free(struct blob_entry *e) {
   free(e);
 }
 
+static int kept_locked(const struct blobstore *bs, const char *hex) {
+  return strmap_get(&bs->kept, hex) != NULL;
+}
+
 /* doom_locked takes e out of the index and out of blobs/: its file is
  * renamed into tmp/ (unlinked later by finish_doomed, outside the lock) and
  * its .meta removed. e joins *doomed. */
@@ -206,6 +220,8 @@ static void doom_locked(struct blobstore *bs, struct blob_entry *e, int evicted,
   table_remove(bs, e);
   lru_unlink(bs, e);
   bs->bytes -= e->size;
+  if (kept_locked(bs, e->hex))
+    bs->kept_bytes -= e->size;
   if (evicted) {
     bs->evictions++;
     bs->evicted_bytes += e->size;
@@ -245,7 +261,7 @@ static void evict_locked(struct blobstore *bs, const struct blob_entry *keep,
   struct blob_entry *e = bs->lru_head;
   while (e && over_budget(bs)) {
     struct blob_entry *next = e->next;
-    if (e->pins == 0 && e != keep)
+    if (e->pins == 0 && e != keep && !kept_locked(bs, e->hex))
       doom_locked(bs, e, 1, doomed);
     e = next;
   }
@@ -421,6 +437,8 @@ int blobstore_remove(struct blobstore *bs, const char *hex) {
     r = RM_ENOTFOUND;
   else if (e->pins)
     r = UV_EBUSY;
+  else if (kept_locked(bs, hex))
+    r = UV_EPERM;
   else
     doom_locked(bs, e, 0, &doomed);
   pthread_mutex_unlock(&bs->mu);
@@ -435,7 +453,169 @@ void blobstore_get_stats(struct blobstore *bs, struct blobstore_stats *st) {
   st->evictions = bs->evictions;
   st->evicted_bytes = bs->evicted_bytes;
   st->max_size = budget(bs);
+  st->kept_bytes = bs->kept_bytes;
   pthread_mutex_unlock(&bs->mu);
+}
+
+/* --- pins and the admin's view ------------------------------------------- */
+
+void storage__keep_adjust(struct blobstore *bs, const char (*hex)[DIGEST_HEX_LEN + 1],
+                          size_t n, int delta) {
+  struct blob_entry *doomed = NULL;
+  pthread_mutex_lock(&bs->mu);
+  for (size_t i = 0; i < n; i++) {
+    uintptr_t c = (uintptr_t)strmap_get(&bs->kept, hex[i]);
+    uintptr_t nc = delta > 0 ? c + 1 : (c ? c - 1 : 0);
+    if (nc == c)
+      continue;
+    struct blob_entry *e = table_find(bs, hex[i]);
+    if (nc == 0) {
+      strmap_del(&bs->kept, hex[i]);
+      if (e)
+        bs->kept_bytes -= e->size;
+    } else if (strmap_put(&bs->kept, hex[i], (void *)nc) == 0) {
+      if (c == 0 && e)
+        bs->kept_bytes += e->size;
+    }
+  }
+  /* unpinned blobs may now be what stands between the store and its budget */
+  if (delta < 0)
+    evict_locked(bs, NULL, &doomed);
+  pthread_mutex_unlock(&bs->mu);
+  finish_doomed(bs, doomed);
+}
+
+void storage__pin_lock(struct blobstore *bs) { pthread_mutex_lock(&bs->pin_mu); }
+void storage__pin_unlock(struct blobstore *bs) { pthread_mutex_unlock(&bs->pin_mu); }
+
+int blobstore_pinned(struct blobstore *bs, const char *hex) {
+  pthread_mutex_lock(&bs->mu);
+  int k = kept_locked(bs, hex);
+  pthread_mutex_unlock(&bs->mu);
+  return k;
+}
+
+int blobstore_list(struct blobstore *bs, struct blob_listing **out, size_t *n) {
+  pthread_mutex_lock(&bs->mu);
+  size_t cap = bs->count, i = 0;
+  struct blob_listing *v = calloc(cap ? cap : 1, sizeof *v);
+  if (!v) {
+    pthread_mutex_unlock(&bs->mu);
+    return UV_ENOMEM;
+  }
+  for (struct blob_entry *e = bs->lru_head; e && i < cap; e = e->next, i++) {
+    memcpy(v[i].hex, e->hex, sizeof v[i].hex);
+    v[i].size = e->size;
+    v[i].last_use_s = e->touched_s;
+    v[i].readers = e->pins;
+    v[i].pinned = kept_locked(bs, e->hex);
+    if (e->media_type)
+      snprintf(v[i].media_type, sizeof v[i].media_type, "%s", e->media_type);
+  }
+  pthread_mutex_unlock(&bs->mu);
+  *out = v;
+  *n = i;
+  return 0;
+}
+
+/* quarantine_path names where a corrupt blob goes: out of blobs/, so it is
+ * neither served nor indexed again, but kept for whoever investigates. */
+static int quarantine_path(const struct blobstore *bs, const char *hex, char *buf,
+                           size_t size) {
+  int n = snprintf(buf, size, "%s/quarantine/sha256-%s.%lld", bs->root, hex,
+                   (long long)now_s());
+  return (n < 0 || (size_t)n >= size) ? UV_ENAMETOOLONG : 0;
+}
+
+int blobstore_verify(struct blobstore *bs, const char *hex, uint64_t *hashed) {
+  char path[PATH_MAX], qpath[PATH_MAX], got[DIGEST_HEX_LEN + 1];
+  *hashed = 0;
+  if (!digest_hex_valid(hex) || blob_path(bs, hex, "", path, sizeof path) != 0)
+    return RM_ENOTFOUND;
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (fd < 0)
+    return errno == ENOENT ? RM_ENOTFOUND : -errno;
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    return RM_ENOTFOUND;
+  }
+  struct sha256_ctx ctx;
+  int r = sha256_init(&ctx);
+  char *chunk = r ? NULL : malloc(1u << 20);
+  if (!chunk) {
+    sha256_free(&ctx);
+    close(fd);
+    return UV_ENOMEM;
+  }
+  for (;;) {
+    ssize_t k = read(fd, chunk, 1u << 20);
+    if (k < 0 && errno == EINTR)
+      continue;
+    if (k < 0) {
+      r = -errno;
+      break;
+    }
+    if (k == 0)
+      break;
+    sha256_update(&ctx, chunk, (size_t)k);
+    *hashed += (uint64_t)k;
+  }
+  free(chunk);
+  if (r) {
+    sha256_free(&ctx);
+    close(fd);
+    return r;
+  }
+  sha256_final(&ctx, got);
+  int intact = memcmp(got, hex, DIGEST_HEX_LEN) == 0;
+
+  struct blob_entry *doomed = NULL;
+  pthread_mutex_lock(&bs->mu);
+  struct blob_entry *e = table_find(bs, hex);
+  if (!e) {
+    r = RM_ENOTFOUND; /* evicted or removed while we read */
+  } else if (intact && e->size == (uint64_t)st.st_size) {
+    r = 0;
+  } else if (e->pins) {
+    r = UV_EBUSY; /* being read: its entry cannot go from under the reader */
+  } else {
+    /* Same inode still in place? A fresh commit of the same digest may
+     * have replaced the file after we read it. */
+    struct stat now;
+    if (lstat(path, &now) != 0 || now.st_ino != st.st_ino || now.st_dev != st.st_dev) {
+      r = 0;
+    } else {
+      char qdir[PATH_MAX];
+      snprintf(qdir, sizeof qdir, "%s/quarantine", bs->root);
+      r = rm_mkdir(qdir, NULL);
+      if (r == 0 && quarantine_path(bs, hex, qpath, sizeof qpath) == 0 &&
+          rename(path, qpath) == 0) {
+        e->doom_seq = 0; /* nothing left in blobs/ for doom_locked to move */
+        table_remove(bs, e);
+        lru_unlink(bs, e);
+        bs->bytes -= e->size;
+        if (kept_locked(bs, e->hex))
+          bs->kept_bytes -= e->size;
+        e->next = doomed;
+        doomed = e;
+        if (blob_path(bs, hex, ".meta", path, sizeof path) == 0)
+          unlink(path);
+        r = RM_EDIGEST;
+      } else {
+        /* cannot keep it aside: delete it, a corrupt blob must not be served */
+        doom_locked(bs, e, 0, &doomed);
+        r = RM_EDIGEST;
+      }
+    }
+  }
+  pthread_mutex_unlock(&bs->mu);
+  close(fd);
+  if (r == RM_EDIGEST)
+    LOG_W("storage: %s does not hash to its name (got %s, %llu bytes); quarantined", hex,
+          got, (unsigned long long)st.st_size);
+  finish_doomed(bs, doomed);
+  return r;
 }
 
 /* --- writers' side --------------------------------------------------------- */
@@ -567,6 +747,8 @@ int storage__install(struct blobstore *bs, const char *hex, const char *blob_tmp
       table_insert(bs, e);
       lru_push_mru(bs, e);
       bs->bytes += size;
+      if (kept_locked(bs, hex))
+        bs->kept_bytes += size;
     }
   }
   unreserve_locked(bs, reserved);
@@ -790,6 +972,8 @@ void blobstore_close(struct blobstore *bs) {
     }
   }
   pthread_mutex_destroy(&bs->mu);
+  pthread_mutex_destroy(&bs->pin_mu);
+  strmap_free(&bs->kept);
   if (bs->lock_fd >= 0)
     close(bs->lock_fd); /* drops the flock */
   free(bs->buckets);
@@ -871,6 +1055,8 @@ int blobstore_open(struct blobstore **out, const char *root, uint64_t max_size) 
   }
   bs->lock_fd = -1;
   pthread_mutex_init(&bs->mu, NULL);
+  pthread_mutex_init(&bs->pin_mu, NULL);
+  strmap_init(&bs->kept);
 
   int r = rm_mkdir_p(bs->root);
   if (r)
@@ -893,6 +1079,8 @@ int blobstore_open(struct blobstore **out, const char *root, uint64_t max_size) 
     if (r)
       LOG_E("storage: cannot index %s: %s", bs->root, rm_strerror(r));
   }
+  if (!r)
+    r = storage__pins_load(bs);
   if (r) {
     blobstore_close(bs);
     return r;

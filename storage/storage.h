@@ -4,6 +4,8 @@
  *   <root>/blobs/sha256/<2 hex>/<64 hex>.meta   media type (manifests only)
  *   <root>/tags/<upstream>/<name>/_tags/<tag>   tag record (text)
  *   <root>/tmp/                                 downloads in progress
+ *   <root>/pins/<sha256 of the pin's name>      pinned digests (pins.c)
+ *   <root>/quarantine/sha256-<hex>.<time>       blobs found corrupt
  *   <root>/lock                                 flock'ed by the owner; its PID
  *
  * A download goes to tmp/, is hashed while written, and on commit is checked
@@ -12,8 +14,9 @@
  * kill -9 loses at most the downloads in flight (tmp/ is emptied at open).
  *
  * A size budget (max_size) is kept by evicting the least recently used
- * blobs. A blob that is pinned (open for reading) is never evicted; one being
- * written is in tmp/ and so not a candidate.
+ * blobs. A blob open for reading (the API's "pin"/"unpin" of readers) or
+ * named by a durable pin ("regmesh cache pin": blobstore_pin_set) is never
+ * evicted; one being written is in tmp/ and so not a candidate.
  *
  * Thread safety: every function may be called from any thread (the node runs
  * commits, with their fsyncs, on libuv's thread pool); one mutex guards the
@@ -42,6 +45,7 @@ struct blobstore_stats {
   uint64_t evictions;  /* blobs evicted since open */
   uint64_t evicted_bytes;
   uint64_t max_size;
+  uint64_t kept_bytes; /* committed bytes named by durable pins */
 };
 
 /* blobstore_open creates the layout under root if missing, locks it
@@ -66,11 +70,60 @@ int blobstore_open_read(struct blobstore *bs, const char *hex, int *fd,
                         struct blob_info *info);
 void blobstore_unpin(struct blobstore *bs, const char *hex);
 
-/* blobstore_remove deletes a committed blob (e.g. found corrupt). Returns 0,
- * RM_ENOTFOUND, or UV_EBUSY when it is pinned. */
+/* blobstore_remove deletes a committed blob. Returns 0, RM_ENOTFOUND,
+ * UV_EBUSY when it is being read, UV_EPERM when a durable pin names it. */
 int blobstore_remove(struct blobstore *bs, const char *hex);
 
 void blobstore_get_stats(struct blobstore *bs, struct blobstore_stats *st);
+/* blobstore_root: the root directory, without a trailing slash. */
+const char *blobstore_root(const struct blobstore *bs);
+
+/* The admin's view (regmesh cache ...). */
+struct blob_listing {
+  char hex[65];
+  uint64_t size;
+  int64_t last_use_s; /* wall clock, to the minute (accesses touch lazily) */
+  uint32_t readers;   /* open for reading now */
+  int pinned;         /* named by a durable pin */
+  char media_type[STORAGE_MEDIA_TYPE_MAX];
+};
+/* blobstore_list copies every committed blob's entry, least recently used
+ * first, into a new array (*out, free() it). Returns 0 or UV_ENOMEM. */
+int blobstore_list(struct blobstore *bs, struct blob_listing **out, size_t *n);
+/* blobstore_verify re-hashes the committed blob `hex`. A file whose bytes do
+ * not hash to its name (or whose size changed) is moved to quarantine/ and
+ * dropped from the index, so it is fetched again. Returns 0 (intact),
+ * RM_EDIGEST (quarantined), UV_EBUSY (corrupt but being read: left, retry),
+ * RM_ENOTFOUND (gone meanwhile) or an error; *hashed gets the bytes read.
+ * Blocking: run it off the event loop. */
+int blobstore_verify(struct blobstore *bs, const char *hex, uint64_t *hashed);
+
+/* Durable pins: a named set of digests (an image's manifests and blobs) that
+ * eviction never takes, in <root>/pins/, reloaded at open. A digest may be
+ * named before it is cached: it is kept from its commit on. Blocking. */
+#define STORAGE_PIN_NAME_MAX 512
+#define STORAGE_PIN_MAX_DIGESTS 8192
+struct blobstore_pin {
+  char name[STORAGE_PIN_NAME_MAX + 1];
+  size_t n;
+  char (*hex)[65]; /* owned */
+};
+/* blobstore_pin_set creates or replaces the pin `name` (printable ASCII, at
+ * most STORAGE_PIN_NAME_MAX bytes). Returns 0, RM_EPARSE, RM_ETOOBIG or an
+ * I/O error (then nothing changed). */
+int blobstore_pin_set(struct blobstore *bs, const char *name,
+                      const char (*hex)[65], size_t n);
+/* blobstore_pin_clear removes it: 0 or RM_ENOTFOUND. */
+int blobstore_pin_clear(struct blobstore *bs, const char *name);
+/* blobstore_pins reads every pin into a new array; free with
+ * blobstore_pins_free. */
+int blobstore_pins(struct blobstore *bs, struct blobstore_pin **out, size_t *n);
+void blobstore_pins_free(struct blobstore_pin *p, size_t n);
+/* blobstore_pinned: whether a durable pin names hex (1 or 0). */
+int blobstore_pinned(struct blobstore *bs, const char *hex);
+/* storage_pin_parse reads a pin file's bytes into *out (its hex owned by
+ * the caller). Exposed for the fuzzer. Returns 0 or RM_EPARSE/RM_ETOOBIG. */
+int storage_pin_parse(const char *buf, size_t len, struct blobstore_pin *out);
 
 /* blobstore_writer_open starts a download of the blob `hex` into a new file
  * in tmp/. expected_size (or 0 when unknown) lets the store make room early.
@@ -122,5 +175,15 @@ int tagstore_get(struct blobstore *bs, const char *upstream, const char *name,
                  const char *tag, struct tag_record *out);
 int tagstore_put(struct blobstore *bs, const char *upstream, const char *name,
                  const char *tag, const struct tag_record *rec);
+/* tagstore_remove deletes one record: 0, RM_ENOTFOUND or RM_EPARSE. */
+int tagstore_remove(struct blobstore *bs, const char *upstream, const char *name,
+                    const char *tag);
+/* tagstore_each calls fn for every record that parses, in no set order
+ * (tag is the file name: tag[@variant]). fn returns 0 to go on. Records
+ * nested deeper than a name can be are skipped. Returns 0, fn's non-zero
+ * value, or an error opening tags/. Blocking. */
+typedef int (*tagstore_each_fn)(const char *upstream, const char *name, const char *tag,
+                                const struct tag_record *rec, void *ud);
+int tagstore_each(struct blobstore *bs, tagstore_each_fn fn, void *ud);
 
 #endif

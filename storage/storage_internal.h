@@ -44,6 +44,21 @@ int storage__install(struct blobstore *bs, const char *hex, const char *blob_tmp
                      const char *meta_tmp, const char *media_type, uint64_t size,
                      uint64_t reserved);
 
+/* storage__keep_adjust adds (delta > 0) or drops one durable pin's claim on
+ * each of the n digests; dropping may evict what the budget no longer fits. */
+void storage__keep_adjust(struct blobstore *bs, const char (*hex)[65], size_t n,
+                          int delta);
+/* pin_mu: one pin file change at a time (read old, write new, adjust). */
+void storage__pin_lock(struct blobstore *bs);
+void storage__pin_unlock(struct blobstore *bs);
+
+/* --- pins.c ------------------------------------------------------------ */
+
+/* storage__pins_load reads <root>/pins/ at open and applies every pin; a
+ * file that does not parse is logged and ignored. Returns 0 or an error
+ * creating the directory. */
+int storage__pins_load(struct blobstore *bs);
+
 /* --- fsutil.c ---------------------------------------------------------- */
 
 /* storage__read_upto reads until EOF or cap bytes, retrying EINTR; *len gets

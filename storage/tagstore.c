@@ -23,6 +23,7 @@
 #include "errors.h"
 #include "log.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -199,5 +200,104 @@ int tagstore_put(struct blobstore *bs, const char *upstream, const char *name,
     r = -errno;
   if (r)
     unlink(tmp);
+  return r;
+}
+
+int tagstore_remove(struct blobstore *bs, const char *upstream, const char *name,
+                    const char *tag) {
+  char path[PATH_MAX];
+  int r = tag_path(bs, upstream, name, tag, path, sizeof path);
+  if (r)
+    return r;
+  if (unlink(path) != 0)
+    return errno == ENOENT || errno == ENOTDIR || errno == EISDIR ? RM_ENOTFOUND : -errno;
+  return 0;
+}
+
+/* A name has at most REF_NAME_MAX (255) bytes, so at most 128 components. */
+#define WALK_MAX_DEPTH 128
+
+struct walk {
+  struct blobstore *bs;
+  tagstore_each_fn fn;
+  void *ud;
+  char upstream[COMPONENT_MAX + 1];
+  char name[PATH_MAX];
+};
+
+static int walk_tags_dir(struct walk *w, const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d)
+    return 0; /* raced with a removal: nothing to report */
+  struct dirent *de;
+  int r = 0;
+  while (!r && (de = readdir(d)) != NULL) {
+    struct tag_record rec;
+    if (de->d_name[0] == '.')
+      continue;
+    if (tagstore_get(w->bs, w->upstream, w->name, de->d_name, &rec) == 0)
+      r = w->fn(w->upstream, w->name, de->d_name, &rec, w->ud);
+  }
+  closedir(d);
+  return r;
+}
+
+/* walk_names descends tags/<upstream>/<name...>: `name` holds the
+ * components so far; a "_tags" directory holds that name's records. */
+static int walk_names(struct walk *w, const char *dir, size_t name_len, int depth) {
+  if (depth > WALK_MAX_DEPTH)
+    return 0;
+  DIR *d = opendir(dir);
+  if (!d)
+    return 0;
+  struct dirent *de;
+  int r = 0;
+  char sub[PATH_MAX];
+  while (!r && (de = readdir(d)) != NULL) {
+    if (de->d_name[0] == '.')
+      continue;
+    int n = snprintf(sub, sizeof sub, "%s/%s", dir, de->d_name);
+    if (n < 0 || (size_t)n >= sizeof sub)
+      continue;
+    struct stat st;
+    if (lstat(sub, &st) != 0 || !S_ISDIR(st.st_mode))
+      continue;
+    if (strcmp(de->d_name, "_tags") == 0) {
+      if (name_len > 0)
+        r = walk_tags_dir(w, sub);
+      continue;
+    }
+    size_t add = strlen(de->d_name) + (name_len ? 1 : 0);
+    if (name_len + add >= sizeof w->name)
+      continue;
+    snprintf(w->name + name_len, sizeof w->name - name_len, "%s%s", name_len ? "/" : "",
+             de->d_name);
+    r = walk_names(w, sub, name_len + add, depth + 1);
+    w->name[name_len] = '\0';
+  }
+  closedir(d);
+  return r;
+}
+
+int tagstore_each(struct blobstore *bs, tagstore_each_fn fn, void *ud) {
+  char root[PATH_MAX], sub[PATH_MAX];
+  struct walk w = {.bs = bs, .fn = fn, .ud = ud};
+  snprintf(root, sizeof root, "%s/tags", storage__root(bs));
+  DIR *d = opendir(root);
+  if (!d)
+    return -errno;
+  struct dirent *de;
+  int r = 0;
+  while (!r && (de = readdir(d)) != NULL) {
+    if (!segment_ok(de->d_name, strlen(de->d_name)) || strlen(de->d_name) >= sizeof w.upstream)
+      continue;
+    snprintf(w.upstream, sizeof w.upstream, "%s", de->d_name);
+    int n = snprintf(sub, sizeof sub, "%s/%s", root, de->d_name);
+    if (n < 0 || (size_t)n >= sizeof sub)
+      continue;
+    w.name[0] = '\0';
+    r = walk_names(&w, sub, 0, 0);
+  }
+  closedir(d);
   return r;
 }

@@ -775,3 +775,23 @@ def test_admin_listen_takes_the_operational_endpoints(regmesh_binary, test_dir, 
     assert util.request(nd.admin_url, "GET", "/v2/").status == 404
     pull(lambda m, p, **kw: util.request(nd.url, m, p, **kw),
          lambda p, headers=None: stream_get(nd.url, p, headers=headers), catalog.nested)
+
+
+def test_cache_admin_api_is_on_admin_listen_only(make_access_node, make_registry, catalog):
+    """/cache/ changes are POSTs on the admin listener; with one, the
+    registry port serves no /cache/ at all; bad references are 400s."""
+    reg = make_registry("cacheapi", [catalog.tagged])
+    n = make_access_node([regmesh.Upstream("docker.io", reg.url, default=True)], admin=True)
+    admin = n.admin_url
+    assert util.request(admin, "GET", "/cache/rm?ref=x").status == 405
+    r = util.request(admin, "GET", "/cache/stat")
+    assert r.status == 200 and json.loads(r.body)["blobs"] == 0, r
+    assert util.request(n.url, "GET", "/cache/stat").status == 404
+    assert util.request(n.url, "POST", "/cache/verify").status in (404, 405)
+    assert util.request(admin, "POST", "/cache/rm?ref=" + "a" * 2000).status == 400
+    r = util.request(admin, "POST", "/cache/pin?ref=Bad..Name:x")
+    assert r.status == 400 and "NAME_INVALID" in r.error_codes(), r
+    r = util.request(admin, "POST", "/cache/pin?ref=quay.io/a:b")
+    assert r.status == 404 and b"no upstream" in r.body, r
+    r = util.request(admin, "POST", "/cache/rm?ref=sha256:" + "0" * 64)
+    assert r.status == 404 and "BLOB_UNKNOWN" in r.error_codes(), r
