@@ -1059,6 +1059,141 @@ static void test_root_lock(void **state) {
   assert_false(exists(path)); /* a real restart empties tmp/ */
 }
 
+/* --- durable pins, verify, the admin's listings --------------------------- */
+
+static void test_durable_pin(void **state) {
+  struct fixture *f = *state;
+  char a[65], b[65], c[65], later[65];
+  assert_int_equal(blobstore_open(&f->bs, f->root, 250), 0);
+  add_blob(f->bs, 100, 40, a, 100);
+  add_blob(f->bs, 100, 41, b, 100);
+  /* the pin names a digest not cached yet too: kept once it lands */
+  unsigned char *lp = blob(100, 43, later);
+  free(lp);
+  char set[2][65];
+  memcpy(set[0], a, 65);
+  memcpy(set[1], later, 65);
+  assert_int_equal(blobstore_pin_set(f->bs, "docker.io/library/a:1", (const char(*)[65])set, 2), 0);
+  assert_true(blobstore_pinned(f->bs, a));
+  assert_false(blobstore_pinned(f->bs, b));
+  assert_int_equal(blobstore_remove(f->bs, a), UV_EPERM);
+  add_blob(f->bs, 100, 42, c, 100); /* a is LRU but pinned: b goes */
+  assert_int_equal(blobstore_stat(f->bs, a, NULL), 0);
+  assert_int_equal(blobstore_stat(f->bs, b, NULL), RM_ENOTFOUND);
+  struct blobstore_stats st;
+  blobstore_get_stats(f->bs, &st);
+  assert_int_equal(st.kept_bytes, 100);
+
+  /* survives a reopen; the list says which blobs are pinned */
+  reopen(f, 250);
+  assert_true(blobstore_pinned(f->bs, a));
+  assert_true(blobstore_pinned(f->bs, later));
+  struct blob_listing *v;
+  size_t n;
+  assert_int_equal(blobstore_list(f->bs, &v, &n), 0);
+  assert_int_equal(n, 2);
+  for (size_t i = 0; i < n; i++)
+    assert_int_equal(v[i].pinned, strcmp(v[i].hex, a) == 0);
+  free(v);
+  struct blobstore_pin *pins;
+  assert_int_equal(blobstore_pins(f->bs, &pins, &n), 0);
+  assert_int_equal(n, 1);
+  assert_string_equal(pins[0].name, "docker.io/library/a:1");
+  assert_int_equal(pins[0].n, 2);
+  blobstore_pins_free(pins, n);
+
+  /* replacing the pin moves the claim; clearing it lets eviction in */
+  assert_int_equal(blobstore_pin_set(f->bs, "docker.io/library/a:1", (const char(*)[65])set + 1, 1), 0);
+  assert_false(blobstore_pinned(f->bs, a));
+  assert_int_equal(blobstore_pin_clear(f->bs, "docker.io/library/a:1"), 0);
+  assert_int_equal(blobstore_pin_clear(f->bs, "docker.io/library/a:1"), RM_ENOTFOUND);
+  assert_false(blobstore_pinned(f->bs, later));
+  assert_int_equal(blobstore_pin_set(f->bs, "bad\nname", NULL, 0), RM_EPARSE);
+  assert_int_equal(count_files(f->root, "pins", NULL), 0);
+}
+
+static void test_pin_file_parse(void **state) {
+  (void)state;
+  struct blobstore_pin p;
+  const char ok[] = "regmesh-pin 1\nname x/y:z\nsha256:"
+                    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n";
+  assert_int_equal(storage_pin_parse(ok, sizeof ok - 1, &p), 0);
+  assert_string_equal(p.name, "x/y:z");
+  assert_int_equal(p.n, 1);
+  free(p.hex);
+  /* truncated last line, bad digest, wrong magic, empty name: refused */
+  assert_int_equal(storage_pin_parse(ok, sizeof ok - 2, &p), RM_EPARSE);
+  assert_null(p.hex);
+  const char bad[] = "regmesh-pin 1\nname x\nsha256:zz\n";
+  assert_int_equal(storage_pin_parse(bad, sizeof bad - 1, &p), RM_EPARSE);
+  assert_int_equal(storage_pin_parse("regmesh-pin 2\nname x\n", 21, &p), RM_EPARSE);
+  assert_int_equal(storage_pin_parse("regmesh-pin 1\nname \n", 21, &p), RM_EPARSE);
+}
+
+static void test_verify_quarantines(void **state) {
+  struct fixture *f = *state;
+  char a[65], b[65], path[PATH_MAX];
+  assert_int_equal(blobstore_open(&f->bs, f->root, 0), 0);
+  add_blob(f->bs, 5000, 50, a, 0);
+  add_blob(f->bs, 5000, 51, b, 0);
+  uint64_t hashed;
+  assert_int_equal(blobstore_verify(f->bs, a, &hashed), 0);
+  assert_int_equal(hashed, 5000);
+  /* one byte changed behind the store's back */
+  path_of(path, f->root, b, "");
+  int fd = open(path, O_WRONLY);
+  assert_true(fd >= 0);
+  assert_int_equal(pwrite(fd, "x", 1, 2500), 1);
+  close(fd);
+  /* while it is being read it stays (its reader owns the entry) */
+  int rfd;
+  assert_int_equal(blobstore_open_read(f->bs, b, &rfd, NULL), 0);
+  assert_int_equal(blobstore_verify(f->bs, b, &hashed), UV_EBUSY);
+  close(rfd);
+  blobstore_unpin(f->bs, b);
+  assert_int_equal(blobstore_verify(f->bs, b, &hashed), RM_EDIGEST);
+  assert_false(exists(path));
+  assert_int_equal(blobstore_stat(f->bs, b, NULL), RM_ENOTFOUND);
+  assert_int_equal(count_files(f->root, "quarantine", NULL), 1);
+  struct blobstore_stats st;
+  blobstore_get_stats(f->bs, &st);
+  assert_int_equal(st.bytes, 5000);
+  assert_int_equal(blobstore_verify(f->bs, b, &hashed), RM_ENOTFOUND);
+  /* a fresh commit of the same digest is served again */
+  add_blob(f->bs, 5000, 51, b, 0);
+  assert_int_equal(blobstore_verify(f->bs, b, &hashed), 0);
+}
+
+static int collect_tags(const char *up, const char *name, const char *tag,
+                        const struct tag_record *rec, void *ud) {
+  char *out = ud;
+  (void)rec;
+  snprintf(out + strlen(out), 512 - strlen(out), "%s|%s|%s;", up, name, tag);
+  return 0;
+}
+
+static void test_tag_walk_and_remove(void **state) {
+  struct fixture *f = *state;
+  assert_int_equal(blobstore_open(&f->bs, f->root, 0), 0);
+  struct tag_record rec = {.size = 3, .fetched_at_ms = 1};
+  memset(rec.hex, 'a', 64);
+  assert_int_equal(tagstore_put(f->bs, "docker.io", "a/b", "1", &rec), 0);
+  assert_int_equal(tagstore_put(f->bs, "docker.io", "a/b/c", "2", &rec), 0);
+  assert_int_equal(tagstore_put(f->bs, "ghcr.io", "x", "3@v", &rec), 0);
+  char seen[512] = "";
+  assert_int_equal(tagstore_each(f->bs, collect_tags, seen), 0);
+  assert_non_null(strstr(seen, "docker.io|a/b|1;"));
+  assert_non_null(strstr(seen, "docker.io|a/b/c|2;"));
+  assert_non_null(strstr(seen, "ghcr.io|x|3@v;"));
+  assert_int_equal(tagstore_remove(f->bs, "docker.io", "a/b", "1"), 0);
+  assert_int_equal(tagstore_remove(f->bs, "docker.io", "a/b", "1"), RM_ENOTFOUND);
+  assert_int_equal(tagstore_remove(f->bs, "docker.io", "../x", "1"), RM_EPARSE);
+  seen[0] = '\0';
+  assert_int_equal(tagstore_each(f->bs, collect_tags, seen), 0);
+  assert_null(strstr(seen, "a/b|1;"));
+  assert_non_null(strstr(seen, "a/b/c|2;"));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
@@ -1084,6 +1219,10 @@ int main(void) {
       T(test_tags),
       T(test_tag_components),
       T(test_tag_malformed),
+      T(test_durable_pin),
+      T(test_verify_quarantines),
+      T(test_tag_walk_and_remove),
+      cmocka_unit_test(test_pin_file_parse),
 #undef T
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
