@@ -9,7 +9,7 @@ PREFIX  ?= /usr/local
 CONFDIR ?= /etc/regmesh
 DESTDIR ?=
 
-.PHONY: all build run test unit sim integration asan fuzz bench deps deps-test clean \
+.PHONY: all build run test unit sim integration asan fuzz bench image deps deps-test clean \
 	install builds
 
 all: build
@@ -81,6 +81,10 @@ fuzz: deps-test
 	  -max_total_time=$(FUZZ_SECS) $(FUZZ)/corpus/access tests/fuzz/corpus/access
 	./$(FUZZ)/tests/fuzz/fuzz_pins \
 	  -max_total_time=$(FUZZ_SECS) $(FUZZ)/corpus/pins tests/fuzz/corpus/pins
+
+# The OCI image from this machine's Debian packages (deploy/image/build.sh).
+image: build
+	sh deploy/image/build.sh $(BUILD)/regmesh $(BUILD)/image latest
 
 # Side-by-side figures against distribution's proxy (not part of `test`).
 bench: deps-test build

@@ -11,7 +11,7 @@ ca-certificates"
 test="libcmocka-dev python3 python3-pytest python3-jwt python3-cryptography python3-yaml
 docker-registry skopeo containerd runc docker.io podman apache2-utils wrk
 iproute2 iptables util-linux procps clang libclang-rt-14-dev serf tcpdump
-containernetworking-plugins uidmap nginx-light openssl prometheus"
+containernetworking-plugins uidmap nginx-light openssl prometheus umoci"
 
 want=$build
 [ "${1:-build}" = test ] && want="$build $test"
