@@ -253,16 +253,38 @@ static int apply_section(struct walk *w, const struct config__node *map,
                          const struct section_spec *sec, void *base);
 
 /* config_relative_path: a relative path is relative to the configuration's
- * directory, so a config and the files it names can move together. */
+ * directory, so a config and the files it names can move together; one
+ * that starts with $CREDENTIALS_DIRECTORY/ is in the directory systemd's
+ * LoadCredential= fills for the service. Returns 0, RM_ETOOBIG, or
+ * RM_ENOTFOUND when that variable is not set. */
+#define CRED_PREFIX "$CREDENTIALS_DIRECTORY/"
 static int config_relative_path(const struct walk *w, const char *s, char *out,
                                 size_t outlen) {
   const char *slash = strrchr(w->name, '/');
   int n;
-  if (s[0] == '/' || slash == NULL)
+  if (strncmp(s, CRED_PREFIX, sizeof CRED_PREFIX - 1) == 0) {
+    const char *dir = getenv("CREDENTIALS_DIRECTORY");
+    if (dir == NULL || dir[0] != '/')
+      return RM_ENOTFOUND;
+    n = snprintf(out, outlen, "%s/%s", dir, s + sizeof CRED_PREFIX - 1);
+  } else if (s[0] == '/' || slash == NULL) {
     n = snprintf(out, outlen, "%s", s);
-  else
+  } else {
     n = snprintf(out, outlen, "%.*s/%s", (int)(slash - w->name), w->name, s);
+  }
   return n < 0 || (size_t)n >= outlen ? RM_ETOOBIG : 0;
+}
+
+/* resolve_path is config_relative_path with the failure reported at v. */
+static int resolve_path(struct walk *w, const struct config__node *v, const char *s,
+                        char *out, size_t outlen) {
+  int r = config_relative_path(w, s, out, outlen);
+  if (r == RM_ENOTFOUND)
+    return fail(w, v, "$CREDENTIALS_DIRECTORY is not set: it names the directory of "
+                      "systemd's LoadCredential= (run under the unit, or give the path)");
+  if (r != 0)
+    return fail(w, v, "path is too long");
+  return 0;
 }
 
 /* ---- setters, one per value type ---- */
@@ -631,8 +653,8 @@ static int set_path(struct walk *w, const struct config__node *v, void *field,
   (void)k;
   if ((rc = scalar_text(w, v, &s)) != 0)
     return rc;
-  if (config_relative_path(w, s, path, sizeof path) != 0)
-    return fail(w, v, "path is too long");
+  if ((rc = resolve_path(w, v, s, path, sizeof path)) != 0)
+    return rc;
   return str_set(field, path, strlen(path)) ? fail_nomem(w) : 0;
 }
 
@@ -806,8 +828,8 @@ static int set_htpasswd(struct walk *w, const struct config__node *v,
   (void)k;
   if ((rc = scalar_text(w, v, &s)) != 0)
     return rc;
-  if (config_relative_path(w, s, path, sizeof path) != 0)
-    return fail(w, v, "path is too long");
+  if ((rc = resolve_path(w, v, s, path, sizeof path)) != 0)
+    return rc;
   rc = htpasswd_load(&h, path, msg, sizeof msg);
   if (rc == UV_ENOMEM)
     return fail_nomem(w);
@@ -982,7 +1004,32 @@ enum {
   UP_TLS,
   UP_RESOLVE_TIMEOUT,
   UP_FIRST_BYTE_TIMEOUT,
+  UP_PASSWORD_FILE,
 };
+
+static int read_value_file(struct walk *w, const struct config__node *v, char *path,
+                           size_t pathlen, char buf[SECRET_FILE_MAX + 1], size_t *lenp);
+
+/* set_password_file reads the upstream's password from a file now (e.g.
+ * $CREDENTIALS_DIRECTORY/dockerhub-token), so it never sits in the config
+ * or the environment; a reload reads it again. */
+static int set_password_file(struct walk *w, const struct config__node *v, void *field,
+                             const struct key_spec *k) {
+  char path[PATH_MAX], buf[SECRET_FILE_MAX + 1];
+  size_t len = 0;
+  const char *s;
+  int rc;
+  (void)k;
+  if ((rc = scalar_text(w, v, &s)) != 0)
+    return rc;
+  rc = read_value_file(w, v, path, sizeof path, buf, &len);
+  if (rc == 0 && memchr(buf, '\0', len) != NULL)
+    rc = fail(w, v, "the password file holds a NUL byte");
+  if (rc == 0 && str_set(field, buf, len) != 0)
+    rc = fail_nomem(w);
+  explicit_bzero(buf, sizeof buf);
+  return rc;
+}
 
 /* indexed by the enum above, which upstream_check relies on */
 static const struct key_spec upstream_keys[] = {
@@ -1029,6 +1076,9 @@ static const struct key_spec upstream_keys[] = {
     [UP_PASSWORD_ENV] = {.name = "password_env",
                          .set = set_env_name,
                          FIELD(struct config_upstream, password_env)},
+    [UP_PASSWORD_FILE] = {.name = "password_file",
+                          .set = set_password_file,
+                          FIELD(struct config_upstream, password)},
     [UP_TLS_VERIFY] = {.name = "tls_verify",
                        .set = set_bool,
                        FIELD(struct config_upstream, tls_verify)},
@@ -1064,6 +1114,13 @@ static int upstream_check(struct walk *w, const struct config__node *map,
   (void)map;
   const struct config__node *pw = vals[UP_PASSWORD];
   const struct config__node *env = vals[UP_PASSWORD_ENV];
+  const struct config__node *pf = vals[UP_PASSWORD_FILE];
+  if (pf != NULL && (pw != NULL || env != NULL)) {
+    size_t old = path_push_key(w, "password_file", 13);
+    int rc = fail(w, pf, "password_file excludes password and password_env");
+    path_pop(w, old);
+    return rc;
+  }
   if (pw != NULL && env != NULL) {
     /* blame whichever came second: that is the line the user just added */
     int env_later =
@@ -1555,68 +1612,66 @@ static int set_key(struct walk *w, const struct config__node *v,
 }
 
 
-/* read_secret_file reads the key's base64 from v's path; trailing
- * whitespace (the newline `base64` writes) is ignored. */
-static int read_secret_file(struct walk *w, const struct config__node *v,
-                            struct config_cluster *c) {
-  char path[PATH_MAX], q[PATH_QUOTE_MAX], ebuf[128];
-  char buf[SECRET_FILE_MAX + 1];
-  size_t len = 0, old = path_push_key(w, "secret_file", 11);
-  int fd, rc = 0;
-
-  if (config_relative_path(w, v->text, path, sizeof path) != 0) {
-    rc = fail(w, v, "path is too long");
-    goto out;
-  }
+/* read_value_file reads a secret's file (v's path): at most
+ * SECRET_FILE_MAX bytes, trailing whitespace (the newline `echo` and
+ * `base64` write) dropped, not empty. The caller wipes buf. */
+static int read_value_file(struct walk *w, const struct config__node *v, char *path,
+                           size_t pathlen, char buf[SECRET_FILE_MAX + 1], size_t *lenp) {
+  char q[PATH_QUOTE_MAX], ebuf[128];
+  size_t len = 0;
+  int fd, rc;
+  *lenp = 0;
+  if ((rc = resolve_path(w, v, v->text, path, pathlen)) != 0)
+    return rc;
   do
     fd = open(path, O_RDONLY | O_CLOEXEC);
   while (fd < 0 && errno == EINTR);
   if (fd < 0) {
     int e = errno;
-    rc = fail(w, v, "cannot read \"%s\": %s", QP(q, path),
-              strerror_r(e, ebuf, sizeof ebuf));
-    goto out;
+    return fail(w, v, "cannot read \"%s\": %s", QP(q, path), strerror_r(e, ebuf, sizeof ebuf));
   }
   /* one byte past the limit is enough to know the file is too big */
-  while (len < sizeof buf) {
-    ssize_t r = read(fd, buf + len, sizeof buf - len);
+  while (len < SECRET_FILE_MAX + 1) {
+    ssize_t r = read(fd, buf + len, SECRET_FILE_MAX + 1 - len);
     if (r < 0 && errno == EINTR)
       continue;
     if (r < 0) {
       int e = errno;
-      rc = fail(w, v, "cannot read \"%s\": %s", QP(q, path),
-                strerror_r(e, ebuf, sizeof ebuf));
-      break;
+      close(fd);
+      *lenp = len;
+      return fail(w, v, "cannot read \"%s\": %s", QP(q, path),
+                  strerror_r(e, ebuf, sizeof ebuf));
     }
     if (r == 0)
       break;
     len += (size_t)r;
   }
   close(fd);
-  if (rc != 0)
-    goto out;
-  if (len > SECRET_FILE_MAX) {
-    rc = fail(w, v, "\"%s\" is larger than %d bytes", QP(q, path),
-              SECRET_FILE_MAX);
-    goto out;
-  }
+  *lenp = len;
+  if (len > SECRET_FILE_MAX)
+    return fail(w, v, "\"%s\" is larger than %d bytes", QP(q, path), SECRET_FILE_MAX);
   while (len > 0 && strchr(" \t\r\n", buf[len - 1]) != NULL)
     len--;
-  if (len == 0) {
-    rc = fail(w, v, "\"%s\" is empty", QP(q, path));
-    goto out;
-  }
+  *lenp = len;
+  if (len == 0)
+    return fail(w, v, "\"%s\" is empty", QP(q, path));
+  return 0;
+}
+
+/* read_secret_file reads the key's base64 from v's path. */
+static int read_secret_file(struct walk *w, const struct config__node *v,
+                            struct config_cluster *c) {
+  char path[PATH_MAX], q[PATH_QUOTE_MAX];
+  char buf[SECRET_FILE_MAX + 1];
+  size_t len = 0, old = path_push_key(w, "secret_file", 11);
+  int rc = read_value_file(w, v, path, sizeof path, buf, &len);
   path_pop(w, old);
-  {
+  if (rc == 0) {
     char what[PATH_QUOTE_MAX + 32];
     snprintf(what, sizeof what, "the content of \"%s\"", QP(q, path));
     rc = set_key(w, v, "secret_file", buf, len, what, c);
   }
   explicit_bzero(buf, sizeof buf);
-  return rc;
-out:
-  explicit_bzero(buf, len);
-  path_pop(w, old);
   return rc;
 }
 

@@ -74,6 +74,17 @@ def test_version_names_the_commit(regmesh_binary):
         assert cp.returncode == 0, "%s is not a commit here" % commit
 
 
+def test_man_page_names_every_command(regmesh_binary):
+    """Each command `regmesh help` lists has its entry in regmesh(1)."""
+    cp = util.run([regmesh_binary, "help"], timeout=10)
+    cmds = re.findall(r"^  ([a-z][a-z-]+)(?: |$)", cp.stdout.decode(), re.M)
+    assert len(cmds) >= 8, cp.stdout
+    with open(os.path.join(REPO, "docs", "regmesh.1")) as f:
+        man = f.read()
+    missing = [c for c in cmds if not re.search(r"^\.(B|BI|TP)\b.*\b%s\b" % re.escape(c), man, re.M)]
+    assert not missing, "regmesh(1) lacks: %s" % missing
+
+
 @pytest.mark.parametrize("args", [["serve", "--help"], ["check-config", "--help"], ["help"]])
 def test_help_exits_zero(regmesh_binary, args):
     cp = util.run([regmesh_binary] + args, timeout=10, check=False)
@@ -150,8 +161,18 @@ def test_make_install_and_systemd_verify(test_dir):
     assert m, cp.stdout.decode()[-2000:] + cp.stderr.decode()[-2000:]
     assert float(m.group(1)) <= 2.5, cp.stdout.decode()
     for key in ("DynamicUser=yes", "CacheDirectory=regmesh", "ProtectSystem=strict",
-                "CapabilityBoundingSet=\n", "SystemCallFilter=@system-service"):
+                "CapabilityBoundingSet=\n", "SystemCallFilter=@system-service",
+                "LoadCredential=regmesh:%s/credentials\n" % confdir):
         assert key in text, key
+    # the credentials directory the unit loads from, root only
+    creds = os.path.join(confdir, "credentials")
+    assert os.path.isdir(creds) and os.stat(creds).st_mode & 0o077 == 0, oct(
+        os.stat(creds).st_mode)
+    man = os.path.join(prefix, "share", "man", "man1", "regmesh.1")
+    assert os.path.isfile(man), man
+    if shutil.which("groff"):
+        cp = util.run(["groff", "-man", "-Tutf8", "-ww", "-z", man], timeout=30, check=False)
+        assert cp.returncode == 0 and not cp.stderr, cp.stderr.decode()
     # the example config's storage is the unit's cache directory
     assert "root: /var/cache/regmesh" in open(conf).read()
     # the installed binary accepts the installed example config

@@ -1228,6 +1228,56 @@ static void test_cluster_secret_file(void **state) {
   rmdir(dir);
 }
 
+/* Secrets from systemd's LoadCredential=: $CREDENTIALS_DIRECTORY/ in a
+ * path, and an upstream's password_file. */
+static void test_credentials_directory(void **state) {
+  (void)state;
+  struct config cfg;
+  char dir[64], path[160], yaml[512], err[512];
+  snprintf(dir, sizeof dir, "/tmp/test_config_cred.XXXXXX");
+  assert_non_null(mkdtemp(dir));
+  snprintf(path, sizeof path, "%s/cluster-key", dir);
+  write_file(path, K32 "\n", strlen(K32) + 1);
+  snprintf(path, sizeof path, "%s/hub-token", dir);
+  write_file(path, "s3cr3t pass\n", 12);
+
+  snprintf(yaml, sizeof yaml,
+           "upstreams:\n  - host: docker.io\n    url: https://r.io\n    username: u\n"
+           "    password_file: $CREDENTIALS_DIRECTORY/hub-token\n"
+           "cluster:\n  secret_file: $CREDENTIALS_DIRECTORY/cluster-key\n");
+  unsetenv("CREDENTIALS_DIRECTORY");
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
+  assert_non_null(strstr(err, "upstreams[0].password_file: $CREDENTIALS_DIRECTORY is not set"));
+  config_free(&cfg);
+
+  setenv("CREDENTIALS_DIRECTORY", dir, 1);
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), 0);
+  assert_string_equal(cfg.upstreams[0].password, "s3cr3t pass");
+  assert_key_0_to(&cfg.cluster, 32);
+  config_free(&cfg);
+
+  /* one source of a password only; a missing file names its path */
+  snprintf(yaml, sizeof yaml,
+           "upstreams:\n  - host: docker.io\n    url: https://r.io\n    password: x\n"
+           "    password_file: $CREDENTIALS_DIRECTORY/hub-token\n");
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
+  assert_non_null(strstr(err, "password_file excludes password and password_env"));
+  config_free(&cfg);
+  snprintf(yaml, sizeof yaml,
+           "upstreams:\n  - host: docker.io\n    url: https://r.io\n"
+           "    password_file: $CREDENTIALS_DIRECTORY/nope\n");
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
+  assert_non_null(strstr(err, "/nope\": No such file or directory"));
+  config_free(&cfg);
+  unsetenv("CREDENTIALS_DIRECTORY");
+
+  snprintf(path, sizeof path, "%s/cluster-key", dir);
+  unlink(path);
+  snprintf(path, sizeof path, "%s/hub-token", dir);
+  unlink(path);
+  rmdir(dir);
+}
+
 /* ---- allow: ---- */
 
 static void test_parse_cidr(void **state) {
@@ -2109,6 +2159,7 @@ int main(void) {
       cmocka_unit_test(test_cluster_values),
       cmocka_unit_test(test_cluster_errors),
       cmocka_unit_test(test_cluster_secret_file),
+      cmocka_unit_test(test_credentials_directory),
       cmocka_unit_test(test_parse_cidr),
       cmocka_unit_test(test_cidr_match),
       cmocka_unit_test(test_allow),
