@@ -14,6 +14,9 @@ it served), with distribution's registry in proxy mode side by side:
      (every blob lands on its owner and on node 0), then a pull through
      node 1 (what node 1 does not own comes from peers) vs a warm pull
      through node 0 again; bytes from peers from regmesh_peer_bytes_total;
+  4. cache warm: `regmesh cache warm` of the image through node 0 of a fresh
+     fleet, timed against one cold pull through a single node, with the
+     upstream bytes it cost and those of a pull through node 1 after it;
   3. idle gossip: N nodes with memberlist's default timings, bytes each
      node's gossip sends and receives over a window, counted three ways:
      iptables accounting rules (per node exact: nodes run under their own
@@ -1040,6 +1043,57 @@ def part_gossip(ctx):
 # --------------------------------------------------------------------------
 # report
 
+# --------------------------------------------------------------------------
+# part 4: `regmesh cache warm` across the fleet
+
+def part_warm(ctx):
+    """A fresh fleet, `regmesh cache warm` of the image through node 0 (every blob to its owner
+    and to node 0), against one cold pull through a single regmesh node in the same rep; then a
+    pull through node 1, which the warm should have made free of upstream bytes."""
+    a = ctx.a
+    R = {k: [] for k in ("single", "single_up", "warm", "warm_up", "after", "after_up")}
+    ref = f"{single.IMAGE_NAME}:{single.IMAGE_TAG}"
+    if not ctx.has_rm or ctx.fleet_block:
+        ctx.res["warm"] = R
+        return
+    for rep in range(a.reps):
+        srv = fleet = None
+        try:
+            srv = ctx.start_regmesh("regmesh-single")
+            t, b = ctx.counted(ctx.pull_one, srv.port)
+            R["single"].append(t)
+            R["single_up"].append(b)
+            ctx.stop_server(srv)
+            srv = None
+            fleet = Fleet(ctx, f"warm{rep}", a.nodes).start()
+
+            def warm():
+                t0 = time.monotonic()
+                r = subprocess.run([a.regmesh_bin, "cache", "warm", ref, "--node",
+                                    f"http://127.0.0.1:{fleet.ports[0]}"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900)
+                if r.returncode != 0:
+                    raise BenchError("regmesh cache warm: " + r.stdout.decode(errors="replace")[-500:])
+                return time.monotonic() - t0
+            t, b = ctx.counted(warm)
+            R["warm"].append(t)
+            R["warm_up"].append(b)
+            t, b = ctx.counted(ctx.pull_one, fleet.ports[1])
+            R["after"].append(t)
+            R["after_up"].append(b)
+            log(f"part 4 rep {rep + 1}/{a.reps}: single cold pull {R['single'][-1]:.2f}s, warm through "
+                f"node 0 of {a.nodes} {R['warm'][-1]:.2f}s (upstream {R['warm_up'][-1] / ctx.image_bytes:.2f}x "
+                f"image), then a pull through node 1 {t:.2f}s (upstream {b / ctx.image_bytes:.2f}x)")
+        except BenchError as e:
+            ctx.error("part 4", e)
+        finally:
+            if fleet:
+                fleet.stop()
+            if srv:
+                ctx.stop_server(srv)
+    ctx.res["warm"] = R
+
+
 def report(ctx):
     a = ctx.a
     N, C = a.nodes, a.clients
@@ -1237,8 +1291,30 @@ def report(ctx):
     if G.get("alive_end") and any(x != N for x in G["alive_end"]):
         ctx.notes.append(f"part 3: alive members seen per node at the end of the window: {G['alive_end']}")
 
-    ends = {"1": marks["2"], "2": marks["3"], "3": (len(rows), len(verdicts))}
-    for part in ("3", "2", "1"):
+    # part 4
+    marks["4"] = (len(rows), len(verdicts))
+    W4 = ctx.res.get("warm", {})
+
+    def ws(k, scale=1.0):
+        return Stats([x / scale for x in W4.get(k, [])])
+    sw, ww, aw = ws("single"), ws("warm"), ws("after")
+    wr = ratio(ww.med, sw.med)
+    rows.append([f"cache warm through node 0 of {N}, s (n={a.reps})", col_rm(ww.fmt(2)), col_d("-"),
+                 sw.fmt(2) + " one cold pull, 1 node", f"{rx(wr)} single pull", "<= 1.2x single pull"])
+    wu = ws("warm_up", img)
+    rows.append(["  upstream blob bytes of the warm (x image)", col_rm(wu.fmt(2, "x")), col_d("-"),
+                 ws("single_up", img).fmt(2, "x") + " single pull", "", "1.00x (each blob once)"])
+    au = ws("after_up", img)
+    rows.append(["  then a pull through node 1: s, upstream bytes (x image)",
+                 col_rm(f"{aw.fmt(2)}, {au.fmt(2, 'x')}"), col_d("-"), "-", "", "0 upstream"])
+    verdict(None if wr is None else wr <= 1.2,
+            f"cache warm across a {N}-node fleet = {rx(wr)} one cold pull (target <= 1.2x)")
+    verdict(None if not wu.vals else max(wu.vals) <= 1.001 and max(au.vals or [1]) == 0,
+            f"cache warm fetched each blob once ({wu.fmt(2, 'x')} the image upstream) and left the fleet "
+            f"warm ({au.fmt(2, 'x')} upstream for the next pull)")
+
+    ends = {"1": marks["2"], "2": marks["3"], "3": marks["4"], "4": (len(rows), len(verdicts))}
+    for part in ("4", "3", "2", "1"):
         if part not in a.parts:
             del rows[marks[part][0]:ends[part][0]]
             del verdicts[marks[part][1]:ends[part][1]]
@@ -1294,7 +1370,7 @@ def parse_args(argv):
     p.add_argument("--gossip-secs", type=float, help="idle gossip window, s (default 30)")
     p.add_argument("--gossip-settle", type=float, default=5.0,
                    help="idle time after the fleet converged, before the window (5)")
-    p.add_argument("--parts", default="1,2,3", help="which parts to run (1,2,3)")
+    p.add_argument("--parts", default="1,2,3,4", help="which parts to run (1,2,3,4)")
     p.add_argument("--settle", type=float, default=1.0,
                    help="seconds the upstream log must stay quiet before counting bytes")
     p.add_argument("--regmesh-bin", help="default: $REGMESH_BIN or <repo>/build/regmesh")
@@ -1382,6 +1458,8 @@ def main(argv):
             part_peer(ctx)
         if "3" in a.parts:
             part_gossip(ctx)
+        if "4" in a.parts:
+            part_warm(ctx)
         report(ctx)
         log(f"done in {time.monotonic() - t0:.0f}s")
         rc = 2 if ctx.errors else 0
