@@ -110,43 +110,6 @@ static int set_add(struct strmap *s, const char *hex) {
   return strmap_get(s, hex) ? 1 : strmap_put(s, hex, (void *)1) == 0 ? 0 : UV_ENOMEM;
 }
 
-/* read_manifest reads a committed blob that has a media type (only
- * manifests are stored with one) into a new NUL-terminated buffer. */
-static int read_manifest(struct blobstore *bs, const char *hex, char **out, size_t *len) {
-  struct blob_info info;
-  int fd;
-  int r = blobstore_open_read(bs, hex, &fd, &info);
-  if (r)
-    return r;
-  if (info.media_type[0] == '\0' || info.size > MANIFEST_PARSE_MAX) {
-    close(fd);
-    blobstore_unpin(bs, hex);
-    return RM_EPARSE;
-  }
-  char *buf = malloc(info.size + 1);
-  size_t got = 0;
-  r = buf ? 0 : UV_ENOMEM;
-  while (!r && got < info.size) {
-    ssize_t k = read(fd, buf + got, info.size - got);
-    if (k < 0 && errno == EINTR)
-      continue;
-    if (k <= 0)
-      r = k < 0 ? -errno : UV_EIO;
-    else
-      got += (size_t)k;
-  }
-  close(fd);
-  blobstore_unpin(bs, hex);
-  if (r) {
-    free(buf);
-    return r;
-  }
-  buf[got] = '\0';
-  *out = buf;
-  *len = got;
-  return 0;
-}
-
 struct walk {
   struct blobstore *bs;
   struct strmap *seen;     /* every digest reached */
@@ -181,7 +144,7 @@ static void walk_digest(struct walk *w, const char *hex, int depth) {
     return;
   char *text;
   size_t len;
-  if (read_manifest(w->bs, hex, &text, &len) != 0)
+  if (blobstore_read_small(w->bs, hex, MANIFEST_PARSE_MAX, &text, &len) != 0)
     return;
   json_t *doc = json_loadb(text, len, 0, NULL);
   free(text);
@@ -370,7 +333,7 @@ static int parse_target(struct cache_job *j, struct target *t) {
  * not cached, or a negative error. */
 static int target_roots(struct cache_job *j, const struct target *t, struct records *rs) {
   if (t->bare || t->has_digest)
-    return blobstore_stat(j->bs, t->hex, NULL) == 0 ? 1 : 0;
+    return blobstore_peek(j->bs, t->hex, NULL) == 0 ? 1 : 0;
   rs->host = t->host;
   rs->name = t->name;
   rs->tag = t->tag;
@@ -531,8 +494,8 @@ static void do_rm(struct cache_job *j) {
     goto out;
   }
   if (t.bare) {
-    struct blob_info info;
-    blobstore_stat(j->bs, t.hex, &info);
+    struct blob_info info = {.size = 0};
+    blobstore_peek(j->bs, t.hex, &info);
     int r = blobstore_remove(j->bs, t.hex);
     if (r == UV_EBUSY)
       fail(j, 409, "DENIED", "%s is being sent to a client: try again", t.canon);
@@ -716,7 +679,10 @@ static void do_verify(struct cache_job *j) {
   }
   json_t *corrupt = json_array(), *busy = json_array();
   uint64_t bytes = 0, gone = 0;
-  for (size_t i = 0; i < n; i++) {
+  size_t i;
+  for (i = 0; i < n; i++) {
+    if (j->cancel && __atomic_load_n(j->cancel, __ATOMIC_RELAXED))
+      break;
     uint64_t h = 0;
     r = blobstore_verify(j->bs, blobs[i].hex, &h);
     bytes += h;
@@ -729,12 +695,20 @@ static void do_verify(struct cache_job *j) {
     else
       gone++;
   }
+  size_t skipped = n - i;
   free(blobs);
   clock_gettime(CLOCK_MONOTONIC, &t1);
   double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
   LOG_I("cache: verified %" PRIu64 " blobs (%" PRIu64 " bytes) in %.1f s: %zu corrupt and "
         "quarantined, %zu corrupt but in use",
         j->verified + j->corrupt, bytes, secs, json_array_size(corrupt), json_array_size(busy));
+  if (skipped) {
+    json_decref(corrupt);
+    json_decref(busy);
+    fail(j, 503, "UNAVAILABLE", "the node is stopping: verify ended with %zu blobs unchecked",
+         skipped);
+    return;
+  }
   reply(j, 200, json_pack("{s:I,s:I,s:I,s:o,s:o,s:I,s:f}", "checked",
                           (json_int_t)(j->verified + j->corrupt), "intact",
                           (json_int_t)j->verified, "bytes", (json_int_t)bytes, "quarantined",

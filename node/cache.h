@@ -39,6 +39,8 @@ struct cache_job {
   } forget[CACHE_MAX_FORGET];
   /* verify's counts, for metrics */
   uint64_t verified, corrupt;
+  /* the node's stop flag (atomic int; NULL: none): verify stops at it */
+  const int *cancel;
 };
 
 /* cache_job_new prepares a job. Returns 0 or UV_ENOMEM. */

@@ -278,6 +278,9 @@ void node_stop(struct node *n) {
     return;
   n->stopping = 1;
   n->ready = 0;
+  /* a cache job on the thread pool (a long verify) ends early: the loop
+   * waits for it before the process can exit */
+  __atomic_store_n(&n->cache_cancel, 1, __ATOMIC_RELAXED);
   if (n->drain_timer_init) {
     n->drain_timer_init = 0;
     uv_close((uv_handle_t *)&n->drain_timer, NULL);

@@ -73,6 +73,7 @@ struct node {
   uv_timer_t deadline_timer;
   int deadline_init;
   int cache_verify_busy; /* one `cache verify` at a time */
+  int cache_cancel;      /* atomic: set at stop, read by cache jobs */
   int ready;
   int draining; /* SIGTERM: finishing responses in flight */
   int stopping;

@@ -1557,6 +1557,7 @@ static void handle_cache(struct rreq *r) {
     respond_error(r, 503, "UNAVAILABLE", "out of memory");
     return;
   }
+  cw->job->cancel = &n->cache_cancel;
   cw->r = r;
   cw->work.data = cw;
   if (uv_queue_work(n->loop, &cw->work, cache_work, cache_after) != 0) {

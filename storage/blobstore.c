@@ -338,6 +338,49 @@ int blobstore_stat(struct blobstore *bs, const char *hex, struct blob_info *info
   return 0;
 }
 
+int blobstore_peek(struct blobstore *bs, const char *hex, struct blob_info *info) {
+  if (!digest_hex_valid(hex))
+    return RM_ENOTFOUND;
+  pthread_mutex_lock(&bs->mu);
+  struct blob_entry *e = table_find(bs, hex);
+  if (e)
+    fill_info(e, info);
+  pthread_mutex_unlock(&bs->mu);
+  return e ? 0 : RM_ENOTFOUND;
+}
+
+int blobstore_read_small(struct blobstore *bs, const char *hex, size_t max, char **out,
+                         size_t *len) {
+  char path[PATH_MAX];
+  struct blob_info info;
+  int r = blobstore_peek(bs, hex, &info);
+  if (r)
+    return r;
+  if (info.size > max)
+    return RM_ETOOBIG;
+  if ((r = blob_path(bs, hex, "", path, sizeof path)) != 0)
+    return r;
+  /* no pin: evicted meanwhile is ENOENT; the name is the content's hash, so
+   * whatever file is there holds the bytes the caller asked for */
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (fd < 0)
+    return errno == ENOENT ? RM_ENOTFOUND : -errno;
+  char *buf = malloc(info.size + 2);
+  size_t got = 0;
+  r = buf ? storage__read_upto(fd, buf, info.size + 1, &got) : UV_ENOMEM;
+  close(fd);
+  if (!r && got != info.size)
+    r = RM_ENOTFOUND; /* changed on disk: not the indexed blob */
+  if (r) {
+    free(buf);
+    return r;
+  }
+  buf[got] = '\0';
+  *out = buf;
+  *len = got;
+  return 0;
+}
+
 /* unpin_locked drops one pin; the last one may let a pending eviction
  * through, since commits skipped this blob while it was read. */
 static void unpin_locked(struct blobstore *bs, struct blob_entry *e,
@@ -546,7 +589,7 @@ int blobstore_verify(struct blobstore *bs, const char *hex, uint64_t *hashed) {
   if (!chunk) {
     sha256_free(&ctx);
     close(fd);
-    return UV_ENOMEM;
+    return r ? r : UV_ENOMEM;
   }
   for (;;) {
     ssize_t k = read(fd, chunk, 1u << 20);

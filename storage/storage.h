@@ -63,6 +63,15 @@ void blobstore_set_max_size(struct blobstore *bs, uint64_t max_size);
  * access for LRU. Returns 0, RM_ENOTFOUND or a negative error. */
 int blobstore_stat(struct blobstore *bs, const char *hex, struct blob_info *info);
 
+/* blobstore_peek is blobstore_stat without counting an access (for the
+ * admin's listings, which must not reorder the LRU). */
+int blobstore_peek(struct blobstore *bs, const char *hex, struct blob_info *info);
+/* blobstore_read_small reads a committed blob of at most max bytes into a
+ * new NUL-terminated buffer (*out, free() it), without counting an access.
+ * Returns 0, RM_ENOTFOUND, RM_ETOOBIG or an error. Blocking. */
+int blobstore_read_small(struct blobstore *bs, const char *hex, size_t max, char **out,
+                         size_t *len);
+
 /* blobstore_open_read opens a committed blob read-only, pins it against
  * eviction and counts an access. The caller owns *fd (close it) and must call
  * blobstore_unpin(hex) once when done with it. Returns 0 or RM_ENOTFOUND. */
