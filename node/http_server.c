@@ -135,6 +135,9 @@ struct http_listener {
   struct http_server *srv;
   int id;
   SSL_CTX *const *tls_ctx; /* NULL: plain HTTP */
+  /* a listener with its own budget (the admin one) counts its connections
+   * apart, so a full registry port never takes /healthz down */
+  unsigned budget; /* 0: the server's max_connections, shared */
   struct http_listener *next;
 };
 
@@ -149,6 +152,12 @@ struct http_server {
   unsigned n_listeners_open;   /* listener handles not yet closed */
   struct http_conn *conns;     /* every connection until it is freed */
   unsigned n_conns;
+  /* open connections of listeners with their own budget, by listener id
+   * (few: the admin listener today) */
+  struct {
+    int id;
+    unsigned open;
+  } budgeted[4];
   uv_idle_t idle;              /* runs the deferred list */
   struct http_conn *defer_head, *defer_tail;
   struct http_server_stats stats;
@@ -492,11 +501,29 @@ static void conn_notify_close(struct http_conn *c) {
   c->close_cb(&c->req, c->close_ud);
 }
 
+/* budget_slot: the counter of a listener with its own budget, or NULL. */
+static unsigned *budget_slot(struct http_server *srv, int listener_id) {
+  for (size_t i = 0; i < sizeof srv->budgeted / sizeof srv->budgeted[0]; i++)
+    if (srv->budgeted[i].id == listener_id && srv->budgeted[i].id != INT32_MIN)
+      return &srv->budgeted[i].open;
+  return NULL;
+}
+
+static unsigned budgeted_open(const struct http_server *srv) {
+  unsigned n = 0;
+  for (size_t i = 0; i < sizeof srv->budgeted / sizeof srv->budgeted[0]; i++)
+    n += srv->budgeted[i].open;
+  return n;
+}
+
 /* conn_closed runs once every handle is closed: fail what is still pending,
  * tell the handler, drop the handles' reference. */
 static void conn_closed(struct http_conn *c) {
   conn_set_state(c, CONN_CLOSED);
   c->srv->stats.connections_open--;
+  unsigned *slot = budget_slot(c->srv, c->listener_id);
+  if (slot && *slot)
+    (*slot)--;
   conn_ref(c);
   conn_copy_release(c);
   if (c->sf_pending) {
@@ -1261,6 +1288,61 @@ static int conn_on_header_value(http_parser *p, const char *at, size_t len) {
   return conn_arena_put(c, at, len);
 }
 
+static int name_is(const struct http_header *h, const char *name) {
+  size_t n = strlen(name);
+  return h->name_len == n && strncasecmp(h->name, name, n) == 0;
+}
+
+/* conn_head_strict holds a complete head to RFC 9112 where http_parser is
+ * lenient: no whitespace between a field name and its colon (a front proxy
+ * may read "Content-Length : 5" otherwise: request smuggling), HTTP/1.x
+ * only, one Host (required on 1.1). Returns 0 or the status to refuse with. */
+static int conn_head_strict(struct http_conn *c, const http_parser *p) {
+  if (p->http_major == 0)
+    return 400; /* no HTTP-version in the request line */
+  if (p->http_major != 1)
+    return 505;
+  unsigned hosts = 0;
+  for (unsigned i = 0; i < c->n_hdrs; i++) {
+    const struct http_header *h = &c->hdrs[i];
+    if (h->name_len == 0 || memchr(h->name, ' ', h->name_len) ||
+        memchr(h->name, '\t', h->name_len))
+      return 400;
+    hosts += name_is(h, "Host");
+  }
+  if (hosts > 1 || (hosts == 0 && p->http_minor >= 1))
+    return 400;
+  return 0;
+}
+
+/* conn_expect answers Expect: 100-continue for a request with a body (so
+ * a client waiting for it sends the body) and refuses any other
+ * expectation with 417 (RFC 9110 10.1.1). Returns 0 or a status. */
+static int conn_expect(struct http_conn *c, const http_parser *p) {
+  int cont = 0;
+  for (unsigned i = 0; i < c->n_hdrs; i++) {
+    const struct http_header *h = &c->hdrs[i];
+    if (!name_is(h, "Expect"))
+      continue;
+    const char *v = h->value;
+    size_t n = h->value_len;
+    while (n && (*v == ' ' || *v == '\t'))
+      v++, n--;
+    while (n && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+      n--;
+    if (n != 12 || strncasecmp(v, "100-continue", 12) != 0)
+      return 417;
+    cont = 1;
+  }
+  int body = (p->flags & F_CHUNKED) || (p->content_length != ULLONG_MAX && p->content_length > 0);
+  if (cont && body && p->http_minor >= 1) {
+    static const char line[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    if (conn_write_copy(c, line, sizeof line - 1) != 0)
+      return 503;
+  }
+  return 0;
+}
+
 static int conn_on_headers_complete(http_parser *p) {
   struct http_conn *c = conn_of_parser(p);
   if (conn_item_end(c, conn_item_start(c)))
@@ -1270,9 +1352,14 @@ static int conn_on_headers_complete(http_parser *p) {
   c->http_major = p->http_major;
   c->http_minor = p->http_minor;
   c->keep_alive = http_should_keep_alive(p) ? 1 : 0;
+  int bad = conn_head_strict(c, p);
+  if (bad)
+    return conn_fail(c, bad);
   if (!(p->flags & F_CHUNKED) && p->content_length != ULLONG_MAX &&
       p->content_length > CONN_BODY_CAP)
     return conn_fail(c, 413);
+  if ((bad = conn_expect(c, p)) != 0)
+    return conn_fail(c, bad);
   return 0;
 }
 
@@ -1755,8 +1842,11 @@ static int conn_tls_init(struct http_conn *c, SSL_CTX *ctx) {
 static void server_accept(struct http_listener *l) {
   struct http_server *srv = l->srv;
   uv_stream_t *ls = (uv_stream_t *)&l->tcp;
-  if (srv->closing ||
-      srv->stats.connections_open >= srv->limits.max_connections) {
+  unsigned *slot = l->budget ? budget_slot(srv, l->id) : NULL;
+  int full = slot ? *slot >= l->budget
+                  : srv->stats.connections_open - budgeted_open(srv) >=
+                        srv->limits.max_connections;
+  if (srv->closing || full) {
     server_refuse(srv, ls);
     return;
   }
@@ -1798,6 +1888,8 @@ static void server_accept(struct http_listener *l) {
   srv->n_conns++;
   srv->stats.connections_open++;
   srv->stats.connections_total++;
+  if (slot)
+    (*slot)++;
   conn_request_reset(c);
   int rc = uv_accept(ls, (uv_stream_t *)&c->tcp);
   if (rc < 0) {
@@ -1911,6 +2003,8 @@ int http_server_new(struct http_server **out, uv_loop_t *loop,
   if (limits)
     srv->limits = *limits;
   limits_defaults(&srv->limits);
+  for (size_t i = 0; i < sizeof srv->budgeted / sizeof srv->budgeted[0]; i++)
+    srv->budgeted[i].id = INT32_MIN; /* free: every real listener id is larger */
   srv->loop = loop;
   srv->handler = handler;
   srv->ud = ud;
@@ -1980,10 +2074,18 @@ static int server_parse_addr(const char *addr, struct sockaddr_storage *ss) {
 }
 
 static int server_listen(struct http_server *srv, const char *addr,
-                         int listener_id, SSL_CTX *const *ctxp) {
+                         int listener_id, SSL_CTX *const *ctxp, unsigned budget) {
   struct sockaddr_storage ss;
   if (srv->closing)
     return UV_EINVAL;
+  if (budget) {
+    size_t i = 0, n = sizeof srv->budgeted / sizeof srv->budgeted[0];
+    while (i < n && srv->budgeted[i].id != INT32_MIN && srv->budgeted[i].id != listener_id)
+      i++;
+    if (i == n)
+      return UV_ENOSPC;
+    srv->budgeted[i].id = listener_id;
+  }
   int rc = server_parse_addr(addr, &ss);
   if (rc < 0)
     return rc;
@@ -1993,6 +2095,7 @@ static int server_listen(struct http_server *srv, const char *addr,
   l->srv = srv;
   l->id = listener_id;
   l->tls_ctx = ctxp;
+  l->budget = budget;
   rc = uv_tcp_init(srv->loop, &l->tcp);
   if (rc < 0) {
     free(l);
@@ -2015,14 +2118,19 @@ static int server_listen(struct http_server *srv, const char *addr,
 
 int http_server_listen(struct http_server *srv, const char *addr,
                        int listener_id) {
-  return server_listen(srv, addr, listener_id, NULL);
+  return server_listen(srv, addr, listener_id, NULL, 0);
+}
+
+int http_server_listen_budget(struct http_server *srv, const char *addr, int listener_id,
+                              unsigned max_connections) {
+  return server_listen(srv, addr, listener_id, NULL, max_connections);
 }
 
 int http_server_listen_tls(struct http_server *srv, const char *addr,
                            int listener_id, struct ssl_ctx_st *const *ctxp) {
   if (!ctxp)
     return UV_EINVAL;
-  return server_listen(srv, addr, listener_id, ctxp);
+  return server_listen(srv, addr, listener_id, ctxp, 0);
 }
 
 int http_server_bound_port(struct http_server *srv, int listener_id) {

@@ -94,6 +94,12 @@ void http_server_set_limits(struct http_server *srv, const struct http_server_li
  * negative error (UV_EINVAL for a malformed address, UV_EADDRINUSE ...). */
 int http_server_listen(struct http_server *srv, const char *addr,
                        int listener_id);
+/* http_server_listen_budget: the same, with its own connection budget of
+ * max_connections instead of the server's shared one (the admin listener:
+ * a registry port full of clients, or of idle sockets, must not take the
+ * health checks down). At most 4 such listener ids per server. */
+int http_server_listen_budget(struct http_server *srv, const char *addr, int listener_id,
+                              unsigned max_connections);
 /* http_server_listen_tls: the same, speaking TLS. *ctxp is read at every
  * accept, so the owner swaps certificates by storing a new SSL_CTX there
  * (connections keep the one they started with: SSL_new holds a

@@ -56,6 +56,10 @@ static void on_sighup(uv_signal_t *h, int signum) {
   access_reload(n->access);
 }
 
+/* The admin listener's own budget: probes, scrapes and the operator's
+ * commands need few, and never the registry port's. */
+#define ADMIN_MAX_CONNECTIONS 64
+
 static int addr_is_loopback(const char *addr) {
   return strncmp(addr, "127.", 4) == 0 || strncmp(addr, "[::1]:", 6) == 0;
 }
@@ -66,7 +70,9 @@ static int addr_is_loopback(const char *addr) {
 static int listen_one(struct node *n, const char *addr, int id, const char *what,
                       struct tls_source *ts, int guarded) {
   int r = ts ? http_server_listen_tls(n->http, addr, id, tls_source_ctx(ts))
-             : http_server_listen(n->http, addr, id);
+          : id == NODE_LISTENER_ADMIN
+              ? http_server_listen_budget(n->http, addr, id, ADMIN_MAX_CONNECTIONS)
+              : http_server_listen(n->http, addr, id);
   if (r) {
     LOG_E("cannot listen on %s (%s): %s", addr, what, rm_strerror(r));
     return r;

@@ -65,6 +65,7 @@ struct tsrv {
    * loop thread), 9 requires a client certificate */
   SSL_CTX *tls_ctx, *mtls_ctx;
   int tls_port, mtls_port;
+  int budget_port; /* listener 10: its own budget of 1 connection */
   sem_t ready;
   atomic_int closed; /* http_server_close's callback ran */
   atomic_int stop_sent;
@@ -342,6 +343,9 @@ static void *server_thread(void *arg) {
     t->listen_rc = http_server_listen_tls(t->srv, "127.0.0.1:0", 8, &t->tls_ctx);
   if (t->listen_rc == 0)
     t->listen_rc = http_server_listen_tls(t->srv, "127.0.0.1:0", 9, &t->mtls_ctx);
+  if (t->listen_rc == 0)
+    t->listen_rc = http_server_listen_budget(t->srv, "127.0.0.1:0", 10, 1);
+  t->budget_port = http_server_bound_port(t->srv, 10);
   t->tls_port = http_server_bound_port(t->srv, 8);
   t->mtls_port = http_server_bound_port(t->srv, 9);
   sem_post(&t->ready);
@@ -697,7 +701,7 @@ static void fetch_stats(struct http_server_stats *st) {
   struct resp r;
   unsigned long long open, total, requests, tls, timeouts, bad, hs, hserr, tf;
   cl_open(&cl);
-  cl_sends(&cl, "GET /stats HTTP/1.1\r\n\r\n");
+  cl_sends(&cl, "GET /stats HTTP/1.1\r\nHost: t\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
   assert_int_equal(sscanf(r.body,
                           "open=%llu total=%llu requests=%llu tls=%llu "
@@ -750,10 +754,10 @@ static void test_keep_alive(void **state) {
   (void)state;
   struct client cl;
   cl_open(&cl);
-  get_ok(&cl, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
-  get_ok(&cl, "GET /info?a=b HTTP/1.1\r\nX-A: 1\r\n\r\n",
-         "method=GET path=/info query=a=b n=1 x-a=1 x-b=-,-,-");
-  get_ok(&cl, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  get_ok(&cl, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
+  get_ok(&cl, "GET /info?a=b HTTP/1.1\r\nHost: t\r\nX-A: 1\r\n\r\n",
+         "method=GET path=/info query=a=b n=2 x-a=1 x-b=-,-,-");
+  get_ok(&cl, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
   cl_close(&cl);
 }
 
@@ -762,11 +766,11 @@ static void test_pipelined(void **state) {
   struct client cl;
   struct resp r;
   cl_open(&cl);
-  cl_sends(&cl, "GET /hello HTTP/1.1\r\n\r\n"
-                "POST /push HTTP/1.1\r\nContent-Length: 5\r\n\r\nabcde"
-                "PUT /chunky HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+  cl_sends(&cl, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n"
+                "POST /push HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nabcde"
+                "PUT /chunky HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
                 "3\r\nabc\r\n0\r\n\r\n"
-                "GET /info?x=1 HTTP/1.1\r\nX-B: one\r\nX-B: two\r\n\r\n");
+                "GET /info?x=1 HTTP/1.1\r\nHost: t\r\nX-B: one\r\nX-B: two\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
   assert_int_equal(r.status, 200);
   assert_string_equal(r.body, "hello world\n");
@@ -780,7 +784,7 @@ static void test_pipelined(void **state) {
   assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
   assert_int_equal(r.status, 200);
   assert_string_equal(r.body,
-                      "method=GET path=/info query=x=1 n=2 x-a=- x-b=one,two,-");
+                      "method=GET path=/info query=x=1 n=3 x-a=- x-b=one,two,-");
   resp_free(&r);
   cl_close(&cl);
 }
@@ -790,7 +794,7 @@ static void test_pipelined_behind_slow(void **state) {
   struct client cl;
   struct resp r;
   cl_open(&cl);
-  cl_sends(&cl, "GET /slow HTTP/1.1\r\n\r\nGET /hello HTTP/1.1\r\n\r\n");
+  cl_sends(&cl, "GET /slow HTTP/1.1\r\nHost: t\r\n\r\nGET /hello HTTP/1.1\r\nHost: t\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
   assert_string_equal(r.body, "slow done\n");
   resp_free(&r);
@@ -810,12 +814,12 @@ static void test_drain(void **state) {
   struct resp r;
   char v[64];
   cl_open(&idle);
-  get_ok(&idle, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  get_ok(&idle, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
   cl_open(&busy);
-  cl_sends(&busy, "GET /slow HTTP/1.1\r\n\r\n");
+  cl_sends(&busy, "GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
   sleep_ms(50); /* /slow is in service */
   cl_open(&ctl);
-  cl_sends(&ctl, "GET /drain HTTP/1.1\r\n\r\n");
+  cl_sends(&ctl, "GET /drain HTTP/1.1\r\nHost: t\r\n\r\n");
   assert_int_equal(cl_read_resp(&ctl, &r, 0), 0);
   assert_string_equal(r.body, "draining");
   assert_true(resp_header(&r, "Connection", v, sizeof v));
@@ -848,7 +852,7 @@ static void test_fragmented_head(void **state) {
   (void)state;
   struct client cl;
   struct resp r;
-  const char *req = "GET /info?q=%20x HTTP/1.1\r\nX-A: va lue\r\nX-B:\r\n"
+  const char *req = "GET /info?q=%20x HTTP/1.1\r\nHost: t\r\nX-A: va lue\r\nX-B:\r\n"
                     "X-B: 2\r\nX-B: 3\r\n\r\n";
   cl_open(&cl);
   for (const char *p = req; *p; p++) {
@@ -858,7 +862,7 @@ static void test_fragmented_head(void **state) {
   }
   assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
   assert_string_equal(r.body,
-                      "method=GET path=/info query=q=%20x n=4 x-a=va lue x-b=,2,3");
+                      "method=GET path=/info query=q=%20x n=5 x-a=va lue x-b=,2,3");
   resp_free(&r);
   cl_close(&cl);
 }
@@ -868,9 +872,9 @@ static void test_absolute_form(void **state) {
   struct client cl;
   struct resp r;
   cl_open(&cl);
-  get_ok(&cl, "GET http://mirror:5000/info?k=v#frag HTTP/1.1\r\n\r\n",
-         "method=GET path=/info query=k=v n=0 x-a=- x-b=-,-,-");
-  cl_sends(&cl, "GET http://mirror:5000 HTTP/1.1\r\n\r\n");
+  get_ok(&cl, "GET http://mirror:5000/info?k=v#frag HTTP/1.1\r\nHost: t\r\n\r\n",
+         "method=GET path=/info query=k=v n=1 x-a=- x-b=-,-,-");
+  cl_sends(&cl, "GET http://mirror:5000 HTTP/1.1\r\nHost: t\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
   assert_int_equal(r.status, 400);
   assert_true(cl_wait_eof(&cl));
@@ -878,7 +882,7 @@ static void test_absolute_form(void **state) {
   cl_close(&cl);
 
   cl_open(&cl);
-  cl_sends(&cl, "OPTIONS * HTTP/1.1\r\n\r\n");
+  cl_sends(&cl, "OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
   assert_int_equal(r.status, 400);
   resp_free(&r);
@@ -891,23 +895,23 @@ static void test_head(void **state) {
   struct resp r;
   char v[64];
   cl_open(&cl);
-  cl_sends(&cl, "HEAD /hello HTTP/1.1\r\n\r\n");
+  cl_sends(&cl, "HEAD /hello HTTP/1.1\r\nHost: t\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 1), 0);
   assert_int_equal(r.status, 200);
   assert_true(resp_header(&r, "Content-Length", v, sizeof v));
   assert_string_equal(v, "12");
   resp_free(&r);
   /* no body followed: the next bytes are the next response */
-  cl_sends(&cl, "HEAD /file HTTP/1.1\r\n\r\n");
+  cl_sends(&cl, "HEAD /file HTTP/1.1\r\nHost: t\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 1), 0);
   assert_true(resp_header(&r, "Content-Length", v, sizeof v));
   assert_int_equal(strtoull(v, NULL, 10), FILE_SIZE);
   resp_free(&r);
-  cl_sends(&cl, "HEAD /chunked HTTP/1.1\r\n\r\n");
+  cl_sends(&cl, "HEAD /chunked HTTP/1.1\r\nHost: t\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 1), 0);
   assert_int_equal(r.status, 200);
   resp_free(&r);
-  get_ok(&cl, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  get_ok(&cl, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
   cl_close(&cl);
 }
 
@@ -916,20 +920,20 @@ static void test_sendfile(void **state) {
   struct client cl;
   struct resp r;
   cl_open(&cl);
-  cl_sends(&cl, "GET /file HTTP/1.1\r\n\r\n");
+  cl_sends(&cl, "GET /file HTTP/1.1\r\nHost: t\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
   assert_int_equal(r.status, 200);
   assert_int_equal(r.body_len, FILE_SIZE);
   assert_memory_equal(r.body, g_file, FILE_SIZE);
   resp_free(&r);
 
-  cl_sends(&cl, "GET /file?part HTTP/1.1\r\n\r\n");
+  cl_sends(&cl, "GET /file?part HTTP/1.1\r\nHost: t\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
   assert_int_equal(r.body_len, 70000);
   assert_memory_equal(r.body, g_file + 1000, 70000);
   resp_free(&r);
 
-  cl_sends(&cl, "GET /file?chunked HTTP/1.1\r\n\r\n");
+  cl_sends(&cl, "GET /file?chunked HTTP/1.1\r\nHost: t\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
   assert_int_equal(r.body_len, FILE_SIZE);
   assert_memory_equal(r.body, g_file, FILE_SIZE);
@@ -940,20 +944,20 @@ static void test_sendfile(void **state) {
   resp_free(&r);
 
   /* the handler may end before the sendfile finished */
-  cl_sends(&cl, "GET /file?chunked-end HTTP/1.1\r\n\r\n");
+  cl_sends(&cl, "GET /file?chunked-end HTTP/1.1\r\nHost: t\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
   assert_int_equal(r.body_len, FILE_SIZE);
   assert_memory_equal(r.body, g_file, FILE_SIZE);
   resp_free(&r);
-  cl_sends(&cl, "GET /file?plain-end HTTP/1.1\r\n\r\n");
+  cl_sends(&cl, "GET /file?plain-end HTTP/1.1\r\nHost: t\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
   assert_int_equal(r.body_len, FILE_SIZE);
   assert_memory_equal(r.body, g_file, FILE_SIZE);
   resp_free(&r);
-  get_ok(&cl, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  get_ok(&cl, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
 
   /* a file shorter than promised: the connection is cut, not left hanging */
-  cl_sends(&cl, "GET /file?short HTTP/1.1\r\n\r\n");
+  cl_sends(&cl, "GET /file?short HTTP/1.1\r\nHost: t\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 1), 0);
   while (cl_fill(&cl) > 0)
     ;
@@ -968,14 +972,14 @@ static void test_chunked(void **state) {
   struct resp r;
   char v[64];
   cl_open(&cl);
-  cl_sends(&cl, "GET /chunked HTTP/1.1\r\n\r\n");
+  cl_sends(&cl, "GET /chunked HTTP/1.1\r\nHost: t\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
   assert_true(resp_header(&r, "Transfer-Encoding", v, sizeof v));
   assert_false(resp_header(&r, "Content-Length", v, sizeof v));
   assert_string_equal(r.raw, "a\r\nfirst part\r\nb\r\nsecond part\r\n0\r\n\r\n");
   assert_string_equal(r.body, "first partsecond part");
   resp_free(&r);
-  get_ok(&cl, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  get_ok(&cl, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
   cl_close(&cl);
 }
 
@@ -1020,8 +1024,8 @@ static void test_connection_close(void **state) {
   char v[64];
   cl_open(&cl);
   /* the second request must not be served after Connection: close */
-  cl_sends(&cl, "GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n"
-                "GET /hello HTTP/1.1\r\n\r\n");
+  cl_sends(&cl, "GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+                "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
   assert_true(resp_header(&r, "Connection", v, sizeof v));
   assert_string_equal(v, "close");
@@ -1036,7 +1040,7 @@ static void test_too_large_head(void **state) {
   struct resp r;
   char *big = malloc(9000);
   cl_open(&cl);
-  strcpy(big, "GET /hello HTTP/1.1\r\nX-Big: ");
+  strcpy(big, "GET /hello HTTP/1.1\r\nHost: t\r\nX-Big: ");
   size_t n = strlen(big);
   memset(big + n, 'a', 8000);
   strcpy(big + n + 8000, "\r\n\r\n");
@@ -1051,7 +1055,7 @@ static void test_too_large_head(void **state) {
   cl_open(&cl);
   strcpy(big, "GET /");
   memset(big + 5, 'u', 5000);
-  strcpy(big + 5005, " HTTP/1.1\r\n\r\n");
+  strcpy(big + 5005, " HTTP/1.1\r\nHost: t\r\n\r\n");
   cl_sends(&cl, big);
   assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
   assert_int_equal(r.status, 431);
@@ -1060,7 +1064,7 @@ static void test_too_large_head(void **state) {
 
   /* too many headers */
   cl_open(&cl);
-  strcpy(big, "GET /hello HTTP/1.1\r\n");
+  strcpy(big, "GET /hello HTTP/1.1\r\nHost: t\r\n");
   for (int i = 0; i < 40; i++)
     sprintf(big + strlen(big), "H%d: v\r\n", i);
   strcat(big, "\r\n");
@@ -1072,8 +1076,8 @@ static void test_too_large_head(void **state) {
 
   /* exactly at both limits is fine: 32 headers, 4096 bytes */
   cl_open(&cl);
-  strcpy(big, "GET /hello HTTP/1.1\r\n");
-  for (int i = 0; i < 31; i++)
+  strcpy(big, "GET /hello HTTP/1.1\r\nHost: t\r\n");
+  for (int i = 0; i < 30; i++)
     sprintf(big + strlen(big), "H%d: v\r\n", i);
   n = strlen(big);
   strcpy(big + n, "X: ");
@@ -1090,7 +1094,7 @@ static void test_body_limits(void **state) {
   struct client cl;
   struct resp r;
   cl_open(&cl);
-  cl_sends(&cl, "PUT /v2/x/blobs/uploads/ HTTP/1.1\r\nContent-Length: 100000\r\n\r\n");
+  cl_sends(&cl, "PUT /v2/x/blobs/uploads/ HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
   assert_int_equal(r.status, 413);
   resp_free(&r);
@@ -1098,7 +1102,7 @@ static void test_body_limits(void **state) {
 
   /* chunked body over the cap */
   cl_open(&cl);
-  cl_sends(&cl, "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+  cl_sends(&cl, "POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
   char *chunk = malloc(20000);
   memset(chunk, 'z', 20000);
   for (int i = 0; i < 4; i++) {
@@ -1114,7 +1118,7 @@ static void test_body_limits(void **state) {
 
   /* smuggling shape: both Content-Length and chunked */
   cl_open(&cl);
-  cl_sends(&cl, "POST /x HTTP/1.1\r\nContent-Length: 3\r\n"
+  cl_sends(&cl, "POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n"
                 "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
   assert_int_equal(r.status, 400);
@@ -1136,7 +1140,7 @@ static void test_garbage(void **state) {
   cl_close(&cl);
 
   cl_open(&cl);
-  cl_sends(&cl, "GET /hello HTTP/1.1\r\nBad Header Line\r\n\r\n");
+  cl_sends(&cl, "GET /hello HTTP/1.1\r\nHost: t\r\nBad Header Line\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
   assert_int_equal(r.status, 400);
   resp_free(&r);
@@ -1164,7 +1168,7 @@ static void test_garbage(void **state) {
   }
   /* the server is still fine */
   cl_open(&cl);
-  get_ok(&cl, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  get_ok(&cl, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
   cl_close(&cl);
 }
 
@@ -1196,7 +1200,7 @@ static void test_header_timeout(void **state) {
   /* slowloris: a byte every 50 ms never completes the head */
   cl_open(&cl);
   uint64_t t0 = now_ms();
-  const char *head = "GET /hello HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa";
+  const char *head = "GET /hello HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa";
   const char *p = head;
   while (*p && now_ms() - t0 < 1000) {
     if (send(cl.fd, p++, 1, MSG_NOSIGNAL) != 1)
@@ -1235,7 +1239,7 @@ static void test_idle_timeout(void **state) {
   (void)state;
   struct client cl;
   cl_open(&cl);
-  get_ok(&cl, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  get_ok(&cl, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
   uint64_t t0 = now_ms();
   assert_int_equal(cl_fill(&cl), 0);
   uint64_t dt = now_ms() - t0;
@@ -1248,7 +1252,7 @@ static void test_hangup_during_slow(void **state) {
   (void)state;
   struct client cl;
   cl_open(&cl);
-  cl_sends(&cl, "GET /slow HTTP/1.1\r\n\r\n");
+  cl_sends(&cl, "GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
   sleep_ms(50);
   cl_close(&cl);
   assert_true(wait_for(&g_close_calls, 1, 2000));
@@ -1258,7 +1262,7 @@ static void test_hangup_during_slow(void **state) {
   assert_int_equal(atomic_load(&g_close_calls), 1);
   /* and the server goes on */
   cl_open(&cl);
-  get_ok(&cl, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  get_ok(&cl, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
   cl_close(&cl);
 }
 
@@ -1268,7 +1272,7 @@ static void test_close_while_slow(void **state) {
    * close callback and its late end is harmless (teardown checks the rest) */
   struct client cl;
   cl_open(&cl);
-  cl_sends(&cl, "GET /slow HTTP/1.1\r\n\r\n");
+  cl_sends(&cl, "GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
   sleep_ms(50);
   server_stop();
   assert_true(wait_for(&g_close_calls, 1, 2000));
@@ -1283,7 +1287,7 @@ static void test_send_timeout(void **state) {
   struct resp r;
   struct http_server_stats st;
   cl_open_opts(&cl, 4096);
-  cl_sends(&cl, "GET /big HTTP/1.1\r\n\r\n");
+  cl_sends(&cl, "GET /big HTTP/1.1\r\nHost: t\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 1), 0);
   resp_free(&r);
   /* never read: the server must give up after about send_timeout_ms */
@@ -1298,14 +1302,14 @@ static void test_abort(void **state) {
   struct client cl;
   struct resp r;
   cl_open(&cl);
-  cl_sends(&cl, "GET /abort HTTP/1.1\r\n\r\n");
+  cl_sends(&cl, "GET /abort HTTP/1.1\r\nHost: t\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 0), -1); /* 10 of 100 bytes */
   assert_int_equal(r.status, 200);
   resp_free(&r);
   cl_close(&cl);
 
   cl_open(&cl);
-  cl_sends(&cl, "GET /noresp HTTP/1.1\r\n\r\n");
+  cl_sends(&cl, "GET /noresp HTTP/1.1\r\nHost: t\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
   assert_int_equal(r.status, 500);
   assert_true(cl_wait_eof(&cl));
@@ -1313,7 +1317,7 @@ static void test_abort(void **state) {
   cl_close(&cl);
 
   cl_open(&cl);
-  get_ok(&cl, "GET /badheader HTTP/1.1\r\n\r\n", "rc=-22");
+  get_ok(&cl, "GET /badheader HTTP/1.1\r\nHost: t\r\n\r\n", "rc=-22");
   cl_close(&cl);
 }
 
@@ -1322,8 +1326,8 @@ static void test_max_connections(void **state) {
   struct client a, b, c;
   cl_open(&a);
   cl_open(&b);
-  get_ok(&a, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
-  get_ok(&b, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  get_ok(&a, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
+  get_ok(&b, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
   cl_open(&c); /* the kernel accepts; the server closes it at once */
   uint64_t t0 = now_ms();
   assert_true(cl_wait_eof(&c));
@@ -1333,8 +1337,75 @@ static void test_max_connections(void **state) {
   cl_close(&b);
   sleep_ms(100);
   cl_open(&c);
-  get_ok(&c, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  get_ok(&c, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
   cl_close(&c);
+}
+
+/* A listener with its own budget (the admin one) is served while the
+ * shared budget is spent, and keeps to its own. */
+static void test_listener_budget(void **state) {
+  (void)state;
+  struct client a, b, adm, adm2;
+  cl_open(&a);
+  cl_open(&b);
+  get_ok(&a, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
+  get_ok(&b, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
+  cl_open_port(&adm, g_srv.budget_port, 0);
+  get_ok(&adm, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
+  cl_open_port(&adm2, g_srv.budget_port, 0); /* over its budget of 1 */
+  assert_true(cl_wait_eof(&adm2));
+  cl_close(&adm2);
+  cl_close(&adm);
+  cl_close(&a);
+  cl_close(&b);
+}
+
+/* RFC 9112 where http_parser is lenient. */
+static void expect_status(const char *req, int status) {
+  struct client cl;
+  struct resp r;
+  cl_open(&cl);
+  cl_sends(&cl, req);
+  assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
+  if (r.status != status)
+    print_error("%s -> %d, want %d\n", req, r.status, status);
+  assert_int_equal(r.status, status);
+  resp_free(&r);
+  cl_close(&cl);
+}
+
+static void test_rfc9112(void **state) {
+  (void)state;
+  /* whitespace before the colon: a smuggling vector behind a front proxy */
+  expect_status("GET /hello HTTP/1.1\r\nHost: t\r\nContent-Length : 5\r\n\r\nhello", 400);
+  expect_status("GET /hello HTTP/1.1\r\nHost: t\r\nX-A\t: 1\r\n\r\n", 400);
+  /* Host: required once on 1.1, optional on 1.0, never twice */
+  expect_status("GET /hello HTTP/1.1\r\n\r\n", 400);
+  expect_status("GET /hello HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400);
+  expect_status("GET /hello HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n", 400);
+  expect_status("GET /hello HTTP/1.0\r\n\r\n", 200);
+  /* versions */
+  expect_status("GET /hello HTTP/2.0\r\nHost: t\r\n\r\n", 505);
+  expect_status("GET /hello HTTP/3.1\r\nHost: t\r\n\r\n", 505);
+  expect_status("GET /hello\r\nHost: t\r\n\r\n", 400);
+  /* expectations: only 100-continue */
+  expect_status("GET /hello HTTP/1.1\r\nHost: t\r\nExpect: tea\r\n\r\n", 417);
+  expect_status("GET /hello HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n\r\n", 200);
+
+  /* 100 Continue comes before the body is sent, then the answer */
+  struct client cl;
+  struct resp r;
+  cl_open(&cl);
+  cl_sends(&cl, "POST /hello HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
+                "Expect: 100-continue\r\n\r\n");
+  assert_int_equal(cl_read_resp(&cl, &r, 1), 0);
+  assert_int_equal(r.status, 100);
+  resp_free(&r);
+  cl_sends(&cl, "hello");
+  assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
+  assert_int_equal(r.status, 200);
+  resp_free(&r);
+  cl_close(&cl);
 }
 
 static void test_access_log(void **state) {
@@ -1347,7 +1418,7 @@ static void test_access_log(void **state) {
   log_set_level(LOG_INFO);
   struct client cl;
   cl_open(&cl);
-  get_ok(&cl, "GET /hello?x=\"y\" HTTP/1.1\r\n\r\n", "hello world\n");
+  get_ok(&cl, "GET /hello?x=\"y\" HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
   cl_close(&cl);
   sleep_ms(50);
   log_set_level(LOG_WARN);
@@ -1370,16 +1441,16 @@ static void test_access_log(void **state) {
  * must stay up and, once the clients are gone, hold no connection. */
 static void stress_once(unsigned *seed) {
   static const char *reqs[] = {
-      "GET /hello HTTP/1.1\r\n\r\n",
-      "HEAD /file HTTP/1.1\r\n\r\n",
-      "GET /file HTTP/1.1\r\n\r\n",
-      "GET /file?chunked HTTP/1.1\r\n\r\n",
-      "GET /chunked HTTP/1.1\r\n\r\n",
-      "GET /slow HTTP/1.1\r\n\r\n",
-      "GET /big HTTP/1.1\r\n\r\n",
-      "GET /info?a HTTP/1.1\r\nX-A: 1\r\n\r\n",
-      "POST /p HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcd",
-      "GET /abort HTTP/1.1\r\n\r\n",
+      "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n",
+      "HEAD /file HTTP/1.1\r\nHost: t\r\n\r\n",
+      "GET /file HTTP/1.1\r\nHost: t\r\n\r\n",
+      "GET /file?chunked HTTP/1.1\r\nHost: t\r\n\r\n",
+      "GET /chunked HTTP/1.1\r\nHost: t\r\n\r\n",
+      "GET /slow HTTP/1.1\r\nHost: t\r\n\r\n",
+      "GET /big HTTP/1.1\r\nHost: t\r\n\r\n",
+      "GET /info?a HTTP/1.1\r\nHost: t\r\nX-A: 1\r\n\r\n",
+      "POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nabcd",
+      "GET /abort HTTP/1.1\r\nHost: t\r\n\r\n",
       "GET /hello HTTP/1.0\r\n\r\n",
       "\x16\x03\x01garbage",
       "GET /hel",
@@ -1461,7 +1532,7 @@ static void test_stress(void **state) {
   assert_true(st.connections_total > 50);
   struct client cl;
   cl_open(&cl);
-  get_ok(&cl, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  get_ok(&cl, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
   cl_close(&cl);
 }
 
@@ -1778,9 +1849,9 @@ static void test_tls_get(void **state) {
   assert_string_equal(v, "yes");
   resp_free(&r);
   /* the handler sees req->tls and the listener */
-  get_ok(&cl, "GET /whoami HTTP/1.1\r\n\r\n", "tls=1 listener=8");
+  get_ok(&cl, "GET /whoami HTTP/1.1\r\nHost: t\r\n\r\n", "tls=1 listener=8");
   /* Connection: close ends with close_notify, not a bare FIN */
-  cl_sends(&cl, "GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n");
+  cl_sends(&cl, "GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
   assert_string_equal(r.body, "hello world\n");
   assert_true(resp_header(&r, "Connection", v, sizeof v));
@@ -1792,7 +1863,7 @@ static void test_tls_get(void **state) {
 
   /* and the plain listener says tls=0 */
   cl_open(&cl);
-  get_ok(&cl, "GET /whoami HTTP/1.1\r\n\r\n", "tls=0 listener=7");
+  get_ok(&cl, "GET /whoami HTTP/1.1\r\nHost: t\r\n\r\n", "tls=0 listener=7");
   cl_close(&cl);
   SSL_CTX_free(ctx);
 
@@ -1809,21 +1880,21 @@ static void test_tls_keep_alive(void **state) {
   fetch_stats(&st0);
   SSL_CTX *ctx = tcl_ctx_new(0, 0, TCL_NO_CERT);
   assert_int_equal(tcl_open(&cl, g_srv.tls_port, ctx), 1);
-  get_ok(&cl, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
-  get_ok(&cl, "GET /info?a=b HTTP/1.1\r\nX-A: 1\r\n\r\n",
-         "method=GET path=/info query=a=b n=1 x-a=1 x-b=-,-,-");
-  get_ok(&cl, "GET /chunked HTTP/1.1\r\n\r\n", "first partsecond part");
+  get_ok(&cl, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
+  get_ok(&cl, "GET /info?a=b HTTP/1.1\r\nHost: t\r\nX-A: 1\r\n\r\n",
+         "method=GET path=/info query=a=b n=2 x-a=1 x-b=-,-,-");
+  get_ok(&cl, "GET /chunked HTTP/1.1\r\nHost: t\r\n\r\n", "first partsecond part");
 
   /* three requests in one SSL_write (one record), answered in order */
-  cl_sends(&cl, "GET /hello HTTP/1.1\r\n\r\n"
-                "GET /info?x=1 HTTP/1.1\r\nX-B: one\r\nX-B: two\r\n\r\n"
-                "GET /whoami HTTP/1.1\r\n\r\n");
+  cl_sends(&cl, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n"
+                "GET /info?x=1 HTTP/1.1\r\nHost: t\r\nX-B: one\r\nX-B: two\r\n\r\n"
+                "GET /whoami HTTP/1.1\r\nHost: t\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
   assert_string_equal(r.body, "hello world\n");
   resp_free(&r);
   assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
   assert_string_equal(r.body,
-                      "method=GET path=/info query=x=1 n=2 x-a=- x-b=one,two,-");
+                      "method=GET path=/info query=x=1 n=3 x-a=- x-b=one,two,-");
   resp_free(&r);
   assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
   assert_string_equal(r.body, "tls=1 listener=8");
@@ -1831,9 +1902,9 @@ static void test_tls_keep_alive(void **state) {
 
   /* a file body in the middle: input waits while it is sent, then the
    * buffered request behind it is served */
-  cl_sends(&cl, "GET /hello HTTP/1.1\r\n\r\n"
-                "GET /file?part HTTP/1.1\r\n\r\n"
-                "GET /whoami HTTP/1.1\r\n\r\n");
+  cl_sends(&cl, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n"
+                "GET /file?part HTTP/1.1\r\nHost: t\r\n\r\n"
+                "GET /whoami HTTP/1.1\r\nHost: t\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
   assert_string_equal(r.body, "hello world\n");
   resp_free(&r);
@@ -1847,7 +1918,7 @@ static void test_tls_keep_alive(void **state) {
 
   /* more pipelined plaintext than the 4 KiB input buffer holds: the rest
    * waits inside OpenSSL and is decrypted as the buffer drains */
-  const char *one = "GET /hello HTTP/1.1\r\n\r\n";
+  const char *one = "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n";
   size_t ol = strlen(one), n = 300;
   char *many = malloc(ol * n + 1);
   for (size_t i = 0; i < n; i++)
@@ -1861,7 +1932,7 @@ static void test_tls_keep_alive(void **state) {
     assert_string_equal(r.body, "hello world\n");
     resp_free(&r);
   }
-  get_ok(&cl, "GET /whoami HTTP/1.1\r\n\r\n", "tls=1 listener=8");
+  get_ok(&cl, "GET /whoami HTTP/1.1\r\nHost: t\r\n\r\n", "tls=1 listener=8");
   cl_close(&cl);
   SSL_CTX_free(ctx);
   fetch_stats(&st);
@@ -1876,13 +1947,13 @@ static void test_tls_file(void **state) {
   fetch_stats(&st0);
   SSL_CTX *ctx = tcl_ctx_new(0, 0, TCL_NO_CERT);
   assert_int_equal(tcl_open(&cl, g_srv.tls_port, ctx), 1);
-  get_file_ok(&cl, "GET /file HTTP/1.1\r\n\r\n", 0, FILE_SIZE);
+  get_file_ok(&cl, "GET /file HTTP/1.1\r\nHost: t\r\n\r\n", 0, FILE_SIZE);
   fetch_stats(&st);
   assert_int_equal(st.tls_file_bytes - st0.tls_file_bytes, FILE_SIZE);
 
-  get_file_ok(&cl, "GET /file?part HTTP/1.1\r\n\r\n", 1000, 70000);
+  get_file_ok(&cl, "GET /file?part HTTP/1.1\r\nHost: t\r\n\r\n", 1000, 70000);
 
-  cl_sends(&cl, "GET /file?chunked HTTP/1.1\r\n\r\n");
+  cl_sends(&cl, "GET /file?chunked HTTP/1.1\r\nHost: t\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
   assert_int_equal(r.body_len, FILE_SIZE);
   assert_memory_equal(r.body, g_file, FILE_SIZE);
@@ -1893,16 +1964,16 @@ static void test_tls_file(void **state) {
   resp_free(&r);
 
   /* the handler ends before the file is out */
-  get_file_ok(&cl, "GET /file?chunked-end HTTP/1.1\r\n\r\n", 0, FILE_SIZE);
-  get_file_ok(&cl, "GET /file?plain-end HTTP/1.1\r\n\r\n", 0, FILE_SIZE);
-  get_ok(&cl, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  get_file_ok(&cl, "GET /file?chunked-end HTTP/1.1\r\nHost: t\r\n\r\n", 0, FILE_SIZE);
+  get_file_ok(&cl, "GET /file?plain-end HTTP/1.1\r\nHost: t\r\n\r\n", 0, FILE_SIZE);
+  get_ok(&cl, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
   fetch_stats(&st);
   assert_int_equal(st.tls_file_bytes - st0.tls_file_bytes,
                    (uint64_t)FILE_SIZE * 4 + 70000);
 
   /* a file shorter than promised: every byte it has, then a cut (no
    * close_notify, so the client can tell it from a complete body) */
-  cl_sends(&cl, "GET /file?short HTTP/1.1\r\n\r\n");
+  cl_sends(&cl, "GET /file?short HTTP/1.1\r\nHost: t\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 1), 0);
   while (cl_fill(&cl) > 0)
     ;
@@ -1960,7 +2031,7 @@ static void test_tls_file_many(void **state) {
     assert_int_equal(tcl_open_opts(&cl[i], g_srv.tls_port, ctx, NULL, 0, 32 * 1024),
                      1);
   for (int i = 0; i < TLS_MANY; i++)
-    cl_sends(&cl[i], "GET /file HTTP/1.1\r\n\r\n");
+    cl_sends(&cl[i], "GET /file HTTP/1.1\r\nHost: t\r\n\r\n");
   sleep_ms(100); /* let every connection fill its socket and stall */
   /* all stalled early in the body, each with encrypted bytes waiting in a
    * buffer (a connection that had all its bytes in the kernel holds none) */
@@ -1987,7 +2058,7 @@ static void test_tls_file_many(void **state) {
       assert_memory_equal(r.body, g_file, FILE_SIZE);
       resp_free(&r);
       /* the connection is still good afterwards */
-      get_ok(&cl[i], "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+      get_ok(&cl[i], "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
       cl_close(&cl[i]);
     }
   }
@@ -2041,22 +2112,22 @@ static void test_tls_versions(void **state) {
   /* the server is fine afterwards */
   SSL_CTX *ctx = tcl_ctx_new(0, 0, TCL_NO_CERT);
   assert_int_equal(tcl_open(&cl, g_srv.tls_port, ctx), 1);
-  get_ok(&cl, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  get_ok(&cl, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
   cl_close(&cl);
   SSL_CTX_free(ctx);
 
   SSL_CTX *v13 = tcl_ctx_new(TLS1_3_VERSION, TLS1_3_VERSION, TCL_NO_CERT);
   assert_int_equal(tcl_open(&cl, g_srv.tls_port, v13), 1);
   assert_int_equal(SSL_version(cl.ssl), TLS1_3_VERSION);
-  get_ok(&cl, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  get_ok(&cl, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
   cl_close(&cl);
   SSL_CTX_free(v13);
 
   SSL_CTX *v12 = tcl_ctx_new(TLS1_2_VERSION, TLS1_2_VERSION, TCL_NO_CERT);
   assert_int_equal(tcl_open(&cl, g_srv.tls_port, v12), 1);
   assert_int_equal(SSL_version(cl.ssl), TLS1_2_VERSION);
-  get_ok(&cl, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
-  get_file_ok(&cl, "GET /file?part HTTP/1.1\r\n\r\n", 1000, 70000);
+  get_ok(&cl, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
+  get_file_ok(&cl, "GET /file?part HTTP/1.1\r\nHost: t\r\n\r\n", 1000, 70000);
   cl_close(&cl);
 
   /* TLS 1.2 with a CBC suite has the largest record overhead (IV, SHA-384
@@ -2064,8 +2135,8 @@ static void test_tls_versions(void **state) {
   assert_int_equal(SSL_CTX_set_cipher_list(v12, "ECDHE-ECDSA-AES256-SHA384"), 1);
   assert_int_equal(tcl_open(&cl, g_srv.tls_port, v12), 1);
   assert_string_equal(SSL_get_cipher_name(cl.ssl), "ECDHE-ECDSA-AES256-SHA384");
-  get_file_ok(&cl, "GET /file HTTP/1.1\r\n\r\n", 0, FILE_SIZE);
-  get_file_ok(&cl, "GET /file?chunked HTTP/1.1\r\n\r\n", 0, FILE_SIZE);
+  get_file_ok(&cl, "GET /file HTTP/1.1\r\nHost: t\r\n\r\n", 0, FILE_SIZE);
+  get_file_ok(&cl, "GET /file?chunked HTTP/1.1\r\nHost: t\r\n\r\n", 0, FILE_SIZE);
   cl_close(&cl);
   SSL_CTX_free(v12);
 
@@ -2086,7 +2157,7 @@ static void test_tls_alpn(void **state) {
   assert_int_equal(tcl_open_alpn(&cl, g_srv.tls_port, ctx, h2, sizeof h2 - 1), 1);
   SSL_get0_alpn_selected(cl.ssl, &sel, &sel_len);
   assert_int_equal(sel_len, 0);
-  get_ok(&cl, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  get_ok(&cl, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
   cl_close(&cl);
 
   static const char both[] = "\x02h2\x08http/1.1";
@@ -2095,7 +2166,7 @@ static void test_tls_alpn(void **state) {
   SSL_get0_alpn_selected(cl.ssl, &sel, &sel_len);
   assert_int_equal(sel_len, 8);
   assert_memory_equal(sel, "http/1.1", 8);
-  get_ok(&cl, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  get_ok(&cl, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
   cl_close(&cl);
   SSL_CTX_free(ctx);
 }
@@ -2162,7 +2233,7 @@ static void test_tls_garbage(void **state) {
 
   /* the server is fine */
   assert_int_equal(tcl_open(&cl, g_srv.tls_port, ctx), 1);
-  get_ok(&cl, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  get_ok(&cl, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
   cl_close(&cl);
   SSL_CTX_free(ctx);
 }
@@ -2201,12 +2272,12 @@ static void test_tls_swap(void **state) {
   assert_int_equal(tcl_open(&old, g_srv.tls_port, ctx), 1);
   assert_int_equal(tcl_serial(&old), SERIAL_SRV);
   /* the old connection is in the middle of a file body */
-  cl_sends(&old, "GET /file HTTP/1.1\r\n\r\n");
+  cl_sends(&old, "GET /file HTTP/1.1\r\nHost: t\r\n\r\n");
   while (old.len < 300 * 1024)
     assert_true(cl_fill(&old) > 0);
 
   cl_open(&plain);
-  get_ok(&plain, "GET /swap HTTP/1.1\r\n\r\n", "swapped");
+  get_ok(&plain, "GET /swap HTTP/1.1\r\nHost: t\r\n\r\n", "swapped");
   cl_close(&plain);
 
   assert_int_equal(tcl_open(&fresh, g_srv.tls_port, ctx), 1);
@@ -2217,7 +2288,7 @@ static void test_tls_swap(void **state) {
                             sizeof cn);
   X509_free(peer);
   assert_string_equal(cn, "regmesh test server 2");
-  get_ok(&fresh, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  get_ok(&fresh, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
   cl_close(&fresh);
 
   /* the old one finishes on its old certificate and keeps going */
@@ -2227,7 +2298,7 @@ static void test_tls_swap(void **state) {
   assert_memory_equal(r.body, g_file, FILE_SIZE);
   resp_free(&r);
   assert_int_equal(tcl_serial(&old), SERIAL_SRV);
-  get_ok(&old, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  get_ok(&old, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
   cl_close(&old);
   SSL_CTX_free(ctx);
 }
@@ -2244,7 +2315,7 @@ static void test_tls_client_cert(void **state) {
    * also show as an alert instead of the response */
   SSL_CTX *none = tcl_ctx_new(0, 0, TCL_NO_CERT);
   int rc = tcl_open(&cl, g_srv.mtls_port, none);
-  if (rc == 1 && tcl_try_send(&cl, "GET /whoami HTTP/1.1\r\n\r\n") == 0) {
+  if (rc == 1 && tcl_try_send(&cl, "GET /whoami HTTP/1.1\r\nHost: t\r\n\r\n") == 0) {
     assert_int_equal(cl_read_resp(&cl, &r, 0), -1);
     resp_free(&r);
     assert_true(cl.tls_end == TLS_END_ERROR || cl.tls_end == TLS_END_CUT);
@@ -2269,12 +2340,12 @@ static void test_tls_client_cert(void **state) {
   /* with the client certificate, over 1.3 and 1.2 */
   SSL_CTX *good = tcl_ctx_new(0, 0, TCL_CLIENT_CERT);
   assert_int_equal(tcl_open(&cl, g_srv.mtls_port, good), 1);
-  get_ok(&cl, "GET /whoami HTTP/1.1\r\n\r\n", "tls=1 listener=9");
-  get_file_ok(&cl, "GET /file?part HTTP/1.1\r\n\r\n", 1000, 70000);
+  get_ok(&cl, "GET /whoami HTTP/1.1\r\nHost: t\r\n\r\n", "tls=1 listener=9");
+  get_file_ok(&cl, "GET /file?part HTTP/1.1\r\nHost: t\r\n\r\n", 1000, 70000);
   cl_close(&cl);
   SSL_CTX_set_max_proto_version(good, TLS1_2_VERSION);
   assert_int_equal(tcl_open(&cl, g_srv.mtls_port, good), 1);
-  get_ok(&cl, "GET /whoami HTTP/1.1\r\n\r\n", "tls=1 listener=9");
+  get_ok(&cl, "GET /whoami HTTP/1.1\r\nHost: t\r\n\r\n", "tls=1 listener=9");
   cl_close(&cl);
   SSL_CTX_free(good);
 
@@ -2304,8 +2375,8 @@ static void test_tls_hangup_mid_file(void **state) {
    * an abortive close, and close_notify first */
   for (int how = 0; how < 3; how++) {
     assert_int_equal(tcl_open(&cl, g_srv.tls_port, ctx), 1);
-    cl_sends(&cl, how == 1 ? "GET /file?chunked HTTP/1.1\r\n\r\n"
-                           : "GET /file HTTP/1.1\r\n\r\n");
+    cl_sends(&cl, how == 1 ? "GET /file?chunked HTTP/1.1\r\nHost: t\r\n\r\n"
+                           : "GET /file HTTP/1.1\r\nHost: t\r\n\r\n");
     while (cl.len < 200 * 1024)
       assert_true(cl_fill(&cl) > 0);
     if (how == 1) {
@@ -2320,7 +2391,7 @@ static void test_tls_hangup_mid_file(void **state) {
 
   /* a half-close mid-body still gets the whole body, then the close */
   assert_int_equal(tcl_open(&cl, g_srv.tls_port, ctx), 1);
-  cl_sends(&cl, "GET /file HTTP/1.1\r\n\r\n");
+  cl_sends(&cl, "GET /file HTTP/1.1\r\nHost: t\r\n\r\n");
   while (cl.len < 200 * 1024)
     assert_true(cl_fill(&cl) > 0);
   shutdown(cl.fd, SHUT_WR);
@@ -2334,7 +2405,7 @@ static void test_tls_hangup_mid_file(void **state) {
   assert_true(wait_conns_open(1, 2000));
 
   assert_int_equal(tcl_open(&cl, g_srv.tls_port, ctx), 1);
-  get_ok(&cl, "GET /hello HTTP/1.1\r\n\r\n", "hello world\n");
+  get_ok(&cl, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
   cl_close(&cl);
   SSL_CTX_free(ctx);
 }
@@ -2399,6 +2470,8 @@ int main(void) {
       T(test_close_while_slow),
       T(test_send_timeout),
       T(test_abort),
+      cmocka_unit_test_setup_teardown(test_listener_budget, setup_two_conns, teardown),
+      T(test_rfc9112),
       cmocka_unit_test_setup_teardown(test_max_connections, setup_two_conns,
                                       teardown),
       T(test_access_log),
