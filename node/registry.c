@@ -353,6 +353,21 @@ static void respond_error(struct rreq *r, int status, const char *code,
   free(txt);
 }
 
+/* respond_bare answers a status the spec's error table has no code for
+ * (416, a bad page size, a path that is not the API) without inventing
+ * one: a plain-text reason, headers already added kept. */
+static void respond_bare(struct rreq *r, int status, const char *msg) {
+  if (r->started) {
+    rr_finish(r, 0);
+    return;
+  }
+  char text[400];
+  int n = snprintf(text, sizeof text, "%s\n", msg);
+  hdr_add(r, "Docker-Distribution-API-Version", "%s", api_version_hdr);
+  respond_body(r, status, "text/plain; charset=utf-8", text,
+               n < 0 ? 0 : (size_t)n >= sizeof text ? sizeof text - 1 : (size_t)n);
+}
+
 static const char *up_host(struct rreq *r) {
   return r->n->cfg->upstreams[r->rt.upstream].host;
 }
@@ -524,12 +539,38 @@ static void tag_accept(struct rreq *r, char *accept, size_t alen, char *variant,
     snprintf(variant, vlen, "a%x", mask);
 }
 
-/* If-None-Match against our (strong) ETag, the digest in quotes. */
+/* If-None-Match against our (strong) ETag, "sha256:<hex>": the header is
+ * "*" or a list of entity tags, each compared whole (weakly, as RFC 9110
+ * 13.1.2 says for this header: a W/ prefix does not matter). A malformed
+ * list matches nothing, so the full answer goes out. */
 static int not_modified(struct rreq *r, const char *hex) {
   const struct http_header *h = http_request_header(r->req, "if-none-match");
   if (!h)
     return 0;
-  return strstr(h->value, hex) != NULL || strcmp(h->value, "*") == 0;
+  const char *p = h->value, *end = h->value + h->value_len;
+  while (p < end && (*p == ' ' || *p == '\t'))
+    p++;
+  if (end - p == 1 && *p == '*')
+    return 1;
+  while (p < end) {
+    while (p < end && (*p == ' ' || *p == '\t' || *p == ','))
+      p++;
+    if (p == end)
+      break;
+    if (end - p >= 2 && p[0] == 'W' && p[1] == '/')
+      p += 2;
+    if (p == end || *p != '"')
+      return 0;
+    const char *q = memchr(p + 1, '"', (size_t)(end - p - 1));
+    if (!q)
+      return 0;
+    size_t n = (size_t)(q - p - 1);
+    if (n == 7 + DIGEST_HEX_LEN && memcmp(p + 1, "sha256:", 7) == 0 &&
+        memcmp(p + 8, hex, DIGEST_HEX_LEN) == 0)
+      return 1;
+    p = q + 1;
+  }
+  return 0;
 }
 
 /* Parses a single "bytes=a-b" / "a-" / "-n" range. Returns 1 with [*start,
@@ -545,7 +586,11 @@ static int parse_range(struct rreq *r, uint64_t size, uint64_t *start, uint64_t 
     return 0;
   v += 6;
   char *e;
+  /* strtoull would take a sign (and wrap a '-'): digits only, else the
+   * Range is ignored and the whole body served, as RFC 9110 14.2 allows */
   if (*v == '-') {
+    if (v[1] < '0' || v[1] > '9')
+      return 0;
     unsigned long long n = strtoull(v + 1, &e, 10);
     if (e == v + 1 || *e)
       return 0;
@@ -643,8 +688,9 @@ static void serve_fd(struct rreq *r, uint64_t size, const char *ctype, int allow
   int status = 200;
   int rg = allow_range ? parse_range(r, size, &start, &end) : 0;
   if (rg < 0) {
+    hdr_reset(r);
     hdr_add(r, "Content-Range", "bytes */%" PRIu64, size);
-    respond_error(r, 416, "RANGE_INVALID", "requested range not satisfiable");
+    respond_bare(r, 416, "requested range not satisfiable");
     return;
   }
   if (rg > 0) {
@@ -1262,12 +1308,14 @@ static void handle_tags(struct rreq *r) {
   char n[32] = "", last[256] = "";
   if (query_param(r->req->query, "n", n, sizeof n) < 0 ||
       query_param(r->req->query, "last", last, sizeof last) < 0) {
-    respond_error(r, 400, "PAGINATION_NUMBER_INVALID", "invalid pagination parameters");
+    hdr_reset(r);
+    respond_bare(r, 400, "invalid pagination parameters");
     return;
   }
   for (const char *p = n; *p; p++) {
     if (*p < '0' || *p > '9' || p - n > 9) {
-      respond_error(r, 400, "PAGINATION_NUMBER_INVALID", "invalid number of results requested");
+      hdr_reset(r);
+      respond_bare(r, 400, "invalid number of results requested (n)");
       return;
     }
   }
@@ -1417,7 +1465,8 @@ static void handle_cluster(struct rreq *r) {
     }
     cluster_owners_json(c, key, &txt);
   } else {
-    respond_error(r, 404, "NOT_FOUND", "unknown cluster endpoint");
+    hdr_reset(r);
+    respond_bare(r, 404, "unknown cluster endpoint");
     return;
   }
   hdr_reset(r);
@@ -1658,7 +1707,7 @@ static void dispatch(struct rreq *r) {
     case ROUTE_ERR_TAG_INVALID: respond_error(r, 400, "TAG_INVALID", msg); break;
     case ROUTE_ERR_DIGEST_INVALID: respond_error(r, 400, "DIGEST_INVALID", msg); break;
     case ROUTE_ERR_NAME_UNKNOWN: respond_error(r, 404, "NAME_UNKNOWN", msg); break;
-    default: respond_error(r, 404, "NOT_FOUND", "not a registry API path"); break;
+    default: hdr_reset(r); respond_bare(r, 404, "not a registry API path"); break;
     }
     return;
   }

@@ -193,6 +193,11 @@ int route_request(const struct config *cfg, int listener_upstream,
   int q = query_param(query, "ns", ns, sizeof ns);
   if (listener_upstream >= 0 && (size_t)listener_upstream < cfg->n_upstreams) {
     up = &cfg->upstreams[listener_upstream];
+  } else if (q < 0) {
+    /* too long, or %00 inside: never the default upstream instead */
+    *err = ROUTE_ERR_NAME_INVALID;
+    snprintf(msg, msglen, "invalid ns= parameter (a registry host name)");
+    return RM_EPARSE;
   } else if (q == 1 && ns[0]) {
     up = config_upstream_find(cfg, ns, strlen(ns));
     if (!up) {
@@ -231,6 +236,11 @@ int route_request(const struct config *cfg, int listener_upstream,
   out->upstream = upstream_index(cfg, up);
 
   int add_library = route_is_docker_hub(up->host) && memchr(name, '/', name_len) == NULL;
+  if (add_library && name_len + 8 > REF_NAME_MAX) {
+    *err = ROUTE_ERR_NAME_INVALID;
+    snprintf(msg, msglen, "repository name too long once prefixed with library/");
+    return RM_EPARSE;
+  }
   snprintf(out->name, sizeof out->name, "%s%.*s", add_library ? "library/" : "",
            (int)name_len, name);
   *err = ROUTE_ERR_NONE;

@@ -104,6 +104,25 @@ static void test_invalid(void **state) {
   assert_int_equal(err, ROUTE_ERR_NOT_FOUND);
   assert_int_not_equal(route("/v2/alpine/whatever/x", NULL, -1, &rt, &err), 0);
   assert_int_equal(err, ROUTE_ERR_NOT_FOUND);
+
+  /* one component that outgrows the name limit with library/: 400, never
+   * a name the upstream refuses (a 502) */
+  char path[600], name[300];
+  memset(name, 'a', 250);
+  name[250] = '\0';
+  snprintf(path, sizeof path, "/v2/%s/manifests/1", name);
+  assert_int_not_equal(route(path, NULL, -1, &rt, &err), 0);
+  assert_int_equal(err, ROUTE_ERR_NAME_INVALID);
+  snprintf(path, sizeof path, "/v2/x/%s/manifests/1", name); /* no library/: fits */
+  assert_int_equal(route(path, NULL, -1, &rt, &err), 0);
+  /* an ns= that is too long or holds NUL is an error, not the default */
+  char q[400] = "ns=";
+  memset(q + 3, 'h', 300);
+  q[303] = '\0';
+  assert_int_not_equal(route("/v2/a/b/manifests/1", q, -1, &rt, &err), 0);
+  assert_int_equal(err, ROUTE_ERR_NAME_INVALID);
+  assert_int_not_equal(route("/v2/a/b/manifests/1", "ns=ghcr.io%00x", -1, &rt, &err), 0);
+  assert_int_equal(err, ROUTE_ERR_NAME_INVALID);
 }
 
 static void test_upstream_choice(void **state) {

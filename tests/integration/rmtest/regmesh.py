@@ -115,10 +115,14 @@ class Node:
     log_path, config_path, upstreams (by host; .port set for listeners)."""
 
     def __init__(self, binary, workdir, upstreams, max_size="20GiB", log_level="info",
-                 data_dir=None, extra_yaml="", tls=None):
+                 data_dir=None, extra_yaml="", tls=None, admin=False):
         """tls: {"cert", "key", optional "client_ca", "min_version"} for the
-        `tls:` block, plus "ca": the CA file the harness trusts for it."""
+        `tls:` block, plus "ca": the CA file the harness trusts for it.
+        admin: add admin_listen on a free port (admin_url); the harness's
+        /healthz and /metrics then go there."""
         self.binary = binary
+        # (subclasses in the tests keep their own admin_port)
+        self.admin_listen_port = util.free_port() if admin else None
         self.tls = tls
         self.dir = workdir
         os.makedirs(workdir, exist_ok=True)
@@ -154,6 +158,13 @@ class Node:
             util.TLS_TRUST[self.host_port] = (self.tls.get("ca"), None, None)
             return "https://" + self.host_port
         return "http://" + self.host_port
+
+    @property
+    def control_url(self):
+        """Where /healthz, /metrics and /cache/ are served."""
+        if self.admin_listen_port:
+            return "http://%s:%d" % (util.LOCALHOST, self.admin_listen_port)
+        return self.url
 
     def listener_url(self, host):
         u = self.upstreams[host]
@@ -192,6 +203,8 @@ class Node:
             for k in ("cert", "key", "client_ca", "min_version"):
                 if self.tls.get(k):
                     lines.append('  %s: "%s"' % (k, self.tls[k]))
+        if self.admin_listen_port:
+            lines.append("admin_listen: %s:%d" % (util.LOCALHOST, self.admin_listen_port))
         text = "\n".join(lines) + "\n"
         if self.extra_yaml:
             text += self.extra_yaml.rstrip("\n") + "\n"
@@ -226,7 +239,7 @@ class Node:
             if not self.proc.alive():
                 raise AssertionError("regmesh exited with %s during start; log:\n%s" % (
                     self.proc.returncode(), util.tail(self.log_path)))
-            return util.request(self.url, "GET", "/healthz", timeout=2).status == 200
+            return util.request(self.control_url, "GET", "/healthz", timeout=2).status == 200
         try:
             util.wait_until(healthy, timeout, what="regmesh /healthz on %s" % self.url)
         except TimeoutError as e:
@@ -288,7 +301,7 @@ class Node:
             return ""
 
     def metrics(self):
-        r = util.request(self.url, "GET", "/metrics", timeout=10)
+        r = util.request(self.control_url, "GET", "/metrics", timeout=10)
         assert r.status == 200, "/metrics: %r" % r
         return parse_metrics(r.body.decode("utf-8", "replace"))
 

@@ -1,0 +1,116 @@
+"""Corners of the distribution spec and of RFC 9110/9112 a new user finds
+with the spec in hand: 416 with Content-Range, error codes only from the
+spec's table, entity-tag comparison, signed Range numbers, request-line and
+Host strictness, and the admin listener's own connection budget."""
+
+import socket
+import time
+
+import pytest
+
+from rmtest import regmesh, util
+from rmtest.checks import hub_upstream, raw_exchange, split_head
+
+# The distribution spec's error code table, and the Docker Registry v2 codes
+# docker and containerd also know (docs/decisions.md)
+SPEC_CODES = {"BLOB_UNKNOWN", "BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN", "DIGEST_INVALID",
+              "MANIFEST_BLOB_UNKNOWN", "MANIFEST_INVALID", "MANIFEST_UNKNOWN", "NAME_INVALID",
+              "NAME_UNKNOWN", "SIZE_INVALID", "UNAUTHORIZED", "DENIED", "UNSUPPORTED",
+              "TOOMANYREQUESTS"}
+DOCKER_CODES = {"UNKNOWN", "UNAVAILABLE", "TAG_INVALID"}
+
+
+def assert_codes_listed(r):
+    for c in r.error_codes():
+        assert c in SPEC_CODES | DOCKER_CODES, "%s is in no spec's table: %r" % (c, r)
+
+
+def test_416_says_the_size_and_codes_stay_in_the_table(node, catalog):
+    b = catalog.multi.layers[0]
+    path = "/v2/%s/blobs/%s" % (catalog.multi.repo, b.digest)
+    assert node.request("GET", path).status == 200
+    r = node.request("GET", path, headers={"Range": "bytes=%d-" % (b.size + 5)})
+    assert r.status == 416, r
+    assert r.header("Content-Range") == "bytes */%d" % b.size, r.headers
+    assert_codes_listed(r)
+    for p in ("/v2/nothing-here", "/v3/x", "/v2/%s/tags/list?n=abc" % catalog.multi.repo,
+              "/v2/Bad/manifests/x", "/v2/%s/manifests/-x" % catalog.multi.repo):
+        r = node.request("GET", p)
+        assert 400 <= r.status < 500, (p, r)
+        assert_codes_listed(r)
+
+
+@pytest.mark.parametrize("rng", ["bytes=-+5", "bytes=+5-", "bytes=--5", "bytes=5-+9",
+                                 "bytes= 5-9", "bytes=0x10-"])
+def test_signed_or_odd_range_numbers_are_ignored(node, catalog, rng):
+    b = catalog.multi.layers[0]
+    path = "/v2/%s/blobs/%s" % (catalog.multi.repo, b.digest)
+    r = node.request("GET", path, headers={"Range": rng})
+    assert r.status == 200 and len(r.body) == b.size, (rng, r)
+
+
+def test_if_none_match_compares_entity_tags(node, catalog):
+    b = catalog.multi.layers[1]
+    path = "/v2/%s/blobs/%s" % (catalog.multi.repo, b.digest)
+    assert node.request("GET", path).status == 200
+    hexd = b.digest.split(":")[1]
+    hits = ['"%s"' % b.digest, 'W/"%s"' % b.digest, '"other", "%s"' % b.digest, "*"]
+    misses = ['"x%s"' % b.digest, '"%s"' % hexd, '"%sx"' % b.digest, b.digest,
+              '"sha256:%s"' % hexd[:-1]]
+    for v in hits:
+        assert node.request("GET", path, headers={"If-None-Match": v}).status == 304, v
+    for v in misses:
+        r = node.request("GET", path, headers={"If-None-Match": v})
+        assert r.status == 200 and len(r.body) == b.size, v
+
+
+@pytest.mark.parametrize("head,status", [
+    ("GET /v2/ HTTP/1.1\r\nHost: x\r\nContent-Length : 3\r\n\r\nabc", 400),
+    ("GET /v2/ HTTP/1.1\r\n\r\n", 400),
+    ("GET /v2/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    ("GET /v2/ HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+    ("GET /v2/\r\nHost: x\r\n\r\n", 400),
+    ("GET /v2/ HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\n\r\n", 417),
+    ("GET /v2/ HTTP/1.0\r\n\r\n", 200),
+])
+def test_request_head_strictness(node, head, status):
+    raw, _ = raw_exchange(node.port, head.encode(), timeout=10)
+    got, _, _ = split_head(raw)
+    assert got == status, raw[:300]
+
+
+def test_names_and_ns_refused_not_defaulted(node, hub):
+    mark = hub.log.mark()
+    r = node.request("GET", "/v2/%s/manifests/1" % ("a" * 250))
+    assert r.status == 400 and "NAME_INVALID" in r.error_codes(), r
+    r = node.request("GET", "/v2/a/b/manifests/1?ns=" + "h" * 300)
+    assert r.status == 400 and "NAME_INVALID" in r.error_codes(), r
+    r = node.request("GET", "/v2/a/b/manifests/1?ns=docker.io%00x")
+    assert r.status == 400 and "NAME_INVALID" in r.error_codes(), r
+    assert hub.log.entries(mark) == [], "a refused request reached the upstream"
+
+
+def test_admin_listener_outlives_a_full_registry_port(make_node, hub):
+    """max_connections spent on the registry port (idle sockets) leaves
+    /healthz on admin_listen answering; the registry port refuses more."""
+    n = make_node([hub_upstream(hub)], admin=True, extra_yaml="http:\n  max_connections: 8\n")
+    socks = []
+    try:
+        for _ in range(8):
+            socks.append(socket.create_connection(("127.0.0.1", n.port), timeout=5))
+        time.sleep(0.3)
+        r = util.request(n.control_url, "GET", "/healthz", timeout=5)
+        assert r.status == 200, r
+        extra = socket.create_connection(("127.0.0.1", n.port), timeout=5)
+        extra.settimeout(5)
+        try:
+            assert extra.recv(100) == b"", "a 9th connection was served"
+        except ConnectionResetError:
+            pass
+        finally:
+            extra.close()
+    finally:
+        for s in socks:
+            s.close()
+    util.wait_until(lambda: n.request("GET", "/v2/").status == 200, 10,
+                    what="the registry port serving again")
