@@ -72,15 +72,18 @@ asan: deps-test
 FUZZ      ?= build-fuzz
 FUZZ_SECS ?= 60
 fuzz: deps-test
-	cmake -S . -B $(FUZZ) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug -DREGMESH_WERROR=ON
-	cmake --build $(FUZZ) -j $(JOBS) --target fuzz_gossip_decode fuzz_access fuzz_pins
-	mkdir -p $(FUZZ)/corpus/gossip $(FUZZ)/corpus/access $(FUZZ)/corpus/pins
+	cmake -S . -B $(FUZZ) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug -DREGMESH_WERROR=ON \
+	  -DREGMESH_FUZZ=ON
+	cmake --build $(FUZZ) -j $(JOBS) --target fuzz_gossip_decode fuzz_access fuzz_pins fuzz_parsers
+	mkdir -p $(FUZZ)/corpus/gossip $(FUZZ)/corpus/access $(FUZZ)/corpus/pins $(FUZZ)/corpus/parsers
 	./$(FUZZ)/tests/fuzz/fuzz_gossip_decode \
 	  -max_total_time=$(FUZZ_SECS) $(FUZZ)/corpus/gossip tests/fuzz/corpus/gossip
 	./$(FUZZ)/tests/fuzz/fuzz_access \
 	  -max_total_time=$(FUZZ_SECS) $(FUZZ)/corpus/access tests/fuzz/corpus/access
 	./$(FUZZ)/tests/fuzz/fuzz_pins \
 	  -max_total_time=$(FUZZ_SECS) $(FUZZ)/corpus/pins tests/fuzz/corpus/pins
+	./$(FUZZ)/tests/fuzz/fuzz_parsers -timeout=10 \
+	  -max_total_time=$(FUZZ_SECS) $(FUZZ)/corpus/parsers tests/fuzz/corpus/parsers
 
 # The OCI image from this machine's Debian packages (deploy/image/build.sh).
 image: build

@@ -729,14 +729,27 @@ static int tls_check_files(struct walk *w, const struct tls_pending *p) {
     int fd;
     if (files[i] == NULL)
       continue;
+    /* O_NONBLOCK and a regular file only: a FIFO (or /dev/stdin) named
+     * here must not hang check-config, nor OpenSSL reading it next */
     do
-      fd = open(files[i], O_RDONLY | O_CLOEXEC);
+      fd = open(files[i], O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     while (fd < 0 && errno == EINTR);
+    struct stat sb;
+    if (fd >= 0 && (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode))) {
+      close(fd);
+      fd = -1;
+      errno = EINVAL;
+    }
     if (fd >= 0) {
       close(fd);
       continue;
     }
     int e = errno;
+    if (e == EINVAL) {
+      snprintf(w->path, sizeof w->path, "%s", p->path);
+      path_push_key(w, names[i], strlen(names[i]));
+      return fail(w, nodes[i], "\"%s\" is not a regular file", QP(q, files[i]));
+    }
     snprintf(w->path, sizeof w->path, "%s", p->path);
     path_push_key(w, names[i], strlen(names[i]));
     return fail(w, nodes[i], "cannot read \"%s\": %s", QP(q, files[i]),
@@ -1624,11 +1637,20 @@ static int read_value_file(struct walk *w, const struct config__node *v, char *p
   if ((rc = resolve_path(w, v, v->text, path, pathlen)) != 0)
     return rc;
   do
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   while (fd < 0 && errno == EINTR);
   if (fd < 0) {
     int e = errno;
     return fail(w, v, "cannot read \"%s\": %s", QP(q, path), strerror_r(e, ebuf, sizeof ebuf));
+  }
+  struct stat sb;
+  if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    int dir = S_ISDIR(sb.st_mode);
+    close(fd); /* a FIFO or a device must not hang the load */
+    if (dir)
+      return fail(w, v, "cannot read \"%s\": %s", QP(q, path),
+                  strerror_r(EISDIR, ebuf, sizeof ebuf));
+    return fail(w, v, "\"%s\" is not a regular file", QP(q, path));
   }
   /* one byte past the limit is enough to know the file is too big */
   while (len < SECRET_FILE_MAX + 1) {

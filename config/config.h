@@ -205,5 +205,9 @@ void config_free(struct config *cfg);
  * UV_ENOMEM, or RM_ECONFIG when the file is larger; err gets "path: why". */
 int config_read_file(const char *path, size_t max, char **out, size_t *outlen,
                       char *err, size_t errlen);
+/* config_read_regular_file: the same for a file a configuration names,
+ * which must be a regular file (UV_EISDIR, UV_EINVAL otherwise). */
+int config_read_regular_file(const char *path, size_t max, char **out, size_t *outlen,
+                             char *err, size_t errlen);
 
 #endif

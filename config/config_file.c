@@ -2,7 +2,10 @@
  *
  * The config and the htpasswd file are read the same way: all of it into
  * one heap buffer, at most one byte past the limit, so a file that is too
- * big (or a pipe, or /dev/zero) is refused without reading it all. The
+ * big (or a pipe, or /dev/zero) is refused without reading it all. Files a
+ * configuration names (htpasswd) must be regular files, opened without
+ * blocking: a FIFO there would hang a load; the configuration itself may
+ * come from a pipe (`check-config <(...)`). The
  * buffer is wiped before it is freed on error, since it may hold password
  * hashes.
  */
@@ -17,11 +20,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
 
-int config_read_file(const char *path, size_t max, char **out, size_t *outlen,
-                      char *err, size_t errlen) {
+static int read_file(const char *path, size_t max, int regular_only, char **out,
+                     size_t *outlen, char *err, size_t errlen) {
   char ebuf[128], dummy[1];
   size_t cap = 4096, len = 0;
   char *buf = NULL;
@@ -34,11 +38,20 @@ int config_read_file(const char *path, size_t max, char **out, size_t *outlen,
     errlen = sizeof dummy;
   }
   do
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    fd = open(path, O_RDONLY | O_CLOEXEC | (regular_only ? O_NONBLOCK : 0));
   while (fd < 0 && errno == EINTR);
   if (fd < 0) {
     rc = -errno;
     snprintf(err, errlen, "%s: %s", path, strerror_r(-rc, ebuf, sizeof ebuf));
+    return rc;
+  }
+  struct stat sb;
+  if (regular_only && (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode))) {
+    /* a FIFO or a device would hang the read */
+    int dir = fstat(fd, &sb) == 0 && S_ISDIR(sb.st_mode);
+    close(fd);
+    rc = dir ? UV_EISDIR : UV_EINVAL;
+    snprintf(err, errlen, "%s: %s", path, dir ? "Is a directory" : "not a regular file");
     return rc;
   }
   for (;;) {
@@ -83,4 +96,14 @@ int config_read_file(const char *path, size_t max, char **out, size_t *outlen,
   *out = buf;
   *outlen = len;
   return 0;
+}
+
+int config_read_file(const char *path, size_t max, char **out, size_t *outlen,
+                     char *err, size_t errlen) {
+  return read_file(path, max, 0, out, outlen, err, errlen);
+}
+
+int config_read_regular_file(const char *path, size_t max, char **out, size_t *outlen,
+                             char *err, size_t errlen) {
+  return read_file(path, max, 1, out, outlen, err, errlen);
 }

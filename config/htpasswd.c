@@ -281,7 +281,7 @@ int htpasswd_load(struct htpasswd *out, const char *path, char *err,
   int rc;
 
   memset(out, 0, sizeof *out);
-  rc = config_read_file(path, HTPASSWD_MAX_FILE, &buf, &len, err, errlen);
+  rc = config_read_regular_file(path, HTPASSWD_MAX_FILE, &buf, &len, err, errlen);
   if (rc != 0)
     return rc;
   rc = htpasswd_parse(out, buf, len, path, err, errlen);

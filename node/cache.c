@@ -15,6 +15,7 @@
 #include "digest.h"
 #include "errors.h"
 #include "log.h"
+#include "manifest.h"
 #include "reference.h"
 #include "route.h"
 #include "storage.h"
@@ -121,11 +122,15 @@ struct walk {
 
 static void walk_digest(struct walk *w, const char *hex, int depth);
 
-static void walk_ref(struct walk *w, json_t *desc, int depth) {
-  const char *d = json_string_value(json_object_get(desc, "digest"));
-  char hex[DIGEST_HEX_LEN + 1];
-  if (d && digest_parse(d, strlen(d), hex) == 0)
-    walk_digest(w, hex, depth);
+struct walk_at {
+  struct walk *w;
+  int depth;
+};
+
+static int walk_ref(const struct manifest_ref *ref, void *ud) {
+  struct walk_at *at = ud;
+  walk_digest(at->w, ref->hex, at->depth);
+  return 0;
 }
 
 static void walk_digest(struct walk *w, const char *hex, int depth) {
@@ -146,19 +151,9 @@ static void walk_digest(struct walk *w, const char *hex, int depth) {
   size_t len;
   if (blobstore_read_small(w->bs, hex, MANIFEST_PARSE_MAX, &text, &len) != 0)
     return;
-  json_t *doc = json_loadb(text, len, 0, NULL);
+  struct walk_at at = {w, depth + 1};
+  manifest_each_ref(text, len, walk_ref, &at);
   free(text);
-  if (!json_is_object(doc)) {
-    json_decref(doc);
-    return;
-  }
-  size_t i;
-  json_t *v;
-  json_array_foreach(json_object_get(doc, "manifests"), i, v) walk_ref(w, v, depth + 1);
-  walk_ref(w, json_object_get(doc, "config"), depth + 1);
-  json_array_foreach(json_object_get(doc, "layers"), i, v) walk_ref(w, v, depth + 1);
-  json_array_foreach(json_object_get(doc, "blobs"), i, v) walk_ref(w, v, depth + 1);
-  json_decref(doc);
 }
 
 /* The store's blobs by digest, for the walks. */

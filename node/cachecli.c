@@ -12,6 +12,7 @@
 #include "cachecli.h"
 
 #include "adminc.h"
+#include "manifest.h"
 
 #include "../common/digest.h"
 #include "../config/config.h"
@@ -404,7 +405,7 @@ static int url_for(struct warm *w, char *out, size_t cap, const char *kind, cons
   return n < 0 || (size_t)n >= cap ? -1 : 0;
 }
 
-static int fetch_manifest(struct warm *w, const char *ref, json_t **doc) {
+static int fetch_manifest(struct warm *w, const char *ref, struct adminc_body *out) {
   char url[1400];
   if (url_for(w, url, sizeof url, "manifests", ref) != 0) {
     fprintf(stderr, PROG " warm: reference too long\n");
@@ -434,46 +435,61 @@ static int fetch_manifest(struct warm *w, const char *ref, json_t **doc) {
     snprintf(prog, sizeof prog, PROG " warm: %s/%s:%s", w->ns[0] ? w->ns : "(default)",
              w->name, ref);
     r = adminc_fail(prog, url, status, &b);
-  } else {
-    *doc = json_loadb(b.data ? b.data : "", b.len, 0, NULL);
-    if (!json_is_object(*doc)) {
-      fprintf(stderr, PROG " warm: %s: the manifest is not JSON\n", url);
-      json_decref(*doc);
-      r = 1;
-    }
+  } else if (!b.data) {
+    fprintf(stderr, PROG " warm: %s: an empty manifest\n", url);
+    r = 1;
   }
-  free(b.data);
-  w->manifests += r == 0;
-  return r;
+  if (r) {
+    free(b.data);
+    return r;
+  }
+  *out = b;
+  w->manifests++;
+  return 0;
 }
 
-static void add_blob(struct warm *w, const json_t *desc) {
-  const char *d = json_string_value(json_object_get(desc, "digest"));
-  char hex[DIGEST_HEX_LEN + 1];
-  if (!d || digest_parse(d, strlen(d), hex) != 0 || w->nblobs >= WARM_MAX_BLOBS)
+static void add_blob(struct warm *w, const struct manifest_ref *ref) {
+  if (w->nblobs >= WARM_MAX_BLOBS)
     return;
   for (size_t i = 0; i < w->nblobs; i++)
-    if (strcmp(w->blobs[i].digest + 7, hex) == 0)
+    if (strcmp(w->blobs[i].digest + 7, ref->hex) == 0)
       return; /* shared by two platforms: once is enough */
   memcpy(w->blobs[w->nblobs].digest, "sha256:", 7);
-  memcpy(w->blobs[w->nblobs].digest + 7, hex, DIGEST_HEX_LEN + 1);
-  json_t *s = json_object_get(desc, "size");
-  w->blobs[w->nblobs].size = json_is_integer(s) ? (uint64_t)json_integer_value(s) : 0;
+  memcpy(w->blobs[w->nblobs].digest + 7, ref->hex, DIGEST_HEX_LEN + 1);
+  w->blobs[w->nblobs].size = ref->size > 0 ? (uint64_t)ref->size : 0;
   w->total += w->blobs[w->nblobs].size;
   w->nblobs++;
 }
 
-static int platform_match(const struct warm *w, const json_t *p, const char *want) {
-  char os[64], arch[64], variant[64], spec[200];
-  jstr(os, sizeof os, p, "os");
-  jstr(arch, sizeof arch, p, "architecture");
-  jstr(variant, sizeof variant, p, "variant");
-  (void)w;
-  snprintf(spec, sizeof spec, "%s/%s", os, arch);
-  if (strcmp(spec, want) == 0)
-    return 1;
-  snprintf(spec, sizeof spec, "%s/%s/%s", os, arch, variant);
-  return strcmp(spec, want) == 0;
+/* What the top manifest names: the children to fetch (an index), or the
+ * blobs (an image). */
+#define WARM_MAX_CHILDREN 256
+struct top_refs {
+  struct warm *w;
+  const char *want;
+  char child[WARM_MAX_CHILDREN][DIGEST_HEX_LEN + 1];
+  size_t picked, children;
+};
+
+static int on_top_ref(const struct manifest_ref *ref, void *ud) {
+  struct top_refs *t = ud;
+  if (ref->kind != MANIFEST_REF_CHILD) {
+    add_blob(t->w, ref);
+    return 0;
+  }
+  t->children++;
+  if ((t->w->o->all_platforms || manifest_platform_matches(ref, t->want)) &&
+      t->picked < WARM_MAX_CHILDREN)
+    memcpy(t->child[t->picked++], ref->hex, DIGEST_HEX_LEN + 1);
+  return 0;
+}
+
+/* An image manifest's config, layers and blobs (an index of indexes is
+ * not followed further). */
+static int on_image_ref(const struct manifest_ref *ref, void *ud) {
+  if (ref->kind != MANIFEST_REF_CHILD)
+    add_blob(ud, ref);
+  return 0;
 }
 
 static void default_platform(char *out, size_t cap) {
@@ -491,15 +507,6 @@ static void default_platform(char *out, size_t cap) {
       arch = "386";
   }
   snprintf(out, cap, "linux/%s", arch);
-}
-
-/* collect_image adds an image manifest's config and layers. */
-static void collect_image(struct warm *w, const json_t *m) {
-  add_blob(w, json_object_get(m, "config"));
-  size_t i;
-  json_t *v;
-  json_array_foreach(json_object_get(m, "layers"), i, v) add_blob(w, v);
-  json_array_foreach(json_object_get(m, "blobs"), i, v) add_blob(w, v);
 }
 
 static void progress(struct warm *w, int final) {
@@ -676,35 +683,39 @@ static int warm_one(struct warm *w, const char *img) {
   w->total = w->done_bytes = 0;
   w->manifests = w->blobs_done = 0;
   clock_gettime(CLOCK_MONOTONIC, &w->t0);
-  json_t *top;
+  struct adminc_body top = {0};
   int r = fetch_manifest(w, ref, &top);
   if (r)
     return r;
-  json_t *list = json_object_get(top, "manifests");
-  size_t i, picked = 0;
-  json_t *v;
-  if (json_is_array(list)) {
-    json_array_foreach(list, i, v) {
-      json_t *p = json_object_get(v, "platform");
-      const char *d = json_string_value(json_object_get(v, "digest"));
-      if (!d || (!w->o->all_platforms && !platform_match(w, p, want)))
-        continue;
-      json_t *m;
-      if ((r = fetch_manifest(w, d, &m)) != 0)
-        break;
-      collect_image(w, m);
-      json_decref(m);
-      picked++;
-    }
-    if (!r && picked == 0) {
-      fprintf(stderr, PROG " warm: %s has no manifest for %s (try --platform or "
-                      "--all-platforms)\n", img, want);
+  struct top_refs *t = calloc(1, sizeof *t);
+  if (!t) {
+    free(top.data);
+    return 1;
+  }
+  t->w = w;
+  t->want = want;
+  if (manifest_each_ref(top.data, top.len, on_top_ref, t) != 0) {
+    fprintf(stderr, PROG " warm: %s: the manifest is not a JSON object\n", img);
+    r = 1;
+  } else if (t->children > 0 && t->picked == 0) {
+    fprintf(stderr, PROG " warm: %s has no manifest for %s (try --platform or "
+                    "--all-platforms)\n", img, want);
+    r = 1;
+  }
+  free(top.data);
+  char sha[DIGEST_STR_LEN + 1];
+  for (size_t i = 0; !r && i < t->picked; i++) {
+    struct adminc_body m = {0};
+    snprintf(sha, sizeof sha, "sha256:%s", t->child[i]);
+    if ((r = fetch_manifest(w, sha, &m)) != 0)
+      break;
+    if (manifest_each_ref(m.data, m.len, on_image_ref, w) != 0) {
+      fprintf(stderr, PROG " warm: %s: manifest %s is not a JSON object\n", img, sha);
       r = 1;
     }
-  } else {
-    collect_image(w, top);
+    free(m.data);
   }
-  json_decref(top);
+  free(t);
   if (!r)
     r = fetch_blobs(w);
   progress(w, 1);

@@ -19,6 +19,7 @@
 #include "cluster.h"
 #include "fetch.h"
 #include "http_server.h"
+#include "httpval.h"
 #include "cache.h"
 #include "metrics.h"
 #include "node.h"
@@ -539,88 +540,17 @@ static void tag_accept(struct rreq *r, char *accept, size_t alen, char *variant,
     snprintf(variant, vlen, "a%x", mask);
 }
 
-/* If-None-Match against our (strong) ETag, "sha256:<hex>": the header is
- * "*" or a list of entity tags, each compared whole (weakly, as RFC 9110
- * 13.1.2 says for this header: a W/ prefix does not matter). A malformed
- * list matches nothing, so the full answer goes out. */
+/* If-None-Match against our (strong) ETag, "sha256:<hex>" (httpval.h). */
 static int not_modified(struct rreq *r, const char *hex) {
   const struct http_header *h = http_request_header(r->req, "if-none-match");
-  if (!h)
-    return 0;
-  const char *p = h->value, *end = h->value + h->value_len;
-  while (p < end && (*p == ' ' || *p == '\t'))
-    p++;
-  if (end - p == 1 && *p == '*')
-    return 1;
-  while (p < end) {
-    while (p < end && (*p == ' ' || *p == '\t' || *p == ','))
-      p++;
-    if (p == end)
-      break;
-    if (end - p >= 2 && p[0] == 'W' && p[1] == '/')
-      p += 2;
-    if (p == end || *p != '"')
-      return 0;
-    const char *q = memchr(p + 1, '"', (size_t)(end - p - 1));
-    if (!q)
-      return 0;
-    size_t n = (size_t)(q - p - 1);
-    if (n == 7 + DIGEST_HEX_LEN && memcmp(p + 1, "sha256:", 7) == 0 &&
-        memcmp(p + 8, hex, DIGEST_HEX_LEN) == 0)
-      return 1;
-    p = q + 1;
-  }
-  return 0;
+  return h && httpval_etag_match(h->value, h->value_len, hex);
 }
 
-/* Parses a single "bytes=a-b" / "a-" / "-n" range. Returns 1 with [*start,
- * *end) set, 0 when there is no usable Range (serve it all), -1 when it is
- * unsatisfiable (416). Multi-range requests get the whole body (clients
- * accept 200, podman splits it itself). */
+/* A single "bytes=a-b" / "a-" / "-n" range (httpval.h): 1 with [*start,
+ * *end), 0 to serve it all, -1 for a 416. */
 static int parse_range(struct rreq *r, uint64_t size, uint64_t *start, uint64_t *end) {
   const struct http_header *h = http_request_header(r->req, "range");
-  if (!h)
-    return 0;
-  const char *v = h->value;
-  if (strncmp(v, "bytes=", 6) != 0 || strchr(v, ','))
-    return 0;
-  v += 6;
-  char *e;
-  /* strtoull would take a sign (and wrap a '-'): digits only, else the
-   * Range is ignored and the whole body served, as RFC 9110 14.2 allows */
-  if (*v == '-') {
-    if (v[1] < '0' || v[1] > '9')
-      return 0;
-    unsigned long long n = strtoull(v + 1, &e, 10);
-    if (e == v + 1 || *e)
-      return 0;
-    if (n == 0 || size == 0)
-      return -1;
-    *start = n >= size ? 0 : size - n;
-    *end = size;
-    return 1;
-  }
-  if (*v < '0' || *v > '9')
-    return 0;
-  unsigned long long a = strtoull(v, &e, 10);
-  if (*e != '-')
-    return 0;
-  const char *bstr = e + 1;
-  unsigned long long b = size ? size - 1 : 0;
-  if (*bstr) {
-    if (*bstr < '0' || *bstr > '9')
-      return 0;
-    b = strtoull(bstr, &e, 10);
-    if (*e || b < a)
-      return 0;
-    if (b >= size)
-      b = size - 1;
-  }
-  if (a >= size)
-    return -1;
-  *start = a;
-  *end = b + 1;
-  return 1;
+  return h ? httpval_range(h->value, size, start, end) : 0;
 }
 
 /* ---- streaming a body from a file -------------------------------------- */

@@ -49,11 +49,8 @@
 #define UP_HEAD_MAX (64 * 1024)       /* one response's header bytes */
 #define UP_SWALLOW_MAX (64 * 1024)    /* error body we read to keep the conn */
 #define UP_TOKEN_BODY_MAX (64 * 1024) /* token endpoint JSON */
-#define UP_TOKEN_LEN_MAX 16384        /* a JWT is a few KiB */
 #define UP_TOKEN_CACHE_MAX 128        /* scopes per upstream */
 #define UP_TOKEN_MARGIN_MS 30000      /* stop using a token this early */
-#define UP_TOKEN_MIN_S 60             /* expires_in default and floor */
-#define UP_TOKEN_MAX_S 86400
 #define UP_RETRY_AFTER_MAX_MS 30000
 #define UP_BACKOFF_BASE_MS 200
 #define UP_BACKOFF_MAX_MS 5000
@@ -351,41 +348,6 @@ static int64_t retry_after_ms(const char *v) {
   return s * 1000 > UP_RETRY_AFTER_MAX_MS ? UP_RETRY_AFTER_MAX_MS : s * 1000;
 }
 
-/* RFC 3339 "2024-05-01T10:00:00[.frac](Z|+hh:mm)" -> Unix seconds. */
-static int parse_rfc3339(const char *s, int64_t *out) {
-  struct tm tm;
-  int n = 0;
-  memset(&tm, 0, sizeof tm);
-  if (sscanf(s, "%4d-%2d-%2d%*1[Tt ]%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
-             &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &n) != 6 ||
-      n == 0)
-    return RM_EPARSE;
-  s += n;
-  if (*s == '.')
-    for (s++; *s >= '0' && *s <= '9'; s++)
-      ;
-  int64_t off = 0;
-  if (*s == 'Z' || *s == 'z') {
-    s++;
-  } else if (*s == '+' || *s == '-') {
-    int hh, mm;
-    if (sscanf(s + 1, "%2d:%2d", &hh, &mm) != 2)
-      return RM_EPARSE;
-    off = (int64_t)(hh * 3600 + mm * 60) * (*s == '-' ? -1 : 1);
-    s += 6;
-  } else {
-    return RM_EPARSE;
-  }
-  if (*s)
-    return RM_EPARSE;
-  tm.tm_year -= 1900;
-  tm.tm_mon -= 1;
-  time_t t = timegm(&tm);
-  if (t == (time_t)-1)
-    return RM_EPARSE;
-  *out = (int64_t)t - off;
-  return 0;
-}
 
 /* --- request lifecycle ------------------------------------------------------ */
 
@@ -735,54 +697,16 @@ static void token_drop(struct upstream *u, const char *key, const char *token) {
   }
 }
 
-/* Reads {"token"|"access_token", "expires_in", "issued_at"}. */
+/* Reads the token endpoint's answer (token_response_parse). */
 static int token_parse(struct uptoken *e, uint64_t now) {
-  json_error_t jerr;
-  json_t *root = json_loadb(e->body.data ? e->body.data : "", e->body.len, 0, &jerr);
-  if (!json_is_object(root)) {
-    json_decref(root);
-    return RM_EPARSE;
-  }
-  json_t *jt = json_object_get(root, "token");
-  if (!json_is_string(jt) || json_string_length(jt) == 0)
-    jt = json_object_get(root, "access_token");
-  const char *tok = json_string_value(jt);
-  size_t toklen = tok ? json_string_length(jt) : 0;
-  int ok = tok && toklen > 0 && toklen <= UP_TOKEN_LEN_MAX && strlen(tok) == toklen;
-  /* It goes verbatim into a header line: visible ASCII only. */
-  for (size_t i = 0; ok && i < toklen; i++)
-    ok = tok[i] > 0x20 && tok[i] < 0x7f;
-  if (!ok) {
-    json_decref(root);
-    return RM_EPARSE;
-  }
-  int64_t expires = UP_TOKEN_MIN_S;
-  json_t *je = json_object_get(root, "expires_in");
-  if (json_is_integer(je))
-    expires = json_integer_value(je);
-  else if (json_is_real(je))
-    expires = (int64_t)json_real_value(je);
-  if (expires < UP_TOKEN_MIN_S)
-    expires = UP_TOKEN_MIN_S;
-  if (expires > UP_TOKEN_MAX_S)
-    expires = UP_TOKEN_MAX_S;
-  int64_t left = expires, issued;
-  const char *ia = json_string_value(json_object_get(root, "issued_at"));
-  if (ia && parse_rfc3339(ia, &issued) == 0) {
-    int64_t l = issued + expires - (int64_t)time(NULL);
-    /* An issuer clock ahead of ours never extends the lifetime; one so far
-     * behind that the fresh token looks expired is not believed (else every
-     * request would fetch a token); the registry still has the last word
-     * with a 401 invalid_token. */
-    if (l >= 0 && l < expires)
-      left = l;
-  }
-  char *copy = strdup(tok);
-  json_decref(root);
-  if (!copy)
-    return UV_ENOMEM;
+  char *tok;
+  int64_t left;
+  int r = token_response_parse(e->body.data ? e->body.data : "", e->body.len,
+                               (int64_t)time(NULL), &tok, &left);
+  if (r)
+    return r;
   free(e->token);
-  e->token = copy;
+  e->token = tok;
   uint64_t life = (uint64_t)left * 1000;
   e->usable_until = life > UP_TOKEN_MARGIN_MS ? now + life - UP_TOKEN_MARGIN_MS : now;
   return 0;

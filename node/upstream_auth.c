@@ -1,4 +1,5 @@
-/* upstream_auth.c - parsers for WWW-Authenticate and ratelimit-* headers.
+/* upstream_auth.c - parsers for WWW-Authenticate, ratelimit-* headers and
+ * the token endpoint's JSON answer.
  *
  * Both values come straight from the network, so both are read with a
  * (pos, end) cursor, never past `len`, and every stored value is checked
@@ -15,8 +16,13 @@
 
 #include "../common/errors.h"
 
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
+#include <uv.h>
 
 /* No registry sends a challenge anywhere near this; past it we stop reading
  * rather than scan attacker-sized input. */
@@ -282,5 +288,94 @@ int ratelimit_parse(const char *s, size_t len, int64_t *n, int64_t *window_s) {
     return RM_EPARSE;
   *n = value;
   *window_s = window;
+  return 0;
+}
+
+/* RFC 3339 "2024-05-01T10:00:00[.frac](Z|+hh:mm)" -> Unix seconds. */
+static int parse_rfc3339(const char *s, int64_t *out) {
+  struct tm tm;
+  int n = 0;
+  memset(&tm, 0, sizeof tm);
+  if (sscanf(s, "%4d-%2d-%2d%*1[Tt ]%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+             &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &n) != 6 ||
+      n == 0)
+    return RM_EPARSE;
+  s += n;
+  if (*s == '.')
+    for (s++; *s >= '0' && *s <= '9'; s++)
+      ;
+  int64_t off = 0;
+  if (*s == 'Z' || *s == 'z') {
+    s++;
+  } else if (*s == '+' || *s == '-') {
+    int hh, mm;
+    if (sscanf(s + 1, "%2d:%2d", &hh, &mm) != 2)
+      return RM_EPARSE;
+    off = (int64_t)(hh * 3600 + mm * 60) * (*s == '-' ? -1 : 1);
+    s += 6;
+  } else {
+    return RM_EPARSE;
+  }
+  if (*s)
+    return RM_EPARSE;
+  tm.tm_year -= 1900;
+  tm.tm_mon -= 1;
+  time_t t = timegm(&tm);
+  if (t == (time_t)-1)
+    return RM_EPARSE;
+  *out = (int64_t)t - off;
+  return 0;
+}
+
+int token_response_parse(const char *body, size_t len, int64_t now_s, char **token,
+                         int64_t *lifetime_s) {
+  json_error_t jerr;
+  json_t *root = json_loadb(body, len, 0, &jerr);
+  if (!json_is_object(root)) {
+    json_decref(root);
+    return RM_EPARSE;
+  }
+  json_t *jt = json_object_get(root, "token");
+  if (!json_is_string(jt) || json_string_length(jt) == 0)
+    jt = json_object_get(root, "access_token");
+  const char *tok = json_string_value(jt);
+  size_t toklen = tok ? json_string_length(jt) : 0;
+  int ok = tok && toklen > 0 && toklen <= TOKEN_LEN_MAX && strlen(tok) == toklen;
+  /* It goes verbatim into a header line: visible ASCII only. */
+  for (size_t i = 0; ok && i < toklen; i++)
+    ok = tok[i] > 0x20 && tok[i] < 0x7f;
+  if (!ok) {
+    json_decref(root);
+    return RM_EPARSE;
+  }
+  int64_t expires = TOKEN_MIN_S;
+  json_t *je = json_object_get(root, "expires_in");
+  if (json_is_integer(je))
+    expires = json_integer_value(je);
+  else if (json_is_real(je) && json_real_value(je) < (double)TOKEN_MAX_S)
+    expires = (int64_t)json_real_value(je);
+  else if (json_is_real(je))
+    expires = TOKEN_MAX_S;
+  if (expires < TOKEN_MIN_S)
+    expires = TOKEN_MIN_S;
+  if (expires > TOKEN_MAX_S)
+    expires = TOKEN_MAX_S;
+  int64_t left = expires, issued;
+  const char *ia = json_string_value(json_object_get(root, "issued_at"));
+  if (ia && parse_rfc3339(ia, &issued) == 0 && issued > INT64_MIN / 2 && issued < INT64_MAX / 2) {
+    int64_t l = issued + expires - now_s;
+    /* An issuer clock ahead of ours never extends the lifetime; one so far
+     * behind that the fresh token looks expired is not believed (else every
+     * request would fetch a token); the registry still has the last word
+     * with a 401 invalid_token. */
+    if (l >= 0 && l < expires)
+      left = l;
+  }
+  char *copy = strdup(tok);
+  json_decref(root);
+  if (!copy)
+    return UV_ENOMEM;
+  *token = copy;
+  *lifetime_s = left;
   return 0;
 }

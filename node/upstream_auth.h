@@ -27,4 +27,15 @@ int www_auth_parse(const char *s, size_t len, struct www_auth *out);
  * *window_s is -1 when absent. Returns 0 or RM_EPARSE. */
 int ratelimit_parse(const char *s, size_t len, int64_t *n, int64_t *window_s);
 
+/* token_response_parse reads a token endpoint's JSON: "token" (or
+ * "access_token"; visible ASCII, at most 16 KiB), "expires_in" (default and
+ * floor 60 s, at most a day) and "issued_at" (RFC 3339; an issuer clock
+ * ahead of now_s never lengthens the lifetime). Returns 0 with *token
+ * (owned by the caller) and *lifetime_s, RM_EPARSE or UV_ENOMEM. */
+#define TOKEN_LEN_MAX 16384 /* a JWT is a few KiB */
+#define TOKEN_MIN_S 60
+#define TOKEN_MAX_S 86400
+int token_response_parse(const char *body, size_t len, int64_t now_s, char **token,
+                         int64_t *lifetime_s);
+
 #endif
