@@ -49,6 +49,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/sendfile.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -262,6 +263,21 @@ struct http_conn {
   size_t cp_pos, cp_len;    /* its unsent bytes are [cp_pos, cp_len) */
   http_write_cb sf_cb;
   void *sf_ud;
+
+  /* A file read that would wait for the disk runs on libuv's pool instead
+   * (file_read_*): while rd_busy the job owns cp_buf (copy), rd_plain (TLS)
+   * and rd_fd, a dup of sf_fd, so the handler may close its fd meanwhile. */
+  uv_work_t rd_work;
+  unsigned rd_busy : 1;
+  int rd_kind;
+  int rd_fd;
+  char *rd_dst;
+  char *rd_plain;
+  size_t rd_want;
+  uint64_t rd_off;
+  ssize_t rd_n;
+  int rd_err;
+  uint64_t ahead_end; /* sendfile: file bytes below this are in the page cache */
 };
 
 static void conn_set_state(struct http_conn *c, enum conn_state to);
@@ -299,6 +315,7 @@ static void conn_free(struct http_conn *c) {
   free(c->hdrs);
   SSL_free(c->ssl); /* and its BIOs */
   free(c->tout);
+  free(c->rd_plain);
   free(c);
   srv->n_conns--;
   server_maybe_done(srv);
@@ -783,7 +800,7 @@ static char *server_copy_get(struct http_server *srv) {
 
 static void conn_copy_release(struct http_conn *c) {
   struct http_server *srv = c->srv;
-  if (!c->cp_buf)
+  if (!c->cp_buf || c->rd_busy) /* a read job fills it: its end releases it */
     return;
   if (c->cp_own)
     free(c->cp_buf);
@@ -830,15 +847,126 @@ static void conn_sent(struct http_conn *c, size_t n) {
     c->body_sent += c->cp_plain;
 }
 
+/* ---- file reads off the loop ----
+ *
+ * Each file read is first tried with preadv2(RWF_NOWAIT), which answers
+ * from the page cache or says EAGAIN at once; only a read that would wait
+ * for the disk goes to libuv's thread pool (file_read_start), and the
+ * connection's poll is stopped until it is back. A sendfile from a cold
+ * file is preceded the same way by a readahead(2) on the pool. So the loop
+ * only ever copies from memory, and a download from a cold disk no longer
+ * stalls every other client for each chunk (docs/decisions.md). */
+#define RD_PENDING 1 /* a fill that handed its read to the pool */
+enum { RD_COPY, RD_TLS, RD_AHEAD };
+
+static void conn_sendfile_step(struct http_conn *c);
+static int conn_sendfile_begin(struct http_conn *c);
+
+static ssize_t read_nowait(int fd, void *buf, size_t n, uint64_t off) {
+  struct iovec io = {buf, n};
+  ssize_t r;
+  do
+    r = preadv2(fd, &io, 1, (off_t)off, RWF_NOWAIT);
+  while (r < 0 && errno == EINTR);
+  return r;
+}
+
+/* would_wait: the errno of a NOWAIT read that must go to the pool (EAGAIN:
+ * not cached; EOPNOTSUPP: a file system that cannot tell). */
+static int would_wait(int e) { return e == EAGAIN || e == EWOULDBLOCK || e == EOPNOTSUPP; }
+
+static void file_read_work(uv_work_t *w) {
+  struct http_conn *c = w->data;
+  ssize_t n;
+  if (c->rd_kind == RD_AHEAD) {
+    n = readahead(c->rd_fd, (off64_t)c->rd_off, c->rd_want);
+    c->rd_err = n < 0 ? -errno : 0;
+    return;
+  }
+  do
+    n = pread(c->rd_fd, c->rd_dst, c->rd_want, (off_t)c->rd_off);
+  while (n < 0 && errno == EINTR);
+  c->rd_n = n;
+  c->rd_err = n < 0 ? -errno : 0;
+}
+
+static int conn_tls_encrypt(struct http_conn *c, const char *plain, size_t n);
+
+static void file_read_done(uv_work_t *w, int status) {
+  struct http_conn *c = w->data;
+  close(c->rd_fd);
+  c->rd_fd = -1;
+  c->rd_busy = 0;
+  c->srv->stats.file_reads_offloop++;
+  int err = status < 0 ? status : c->rd_err;
+  if (c->state >= CONN_CLOSING || !c->sf_pending) {
+    conn_copy_release(c); /* gone meanwhile: the buffer goes back */
+  } else if (err) {
+    conn_sendfile_done(c, err);
+  } else {
+    if (c->rd_kind == RD_AHEAD) {
+      c->ahead_end = c->rd_off + c->rd_want;
+    } else if (c->rd_n == 0) {
+      err = RM_ESIZE; /* the file is shorter than the promised range */
+    } else if (c->rd_kind == RD_COPY) {
+      c->cp_pos = 0;
+      c->cp_len = (size_t)c->rd_n;
+      c->sf_off += (uint64_t)c->rd_n;
+      c->sf_left -= (uint64_t)c->rd_n;
+    } else {
+      err = conn_tls_encrypt(c, c->rd_plain, (size_t)c->rd_n);
+    }
+    if (err) {
+      conn_sendfile_done(c, err);
+    } else if (c->n_writes == 0) {
+      int rc = conn_sendfile_begin(c);
+      if (rc < 0)
+        conn_sendfile_done(c, rc);
+    }
+  }
+  free(c->rd_plain);
+  c->rd_plain = NULL;
+  conn_unref(c);
+}
+
+/* file_read_start hands the read of want bytes at sf_off (into dst; for
+ * RD_AHEAD only into the page cache) to the pool. Returns RD_PENDING or a
+ * negative error. */
+static int file_read_start(struct http_conn *c, int kind, char *dst, size_t want) {
+  int fd = fcntl(c->sf_fd, F_DUPFD_CLOEXEC, 0);
+  if (fd < 0)
+    return -errno;
+  c->rd_fd = fd;
+  c->rd_kind = kind;
+  c->rd_dst = dst;
+  c->rd_want = want;
+  c->rd_off = c->sf_off;
+  c->rd_n = 0;
+  c->rd_err = 0;
+  c->rd_work.data = c;
+  int rc = uv_queue_work(c->srv->loop, &c->rd_work, file_read_work, file_read_done);
+  if (rc < 0) {
+    close(fd);
+    c->rd_fd = -1;
+    return rc;
+  }
+  c->rd_busy = 1;
+  conn_ref(c); /* the job's */
+  if (c->poll_active) {
+    uv_poll_stop(&c->poll);
+    c->poll_active = 0;
+  }
+  return RD_PENDING;
+}
+
 /* conn_copy_fill reads the next file bytes into c->cp_buf (which is
- * empty): 0, RM_ESIZE at the end of a file shorter than promised, or a
- * negative errno. */
+ * empty): 0, RD_PENDING (the pool reads them), RM_ESIZE at the end of a
+ * file shorter than promised, or a negative errno. */
 static int conn_copy_fill(struct http_conn *c) {
   size_t want = c->sf_left < COPY_BUF_SIZE ? (size_t)c->sf_left : COPY_BUF_SIZE;
-  ssize_t n;
-  do
-    n = pread(c->sf_fd, c->cp_buf, want, (off_t)c->sf_off);
-  while (n < 0 && errno == EINTR);
+  ssize_t n = read_nowait(c->sf_fd, c->cp_buf, want, c->sf_off);
+  if (n < 0 && would_wait(errno))
+    return file_read_start(c, RD_COPY, c->cp_buf, want);
   if (n < 0)
     return -errno;
   if (n == 0)
@@ -850,28 +978,15 @@ static int conn_copy_fill(struct http_conn *c) {
   return 0;
 }
 
-/* conn_tls_fill reads the next file piece and encrypts it into c->cp_buf
- * (which is empty): 0, RM_ESIZE at the end of a file shorter than
- * promised, RM_ETLS, or a negative errno. */
-static int conn_tls_fill(struct http_conn *c) {
+/* conn_tls_encrypt encrypts n plaintext file bytes into c->cp_buf (which
+ * is empty): 0 or RM_ETLS. */
+static int conn_tls_encrypt(struct http_conn *c, const char *plain, size_t n) {
   struct http_server *srv = c->srv;
-  size_t room = c->cp_own ? TLS_OWN_PLAIN : TLS_PIECE;
-  size_t want = c->sf_left < room ? (size_t)c->sf_left : room;
-  if (!srv->tls_plain && !(srv->tls_plain = malloc(TLS_PIECE)))
-    return UV_ENOMEM;
-  ssize_t n;
-  do
-    n = pread(c->sf_fd, srv->tls_plain, want, (off_t)c->sf_off);
-  while (n < 0 && errno == EINTR);
-  if (n < 0)
-    return -errno;
-  if (n == 0)
-    return RM_ESIZE;
   c->sink_buf = c->cp_buf;
   c->sink_len = 0;
   c->sink_cap = c->cp_own ? TLS_OWN_BUF : COPY_BUF_SIZE;
   ERR_clear_error();
-  int w = SSL_write(c->ssl, srv->tls_plain, (int)n);
+  int w = SSL_write(c->ssl, plain, (int)n);
   c->sink_buf = NULL;
   if (w != (int)n) {
     conn_tls_log_error(c, "file write");
@@ -879,11 +994,58 @@ static int conn_tls_fill(struct http_conn *c) {
   }
   c->cp_pos = 0;
   c->cp_len = c->sink_len;
-  c->cp_plain = (size_t)n;
+  c->cp_plain = n;
   c->sf_off += (uint64_t)n;
   c->sf_left -= (uint64_t)n;
   srv->stats.tls_file_bytes += (uint64_t)n;
   return 0;
+}
+
+/* conn_tls_fill reads the next file piece and encrypts it into c->cp_buf
+ * (which is empty): 0, RD_PENDING, RM_ESIZE at the end of a file shorter
+ * than promised, RM_ETLS, or a negative errno. */
+static int conn_tls_fill(struct http_conn *c) {
+  struct http_server *srv = c->srv;
+  size_t room = c->cp_own ? TLS_OWN_PLAIN : TLS_PIECE;
+  size_t want = c->sf_left < room ? (size_t)c->sf_left : room;
+  if (!srv->tls_plain && !(srv->tls_plain = malloc(TLS_PIECE)))
+    return UV_ENOMEM;
+  ssize_t n = read_nowait(c->sf_fd, srv->tls_plain, want, c->sf_off);
+  if (n < 0 && would_wait(errno)) {
+    /* the job needs a plaintext buffer of its own: the shared one is the
+     * loop's */
+    if (!(c->rd_plain = malloc(want)))
+      return UV_ENOMEM;
+    int rc = file_read_start(c, RD_TLS, c->rd_plain, want);
+    if (rc < 0) {
+      free(c->rd_plain);
+      c->rd_plain = NULL;
+    }
+    return rc;
+  }
+  if (n < 0)
+    return -errno;
+  if (n == 0)
+    return RM_ESIZE;
+  return conn_tls_encrypt(c, srv->tls_plain, (size_t)n);
+}
+
+/* conn_ahead_check: before a sendfile of want bytes at sf_off, whether
+ * they are in the page cache (their first and last byte, NOWAIT); if not,
+ * a readahead on the pool brings them: RD_PENDING. */
+static int conn_ahead_check(struct http_conn *c, size_t want) {
+  if (c->sf_off + want <= c->ahead_end)
+    return 0;
+  char b;
+  ssize_t x = read_nowait(c->sf_fd, &b, 1, c->sf_off);
+  ssize_t y = x == 1 ? read_nowait(c->sf_fd, &b, 1, c->sf_off + want - 1) : -1;
+  if (x == 1 && y == 1) {
+    c->ahead_end = c->sf_off + want;
+    return 0;
+  }
+  if ((x < 0 && !would_wait(errno)) || x == 0)
+    return 0; /* sendfile reports the error or the short file itself */
+  return file_read_start(c, RD_AHEAD, NULL, want);
 }
 
 /* conn_sendfile_step pushes file bytes until the socket is full, the range
@@ -927,11 +1089,18 @@ static void conn_sendfile_step(struct http_conn *c) {
     }
     if (c->cp_buf) {
       err = c->ssl ? conn_tls_fill(c) : conn_copy_fill(c);
+      if (err == RD_PENDING)
+        return; /* the job's end goes on from here */
       if (err)
         break;
       continue;
     }
     size_t want = c->sf_left < budget ? (size_t)c->sf_left : budget;
+    err = conn_ahead_check(c, want);
+    if (err == RD_PENDING)
+      return;
+    if (err)
+      break;
     off_t off = (off_t)c->sf_off;
     n = sendfile(c->dupfd, c->sf_fd, &off, want);
     if (n > 0) {
@@ -1062,7 +1231,7 @@ static void conn_finish(struct http_conn *c) {
 static void conn_after_io(struct http_conn *c, int progressed) {
   if (c->state != CONN_WRITING && c->state != CONN_FLUSHING)
     return;
-  if (c->sf_pending && c->n_writes == 0 && !c->poll_active) {
+  if (c->sf_pending && c->n_writes == 0 && !c->poll_active && !c->rd_busy) {
     int rc = conn_sendfile_begin(c);
     if (rc < 0)
       conn_sendfile_done(c, rc);
@@ -1876,6 +2045,7 @@ static void server_accept(struct http_listener *l) {
   c->srv = srv;
   c->dupfd = -1;
   c->sf_fd = -1;
+  c->rd_fd = -1;
   c->listener_id = l->id;
   c->handles_open = 2;
   c->refs = 1; /* the handles' reference */

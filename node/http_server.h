@@ -202,6 +202,8 @@ struct http_server_stats {
   uint64_t tls_handshakes;       /* completed */
   uint64_t tls_handshake_errors; /* failed, incl. refused versions */
   uint64_t tls_file_bytes;       /* file body bytes encrypted in user space */
+  uint64_t file_reads_offloop;   /* file reads that missed the page cache and ran
+                                    on the thread pool */
 };
 void http_server_get_stats(struct http_server *srv, struct http_server_stats *st);
 

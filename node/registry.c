@@ -1349,6 +1349,7 @@ static void update_gauges(struct node *n) {
   metrics_set("regmesh_tls_body_bytes_total", "path=\"userspace\"",
               (int64_t)hs.tls_file_bytes);
   metrics_set("regmesh_tls_body_bytes_total", "path=\"ktls\"", 0);
+  metrics_set("regmesh_http_file_reads_offloop_total", "", (int64_t)hs.file_reads_offloop);
   for (size_t i = 0; i < n->cfg->n_upstreams; i++) {
     struct upstream_ratelimit rl;
     upstream_get_ratelimit(n->ups[i], &rl);
@@ -1849,6 +1850,9 @@ void registry_init(struct node *n) {
   metrics_describe("regmesh_storage_evictions_total", METRIC_COUNTER, "Objects evicted.");
   metrics_describe("regmesh_storage_evicted_bytes_total", METRIC_COUNTER, "Bytes evicted.");
   metrics_describe("regmesh_http_connections_open", METRIC_GAUGE, "Client connections open.");
+  metrics_describe("regmesh_http_file_reads_offloop_total", METRIC_COUNTER,
+                   "Reads of cached files that missed the page cache and ran on the thread "
+                   "pool instead of the event loop.");
   metrics_describe("regmesh_http_connections_total", METRIC_COUNTER, "Client connections accepted.");
   metrics_describe("regmesh_http_tls_rejected_total", METRIC_COUNTER,
                    "Connections that sent TLS to the plain HTTP port.");

@@ -251,7 +251,7 @@ static void stats_handle(struct http_request *req) {
   http_server_get_stats(g_srv.srv, &st);
   snprintf(body, sizeof body,
            "open=%llu total=%llu requests=%llu tls=%llu timeouts=%llu bad=%llu "
-           "hs=%llu hserr=%llu tlsfile=%llu",
+           "hs=%llu hserr=%llu tlsfile=%llu offloop=%llu",
            (unsigned long long)st.connections_open,
            (unsigned long long)st.connections_total,
            (unsigned long long)st.requests_total,
@@ -260,7 +260,8 @@ static void stats_handle(struct http_request *req) {
            (unsigned long long)st.bad_requests,
            (unsigned long long)st.tls_handshakes,
            (unsigned long long)st.tls_handshake_errors,
-           (unsigned long long)st.tls_file_bytes);
+           (unsigned long long)st.tls_file_bytes,
+           (unsigned long long)st.file_reads_offloop);
   respond_text(req, 200, body);
 }
 
@@ -699,16 +700,18 @@ static int wait_for(atomic_int *v, int want, unsigned ms) {
 static void fetch_stats(struct http_server_stats *st) {
   struct client cl;
   struct resp r;
-  unsigned long long open, total, requests, tls, timeouts, bad, hs, hserr, tf;
+  unsigned long long open, total, requests, tls, timeouts, bad, hs, hserr, tf, off;
   cl_open(&cl);
   cl_sends(&cl, "GET /stats HTTP/1.1\r\nHost: t\r\n\r\n");
   assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
   assert_int_equal(sscanf(r.body,
                           "open=%llu total=%llu requests=%llu tls=%llu "
-                          "timeouts=%llu bad=%llu hs=%llu hserr=%llu tlsfile=%llu",
+                          "timeouts=%llu bad=%llu hs=%llu hserr=%llu tlsfile=%llu "
+                          "offloop=%llu",
                           &open, &total, &requests, &tls, &timeouts, &bad, &hs,
-                          &hserr, &tf),
-                   9);
+                          &hserr, &tf, &off),
+                   10);
+  st->file_reads_offloop = off;
   st->connections_open = open;
   st->connections_total = total;
   st->requests_total = requests;
@@ -1829,6 +1832,67 @@ static void get_file_ok(struct client *cl, const char *req, uint64_t off,
 
 /* ---- TLS tests ---- */
 
+/* drop_cache takes the test file out of the page cache, as a cold disk
+ * would have it. */
+static void drop_cache(void) {
+  int fd = open(g_file_path, O_RDONLY);
+  assert_true(fd >= 0);
+  fdatasync(fd);
+  assert_int_equal(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+  close(fd);
+}
+
+/* A file not in the page cache is read on the thread pool, never on the
+ * loop, and the bytes are the same; a warm one is read on the loop. */
+static void test_cold_file_read_off_loop(void **state) {
+  (void)state;
+  struct http_server_stats st0, st1;
+  struct client cl;
+  struct resp r;
+  fetch_stats(&st0);
+  drop_cache();
+  cl_open(&cl);
+  cl_sends(&cl, "GET /file HTTP/1.1\r\nHost: t\r\n\r\n");
+  assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
+  assert_int_equal(r.body_len, FILE_SIZE);
+  assert_memory_equal(r.body, g_file, FILE_SIZE);
+  resp_free(&r);
+  fetch_stats(&st1);
+  assert_true(st1.file_reads_offloop > st0.file_reads_offloop);
+  /* warm now: no job */
+  cl_sends(&cl, "GET /file HTTP/1.1\r\nHost: t\r\n\r\n");
+  assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
+  assert_memory_equal(r.body, g_file, FILE_SIZE);
+  resp_free(&r);
+  fetch_stats(&st0);
+  assert_int_equal(st0.file_reads_offloop, st1.file_reads_offloop);
+  cl_close(&cl);
+
+  /* TLS: the plaintext is read off the loop, encrypted on it */
+  drop_cache();
+  SSL_CTX *ctx = tcl_ctx_new(0, 0, TCL_NO_CERT);
+  assert_int_equal(tcl_open(&cl, g_srv.tls_port, ctx), 1);
+  cl_sends(&cl, "GET /file HTTP/1.1\r\nHost: t\r\n\r\n");
+  assert_int_equal(cl_read_resp(&cl, &r, 0), 0);
+  assert_int_equal(r.body_len, FILE_SIZE);
+  assert_memory_equal(r.body, g_file, FILE_SIZE);
+  resp_free(&r);
+  cl_close(&cl);
+  SSL_CTX_free(ctx);
+  fetch_stats(&st1);
+  assert_true(st1.file_reads_offloop > st0.file_reads_offloop);
+
+  /* the client going away while a read is on the pool */
+  drop_cache();
+  cl_open(&cl);
+  cl_sends(&cl, "GET /file HTTP/1.1\r\nHost: t\r\n\r\n");
+  cl_close(&cl);
+  sleep_ms(100);
+  cl_open(&cl);
+  get_ok(&cl, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", "hello world\n");
+  cl_close(&cl);
+}
+
 static void test_tls_get(void **state) {
   (void)state;
   struct client cl;
@@ -2472,6 +2536,7 @@ int main(void) {
       T(test_abort),
       cmocka_unit_test_setup_teardown(test_listener_budget, setup_two_conns, teardown),
       T(test_rfc9112),
+      T(test_cold_file_read_off_loop),
       cmocka_unit_test_setup_teardown(test_max_connections, setup_two_conns,
                                       teardown),
       T(test_access_log),
