@@ -2008,17 +2008,10 @@ static int conn_tls_init(struct http_conn *c, SSL_CTX *ctx) {
   return 0;
 }
 
-static void server_accept(struct http_listener *l) {
-  struct http_server *srv = l->srv;
-  uv_stream_t *ls = (uv_stream_t *)&l->tcp;
-  unsigned *slot = l->budget ? budget_slot(srv, l->id) : NULL;
-  int full = slot ? *slot >= l->budget
-                  : srv->stats.connections_open - budgeted_open(srv) >=
-                        srv->limits.max_connections;
-  if (srv->closing || full) {
-    server_refuse(srv, ls);
-    return;
-  }
+/* conn_new makes a connection of listener_id with its buffers and handles
+ * (the socket still unconnected), counted against the budget `slot` when
+ * it has one. NULL when out of memory. */
+static struct http_conn *conn_new(struct http_server *srv, int listener_id, unsigned *slot) {
   struct http_conn *c = calloc(1, sizeof *c);
   if (c) {
     c->in_cap = srv->limits.max_header_bytes;
@@ -2035,8 +2028,7 @@ static void server_accept(struct http_listener *l) {
       free(c->hdrs);
       free(c);
     }
-    server_refuse(srv, ls);
-    return;
+    return NULL;
   }
   uv_timer_init(srv->loop, &c->timer);
   c->tcp.data = c;
@@ -2046,7 +2038,7 @@ static void server_accept(struct http_listener *l) {
   c->dupfd = -1;
   c->sf_fd = -1;
   c->rd_fd = -1;
-  c->listener_id = l->id;
+  c->listener_id = listener_id;
   c->handles_open = 2;
   c->refs = 1; /* the handles' reference */
   c->id = ++srv->next_conn_id;
@@ -2061,23 +2053,58 @@ static void server_accept(struct http_listener *l) {
   if (slot)
     (*slot)++;
   conn_request_reset(c);
+  return c;
+}
+
+/* conn_begin starts reading a connected c (TLS first when ctx is set). */
+static void conn_begin(struct http_conn *c, SSL_CTX *ctx) {
+  int rc;
+  uv_tcp_nodelay(&c->tcp, 1);
+  conn_remote_name(c);
+  if (ctx && (rc = conn_tls_init(c, ctx)) < 0) {
+    LOG_W("http: TLS for a connection from %s: %s", c->remote, rm_strerror(rc));
+    conn_close(c, rc);
+    return;
+  }
+  LOG_D("http conn=%" PRIu64 " from %s on listener %d", c->id, c->remote, c->listener_id);
+  conn_set_state(c, CONN_READ_HEAD);
+  conn_update_reading(c);
+}
+
+static void server_accept(struct http_listener *l) {
+  struct http_server *srv = l->srv;
+  uv_stream_t *ls = (uv_stream_t *)&l->tcp;
+  unsigned *slot = l->budget ? budget_slot(srv, l->id) : NULL;
+  int full = slot ? *slot >= l->budget
+                  : srv->stats.connections_open - budgeted_open(srv) >=
+                        srv->limits.max_connections;
+  struct http_conn *c = srv->closing || full ? NULL : conn_new(srv, l->id, slot);
+  if (!c) {
+    server_refuse(srv, ls);
+    return;
+  }
   int rc = uv_accept(ls, (uv_stream_t *)&c->tcp);
   if (rc < 0) {
     LOG_D("http: accept: %s", uv_strerror(rc));
     conn_close(c, rc);
     return;
   }
-  uv_tcp_nodelay(&c->tcp, 1);
-  conn_remote_name(c);
-  if (l->tls_ctx && (rc = conn_tls_init(c, *l->tls_ctx)) < 0) {
-    LOG_W("http: TLS for a connection from %s: %s", c->remote, rm_strerror(rc));
+  conn_begin(c, l->tls_ctx ? *l->tls_ctx : NULL);
+}
+
+int http_server_adopt(struct http_server *srv, int fd, int listener_id) {
+  if (srv->closing)
+    return UV_EINVAL;
+  struct http_conn *c = conn_new(srv, listener_id, NULL);
+  if (!c)
+    return UV_ENOMEM;
+  int rc = uv_tcp_open(&c->tcp, fd);
+  if (rc < 0) {
     conn_close(c, rc);
-    return;
+    return rc;
   }
-  LOG_D("http conn=%" PRIu64 " from %s on listener %d", c->id, c->remote,
-        l->id);
-  conn_set_state(c, CONN_READ_HEAD);
-  conn_update_reading(c);
+  conn_begin(c, NULL);
+  return 0;
 }
 
 static void listener_on_connection(uv_stream_t *s, int status) {

@@ -94,6 +94,11 @@ void http_server_set_limits(struct http_server *srv, const struct http_server_li
  * negative error (UV_EINVAL for a malformed address, UV_EADDRINUSE ...). */
 int http_server_listen(struct http_server *srv, const char *addr,
                        int listener_id);
+/* http_server_adopt serves a connected stream socket (e.g. one end of a
+ * socketpair: the fuzzer's way in) as a plain HTTP connection of
+ * listener_id. The server owns fd from here, also on failure after
+ * uv_tcp_open took it. Returns 0 or a negative error. */
+int http_server_adopt(struct http_server *srv, int fd, int listener_id);
 /* http_server_listen_budget: the same, with its own connection budget of
  * max_connections instead of the server's shared one (the admin listener:
  * a registry port full of clients, or of idle sockets, must not take the

@@ -32,8 +32,10 @@ class Upstream:
 
     def __init__(self, host, url, default=False, tag_ttl="60s", listen=False,
                  username=None, password=None, private=False, resolve_timeout=None,
-                 first_byte_timeout=None):
+                 first_byte_timeout=None, options=None):
+        """options: more keys of the entry, {"low_speed_time": "2s", ...}."""
         self.host = host
+        self.options = dict(options or {})
         self.resolve_timeout = resolve_timeout
         self.first_byte_timeout = first_byte_timeout
         self.private = private
@@ -198,6 +200,8 @@ class Node:
                 lines.append("    password_env: %s" % u.password_env)
             if u.private:
                 lines.append("    private: true")
+            for k, v in u.options.items():
+                lines.append("    %s: %s" % (k, v))
         if self.tls:
             lines.append("tls:")
             for k in ("cert", "key", "client_ca", "min_version"):
