@@ -117,6 +117,7 @@ struct rreq {
   int64_t plen;
   char pctype[STORAGE_MEDIA_TYPE_MAX];
   char plink[1024];
+  char pfilters[128];
   char pretry[32];
   int basic_challenge; /* 401s carry WWW-Authenticate: Basic */
   json_t *tl_all; /* tags gathered over the upstream's pages */
@@ -748,6 +749,8 @@ static int proxy_on_headers(void *ud, const struct upstream_response *resp) {
   r->plen = resp->content_length;
   snprintf(r->pctype, sizeof r->pctype, "%s", resp->content_type ? resp->content_type : "");
   snprintf(r->plink, sizeof r->plink, "%s", resp->link ? resp->link : "");
+  snprintf(r->pfilters, sizeof r->pfilters, "%s",
+           resp->oci_filters_applied ? resp->oci_filters_applied : "");
   snprintf(r->pretry, sizeof r->pretry, "%s", resp->retry_after ? resp->retry_after : "");
   return 0;
 }
@@ -1266,20 +1269,79 @@ static void handle_tags(struct rreq *r) {
   tags_fetch(r, path);
 }
 
+/* query_forward copies a raw query without its ns= parameter, as it came
+ * (percent-encoding kept: "application/vnd.x%2Bjson" must not become a
+ * '+', which a server reads as a space). Only URL-safe bytes pass.
+ * Returns 0 or -1 (a byte that may not be in a query, or too long). */
+static int query_forward(const char *q, char *out, size_t cap) {
+  size_t o = 0;
+  out[0] = '\0';
+  while (q && *q) {
+    const char *amp = strchr(q, '&');
+    size_t n = amp ? (size_t)(amp - q) : strlen(q);
+    if (!(n >= 3 && strncmp(q, "ns=", 3) == 0) && !(n == 2 && strncmp(q, "ns", 2) == 0) &&
+        n > 0) {
+      for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)q[i];
+        if (c <= 0x20 || c >= 0x7f || c == '#' || c == '"' || c == '<' || c == '>')
+          return -1;
+      }
+      if (o + n + 2 > cap)
+        return -1;
+      if (o)
+        out[o++] = '&';
+      memcpy(out + o, q, n);
+      o += n;
+      out[o] = '\0';
+    }
+    q = amp ? amp + 1 : q + n;
+  }
+  return 0;
+}
+
 static void referrers_done(struct rreq *r, int err) {
+  if (!err && r->pstatus == 404) {
+    /* the spec's answer of a registry without the API: clients fall back
+     * to the tag schema; no registry code would be right here */
+    char msg[300];
+    snprintf(msg, sizeof msg, "upstream %s does not offer the referrers API", up_host(r));
+    hdr_reset(r);
+    respond_bare(r, 404, msg);
+    return;
+  }
   if (proxy_error(r, err))
     return;
   hdr_common(r);
+  if (r->pfilters[0])
+    hdr_add(r, "OCI-Filters-Applied", "%s", r->pfilters);
+  /* the next page, at the client's own path (its name, its ns=) */
+  const char *lt = strchr(r->plink, '<');
+  const char *gt = lt ? strchr(lt, '>') : NULL;
+  const char *qm = lt && gt ? memchr(lt, '?', (size_t)(gt - lt)) : NULL;
+  char fq[700];
+  if (qm && strstr(gt, "rel=\"next\"")) {
+    char raw[700];
+    snprintf(raw, sizeof raw, "%.*s", (int)(gt - qm - 1), qm + 1);
+    if (query_forward(raw, fq, sizeof fq) == 0)
+      hdr_add(r, "Link", "</v2/%s/referrers/sha256:%s?%s%s%s>; rel=\"next\"", r->rt.client_name,
+              r->rt.hex, fq, r->ns_echo[0] ? "&ns=" : "", r->ns_echo);
+  }
   respond_body(r, 200,
                r->pctype[0] ? r->pctype : "application/vnd.oci.image.index.v1+json",
                r->pbody.data ? r->pbody.data : "", r->pbody.len);
 }
 
 static void handle_referrers(struct rreq *r) {
-  char path[700], at[200];
-  int q = query_param(r->req->query, "artifactType", at, sizeof at);
+  char path[1500], fq[700];
+  if (query_forward(r->req->query, fq, sizeof fq) != 0) {
+    hdr_reset(r);
+    respond_bare(r, 400, "malformed query");
+    return;
+  }
   snprintf(path, sizeof path, "/v2/%s/referrers/sha256:%s%s%s", r->rt.name, r->rt.hex,
-           q == 1 ? "?artifactType=" : "", q == 1 ? at : "");
+           fq[0] ? "?" : "", fq);
+  r->pfilters[0] = '\0';
+  r->plink[0] = '\0';
   proxy(r, UPSTREAM_GET, path, "application/vnd.oci.image.index.v1+json", "referrers",
         referrers_done);
 }

@@ -194,6 +194,7 @@ struct uphead {
   char www_auth[4096];
   char rm_reply[80];
   char rm_tag_time[32];
+  char filters[128];
   size_t bytes;
 };
 
@@ -1025,6 +1026,8 @@ static void head_line(struct upstream_req *r, const char *line, size_t n) {
     head_set(h->content_range, sizeof h->content_range, v, vlen);
   } else if (IS("x-regmesh-auth-reply")) {
     head_set(h->rm_reply, sizeof h->rm_reply, v, vlen);
+  } else if (IS("oci-filters-applied")) {
+    head_set(h->filters, sizeof h->filters, v, vlen);
   } else if (IS("x-regmesh-tag-fetched")) {
     head_set(h->rm_tag_time, sizeof h->rm_tag_time, v, vlen);
   } else if (IS("www-authenticate")) {
@@ -1160,6 +1163,7 @@ static void req_decide(struct upstream_req *r) {
   resp.www_authenticate = OPT(www_auth);
   resp.regmesh_auth_reply = OPT(rm_reply);
   resp.regmesh_tag_time = OPT(rm_tag_time);
+  resp.oci_filters_applied = OPT(filters);
 #undef OPT
   int64_t start, total;
   if (status == 206 && parse_content_range(r->h.content_range, &start, &total) == 0) {

@@ -45,6 +45,7 @@ struct upstream_response {
   const char *www_authenticate; /* WWW-Authenticate (several joined by ", "), or NULL */
   const char *regmesh_auth_reply; /* X-Regmesh-Auth-Reply (from a peer), or NULL */
   const char *regmesh_tag_time;   /* X-Regmesh-Tag-Fetched (from a peer), or NULL */
+  const char *oci_filters_applied; /* OCI-Filters-Applied (referrers), or NULL */
 };
 
 struct upstream_cbs {

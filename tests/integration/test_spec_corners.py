@@ -114,3 +114,49 @@ def test_admin_listener_outlives_a_full_registry_port(make_node, hub):
             s.close()
     util.wait_until(lambda: n.request("GET", "/v2/").status == 200, 10,
                     what="the registry port serving again")
+
+
+def _referrer(n, at):
+    return {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": "sha256:%064x" % n, "size": 100 + n, "artifactType": at}
+
+
+def test_referrers_pass_filters_and_pages(make_node):
+    """Against a referrers-capable upstream: artifactType goes upstream
+    encoded exactly as the client sent it, OCI-Filters-Applied comes back,
+    and the next page's Link names the client's own path."""
+    from rmtest import faulty
+    reg = faulty.FaultyRegistry().start()
+    try:
+        subject = "sha256:" + "ab" * 32
+        sbom = "application/vnd.example.sbom+json"
+        reg.referrers = {subject: [_referrer(i, sbom if i % 2 else "application/vnd.sig")
+                                   for i in range(1, 8)]}
+        n = make_node([regmesh.Upstream("registry.test", reg.url, default=True)])
+        enc = "application%2Fvnd.example.sbom%2Bjson"
+        r = n.request("GET", "/v2/app/x/referrers/%s?artifactType=%s" % (subject, enc))
+        assert r.status == 200, r
+        got = [m for m in r.json()["manifests"]]
+        assert got and all(m["artifactType"] == sbom for m in got), got
+        assert r.header("OCI-Filters-Applied") == "artifactType"
+        sent = [p for _, p, _ in reg.requests if "/referrers/" in p]
+        assert sent[-1].endswith("?artifactType=" + enc), sent[-1]
+        # pages: the Link is ours, and following it gets the rest
+        r = n.request("GET", "/v2/app/x/referrers/%s?n=3" % subject)
+        assert r.status == 200 and len(r.json()["manifests"]) == 3, r
+        link = r.header("Link")
+        assert link and link.startswith("</v2/app/x/referrers/%s?" % subject), link
+        assert 'rel="next"' in link
+        nxt = link[1:link.index(">")]
+        r2 = n.request("GET", nxt)
+        assert r2.status == 200, r2
+        first = {m["digest"] for m in r.json()["manifests"]}
+        rest = {m["digest"] for m in r2.json()["manifests"]}
+        assert rest and not first & rest, (first, rest)
+        # an upstream without the API: a 404 that says so, with no registry code
+        reg.referrers = None
+        r = n.request("GET", "/v2/app/x/referrers/%s" % subject)
+        assert r.status == 404, r
+        assert r.error_codes() == [] and b"referrers API" in r.body, r.body
+    finally:
+        reg.stop()

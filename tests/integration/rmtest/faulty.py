@@ -21,6 +21,11 @@ precise way. Faults are set per path, with `fault(path_substring, kind,
   gzip         Content-Encoding: gzip on the body (which is not gzip)
   huge_auth    401 with a 64 KiB WWW-Authenticate value
 Every request is recorded in `requests` as (method, path, headers dict).
+
+With `referrers` set ({subject digest: [descriptor dicts]}) it also serves
+the OCI referrers API: artifactType filtering (OCI-Filters-Applied), pages
+of `n` with a Link to the next (`last=`); without it a referrers request is
+the 404 a registry without the API gives.
 """
 
 import hashlib
@@ -43,6 +48,7 @@ class FaultyRegistry:
         self.blobs = {}      # digest -> bytes
         self.manifests = {}  # (repo, ref) -> (media_type, bytes)
         self.faults = []     # (substring, kind, opts)
+        self.referrers = None  # subject digest -> [descriptors]
         self.requests = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -115,6 +121,31 @@ class FaultyRegistry:
                 if self.command != "HEAD" and body:
                     self.wfile.write(body)
 
+            def _referrers(self, p, query):
+                import json
+                import urllib.parse
+                if reg.referrers is None:
+                    return 404, b"404 page not found\n", "text/plain", None, []
+                subject = p.rsplit("/", 1)[1]
+                q = urllib.parse.parse_qs(query)
+                descs = list(reg.referrers.get(subject, []))
+                hdrs = []
+                if "artifactType" in q:
+                    descs = [d for d in descs if d.get("artifactType") == q["artifactType"][0]]
+                    hdrs.append(("OCI-Filters-Applied", "artifactType"))
+                descs.sort(key=lambda d: d["digest"])
+                if "last" in q:
+                    descs = [d for d in descs if d["digest"] > q["last"][0]]
+                if "n" in q and len(descs) > int(q["n"][0]):
+                    descs = descs[:int(q["n"][0])]
+                    nq = dict((k, v[0]) for k, v in q.items())
+                    nq["last"] = descs[-1]["digest"]
+                    hdrs.append(("Link", '<%s?%s>; rel="next"' % (p, urllib.parse.urlencode(nq))))
+                body = json.dumps({"schemaVersion": 2,
+                                   "mediaType": "application/vnd.oci.image.index.v1+json",
+                                   "manifests": descs}).encode()
+                return 200, body, "application/vnd.oci.image.index.v1+json", None, hdrs
+
             def _object(self):
                 """(status, body, content type, digest) for the path."""
                 p = self.path.split("?", 1)[0]
@@ -149,6 +180,10 @@ class FaultyRegistry:
                     if auth != want:
                         return self._send(401, b"", [("WWW-Authenticate",
                                                       'Basic realm="faulty"')])
+                path, _, query = self.path.partition("?")
+                if "/referrers/" in path:
+                    status, body, ctype, _, hdrs = self._referrers(path, query)
+                    return self._send(status, body, [("Content-Type", ctype)] + hdrs)
                 status, body, ctype, digest = self._object()
                 if kind == "status":
                     hdrs = [("Retry-After", str(o["retry_after"]))] if "retry_after" in o else []
