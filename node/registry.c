@@ -288,11 +288,22 @@ static void rr_cleanup(struct rreq *r) {
 }
 
 /* Ends (ok) or aborts the response. */
+static void repo_mark(struct rreq *r);
+
+/* rr_proved: a manifest the upstream served under this name proves the
+ * repository exists there (handle_blob). */
+static void rr_proved(struct rreq *r, int ok) {
+  if (ok && r->status == 200 && r->rt.kind == ROUTE_MANIFEST && r->source &&
+      strcmp(r->source, "upstream") == 0)
+    repo_mark(r);
+}
+
 static void rr_finish(struct rreq *r, int ok) {
   if (r->finished)
     return;
   r->finished = 1;
   rr_fix_source(r);
+  rr_proved(r, ok);
   r->req->log_source = r->source;
   rr_metrics(r);
   struct http_request *req = r->req;
@@ -330,6 +341,7 @@ static void respond_body(struct rreq *r, int status, const char *ctype,
    * everything that reads req happens first. */
   r->finished = 1;
   rr_fix_source(r);
+  rr_proved(r, 1);
   r->req->log_source = r->source;
   rr_metrics(r);
   http_respond_simple(r->req, status, r->hdrs, r->nh, body, len);
@@ -402,7 +414,8 @@ static void respond_failure(struct rreq *r, int err, int upstream_status) {
     respond_error(r, 502, "UNKNOWN", msg);
     return;
   case RM_ENOSPACE:
-    respond_error(r, 507, "UNKNOWN", "object larger than the cache's size budget");
+    respond_error(r, 507, "UNKNOWN",
+                  "no room in the cache for the object (size budget or free disk space)");
     return;
   case RM_EUPSTREAM:
     snprintf(msg, sizeof msg, "upstream %s answered with status %d", host, upstream_status);
@@ -921,7 +934,55 @@ static void confirm_done(struct rreq *r, int err) {
   proxy_error(r, err ? err : RM_EUPSTREAM);
 }
 
+/* Any other upstream: a blob is content-addressed, but a repository the
+ * upstream does not have has no blobs (the spec's 404). One HEAD per
+ * repository and hour proves it exists; a manifest fetched from the
+ * upstream under it does too, so an ordinary pull never pays the HEAD and
+ * the warm path stays a local hit. An upstream that cannot answer does not
+ * stop the cache from serving what it has. */
+#define REPO_KNOWN_TTL_S 3600
+
+static void repo_key(struct rreq *r, char *key, size_t len) {
+  snprintf(key, len, "%d|%s|", r->rt.upstream, r->rt.name);
+}
+
+static int repo_known(struct rreq *r) {
+  char key[700];
+  repo_key(r, key, sizeof key);
+  return (uintptr_t)strmap_get(r->n->confirmed, key) >= (uintptr_t)time(NULL);
+}
+
+static void repo_mark(struct rreq *r) {
+  struct node *n = r->n;
+  char key[700];
+  repo_key(r, key, sizeof key);
+  if (n->confirmed->count >= CONFIRM_MAX) {
+    strmap_free(n->confirmed);
+    strmap_init(n->confirmed);
+  }
+  strmap_put(n->confirmed, key, (void *)(uintptr_t)(time(NULL) + REPO_KNOWN_TTL_S));
+}
+
+static void repo_check_done(struct rreq *r, int err) {
+  if (!err && r->pstatus == 200)
+    repo_mark(r);
+  if (!err && r->pstatus == 404) {
+    respond_error(r, 404, "BLOB_UNKNOWN", "blob unknown to registry");
+    return;
+  }
+  /* anything else (no answer, 401/403 to our credentials, 5xx) says
+   * nothing about the repository: go on as without the check */
+  r->source = NULL;
+  handle_blob_confirmed(r);
+}
+
 static void handle_blob(struct rreq *r) {
+  if (!r->hop && !r->n->cfg->upstreams[r->rt.upstream].is_private && !repo_known(r)) {
+    char path[600];
+    snprintf(path, sizeof path, "/v2/%s/blobs/sha256:%s", r->rt.name, r->rt.hex);
+    proxy(r, UPSTREAM_HEAD, path, NULL, "blob", repo_check_done);
+    return;
+  }
   if (!r->hop && r->n->cfg->upstreams[r->rt.upstream].is_private) {
     char key[700];
     confirm_key(r, key, sizeof key);

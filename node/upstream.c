@@ -202,6 +202,11 @@ struct upstream_req {
   unsigned id;
   struct upclient *c;
   struct upstream *u;
+  /* stall detection of the current attempt (on_curl_progress): body bytes
+   * seen and the loop time they last grew */
+  int64_t stall_dl;
+  uint64_t stall_at_ms;
+  int stalled;
   enum upreq_state state;
   /* what to fetch (owned copies) */
   enum upstream_method method;
@@ -1179,6 +1184,29 @@ static void req_decide(struct upstream_req *r) {
     req_finish(r, rc);
 }
 
+/* A body that stops for low_speed_time is cut at once. curl's own low
+ * speed check averages over several seconds of earlier progress, so a
+ * sender that froze mid-body (a SIGSTOPped peer) would be waited on that
+ * much longer. Only after the first body byte: a slow first answer is what
+ * first_byte_timeout is for. */
+static int on_curl_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                            curl_off_t ulnow) {
+  struct upstream_req *r = ud;
+  (void)dltotal, (void)ultotal, (void)ulnow;
+  uint64_t now = uv_now(r->c->loop);
+  if (dlnow != r->stall_dl || dlnow == 0) {
+    r->stall_dl = dlnow;
+    r->stall_at_ms = now;
+    return 0;
+  }
+  uint64_t limit = r->u->cfg.low_speed_time_ms;
+  if (limit && now - r->stall_at_ms >= limit) {
+    r->stalled = 1;
+    return 1; /* CURLE_ABORTED_BY_CALLBACK, reported as a timeout */
+  }
+  return 0;
+}
+
 static size_t on_curl_write(char *p, size_t size, size_t nmemb, void *ud) {
   struct upstream_req *r = ud;
   size_t n = size * nmemb, total = n;
@@ -1279,6 +1307,12 @@ static void req_attempt_start(struct upstream_req *r) {
   long lst = (long)((cfg->low_speed_time_ms + 999) / 1000);
   SETOPT(e, CURLOPT_LOW_SPEED_LIMIT, UP_LOW_SPEED_BYTES);
   SETOPT(e, CURLOPT_LOW_SPEED_TIME, lst > 0 ? lst : 1L);
+  r->stall_dl = 0;
+  r->stall_at_ms = uv_now(r->c->loop);
+  r->stalled = 0;
+  SETOPT(e, CURLOPT_XFERINFOFUNCTION, on_curl_progress);
+  SETOPT(e, CURLOPT_XFERINFODATA, (void *)r);
+  SETOPT(e, CURLOPT_NOPROGRESS, 0L);
   SETOPT(e, CURLOPT_SSL_VERIFYPEER, cfg->tls_verify ? 1L : 0L);
   SETOPT(e, CURLOPT_SSL_VERIFYHOST, cfg->tls_verify ? 2L : 0L);
   if (cfg->ca_file)
@@ -1457,6 +1491,8 @@ static void client_check_done(struct upclient *c) {
     curl_easy_getinfo(easy, CURLINFO_PRIVATE, &priv);
     struct upstream_req *r = (struct upstream_req *)(void *)priv;
     assert(r && r->easy == easy);
+    if (r->stalled && cc == CURLE_ABORTED_BY_CALLBACK)
+      cc = CURLE_OPERATION_TIMEDOUT; /* the sender stalled: not our abort */
     req_attempt_end(r, (int)cc);
     req_attempt_done(r, cc);
   }

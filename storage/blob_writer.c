@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -46,6 +47,19 @@ int blobstore_writer_open(struct blobstore *bs, const char *hex, uint64_t expect
     LOG_W("storage: %s (%llu bytes) cannot fit the budget", hex,
           (unsigned long long)expected_size);
     return r;
+  }
+  /* The budget is not the disk: a blob the file system cannot hold is
+   * refused before its first byte (a clean 507), not cut half-way. */
+  char tmpdir[PATH_MAX];
+  struct statvfs vs;
+  snprintf(tmpdir, sizeof tmpdir, "%s/tmp", storage__root(bs));
+  if (expected_size > 0 && statvfs(tmpdir, &vs) == 0 &&
+      (uint64_t)vs.f_bavail * vs.f_frsize < expected_size) {
+    LOG_W("storage: %s (%llu bytes) does not fit the free space of %s (%llu bytes)", hex,
+          (unsigned long long)expected_size, tmpdir,
+          (unsigned long long)vs.f_bavail * vs.f_frsize);
+    storage__unreserve(bs, expected_size);
+    return RM_ENOSPACE;
   }
   struct blob_writer *w = calloc(1, sizeof *w);
   if (!w) {

@@ -7,11 +7,15 @@ once the upstream behaves."""
 import hashlib
 import http.client
 import os
+import random
+import shutil
+import socket
 import time
 
 import pytest
 
 from rmtest import faulty, regmesh, util
+from rmtest.fleet import make_fleet  # noqa: F401 (fixture)
 
 REPO = "app/x"
 
@@ -195,3 +199,170 @@ def test_cross_host_redirect_carries_no_credentials(make_node, image):
     finally:
         a.stop()
         cdn.stop()
+
+
+def test_full_disk_is_a_clean_507(make_node, reg, test_dir):
+    """Storage on a small tmpfs and a blob larger than its free space: a 507
+    before any byte (not a cut transfer), no partial file, and what is
+    cached is still served."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    root = os.path.join(test_dir, "small")
+    os.makedirs(root)
+    util.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", root], timeout=10)
+    try:
+        small = os.urandom(64 * 1024)
+        big = os.urandom(6 * 1024 * 1024)
+        ds = reg.add_blob(small)
+        db = reg.add_blob(big)
+        n = make_node([regmesh.Upstream("faulty.test", reg.url, default=True)],
+                      data_dir=os.path.join(root, "data"))
+        st, body, complete, _ = get(n, "/v2/%s/blobs/%s" % (REPO, ds))
+        assert st == 200 and body == small
+        util.wait_until(lambda: n.has_blob(ds), 10, what="the small blob committed")
+        st, body, complete, _ = get(n, "/v2/%s/blobs/%s" % (REPO, db))
+        assert st == 507, (st, len(body))
+        assert b"no room" in body
+        assert not n.has_blob(db) and n.tmp_files() == []
+        st, body, complete, _ = get(n, "/v2/%s/blobs/%s" % (REPO, ds))
+        assert st == 200 and body == small
+        assert n.verify_store() == []
+        n.stop()
+    finally:
+        util.run(["umount", "-l", root], timeout=10, check=False)
+
+
+def test_kill9_at_random_points_of_cold_pulls(make_node, reg, image):
+    """kill -9 at 20 random moments of cold pulls: after each restart every
+    stored file hashes to its name and the pull completes."""
+    rnd = random.Random(7)
+    big = os.urandom(8 * 1024 * 1024)
+    d = reg.add_blob(big)
+    n = make(make_node, reg)
+    for i in range(20):
+        mark = time.monotonic()
+        conn = http.client.HTTPConnection(util.LOCALHOST, n.port, timeout=30)
+        conn.request("GET", "/v2/%s/blobs/%s" % (REPO, d))
+        time.sleep(rnd.uniform(0.0, 0.15))
+        n.kill9()
+        conn.close()
+        n.proc = None
+        n.start()
+        assert n.verify_store() == [], "after kill %d (%.2fs in)" % (i, time.monotonic() - mark)
+        if n.has_blob(d):  # it made it: start over cold
+            n.stop()
+            n.proc = None
+            shutil.rmtree(n.data_dir)
+            n.start()
+    st, body, complete, _ = get(n, "/v2/%s/blobs/%s" % (REPO, d))
+    assert st == 200 and complete and body == big
+    util.wait_until(lambda: n.has_blob(d), 10, what="the blob committed")
+    assert n.verify_store() == []
+
+
+def _rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_slowloris_and_10000_idle_connections(make_node, reg, image):
+    """10,000 sockets that send nothing and slow clients that send a byte
+    a second: the node's memory stays bounded, /healthz on admin_listen
+    answers throughout, the idle and slow ones are cut at header_timeout,
+    and an ordinary pull works again right after."""
+    n = make_node([regmesh.Upstream("faulty.test", reg.url, default=True)], admin=True,
+                  extra_yaml="http:\n  header_timeout: 2s\n")
+    d = image["layers"][0]
+    rss0 = _rss_kib(n.pid)
+    slow = []
+    for _ in range(20):
+        s = socket.create_connection((util.LOCALHOST, n.port), timeout=5)
+        s.sendall(b"GET /v2/ HTTP/1.1\r\n")
+        slow.append(s)
+    idle = []
+    try:
+        for _ in range(10000):
+            try:
+                s = socket.socket()
+                s.setblocking(False)
+                s.connect_ex((util.LOCALHOST, n.port))
+                idle.append(s)
+            except OSError:
+                break
+        assert len(idle) >= 9000, len(idle)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3:
+            r = util.request(n.control_url, "GET", "/healthz", timeout=5)
+            assert r.status == 200, r
+            for s in slow:
+                try:
+                    s.send(b"X")
+                except OSError:
+                    pass
+            time.sleep(0.5)
+        rss1 = _rss_kib(n.pid)
+        assert rss1 - rss0 < 256 * 1024, "RSS grew by %d KiB" % (rss1 - rss0)
+        # the slow ones were cut at header_timeout
+        cut = 0
+        for s in slow:
+            s.settimeout(2)
+            try:
+                data = s.recv(4096)
+                cut += data == b"" or data.startswith(b"HTTP/1.1 408")
+            except ConnectionResetError:
+                cut += 1
+            except socket.timeout:
+                pass
+        assert cut == len(slow), "%d of %d slow clients were cut" % (cut, len(slow))
+
+        def pull():
+            st, body, complete, _ = get(n, "/v2/%s/blobs/%s" % (REPO, d), timeout=10)
+            return st == 200 and complete and body == image["data"][d]
+        util.wait_until(pull, 15, what="an ordinary pull beside the idle sockets")
+    finally:
+        for s in idle + slow:
+            s.close()
+    assert n.alive()
+
+
+def test_sigstopped_owner_is_replaced_within_peer_stall_timeout(make_fleet, make_proxy, hub,
+                                                                catalog):
+    """A 3-node fleet whose blob owner freezes (SIGSTOP) mid-download: the
+    pull through another node completes through the next owner or the
+    upstream within peer_stall_timeout + 5 s of the freeze."""
+    import signal
+    import threading
+    from rmtest.checks import stream_get
+    img = catalog.big
+    layer = max(img.layers, key=lambda b: b.size)
+    px = make_proxy(hub.url, bytes_per_sec=max(1 << 20, layer.size // 3))
+    fl = make_fleet(px.url, 3, cluster_extra={"peer_stall_timeout": "2s"})
+    prefs = fl.owners(fl.nodes[0], digest=layer.digest)
+    owner = fl.node(prefs[0])
+    via = [nd for nd in fl.nodes if nd is not owner][0]
+    out = {}
+
+    def pull():
+        out["res"] = stream_get(via.url, "/v2/%s/blobs/%s" % (img.repo, layer.digest),
+                                timeout=120)
+        out["t"] = time.monotonic()
+    before = px.bytes_sent
+    t = threading.Thread(target=pull, daemon=True)
+    t.start()
+    util.wait_until(lambda: px.bytes_sent - before >= layer.size // 4, 60, 0.02,
+                    what="a quarter of the layer out of the upstream")
+    os.kill(owner.pid, signal.SIGSTOP)
+    t_stop = time.monotonic()
+    try:
+        t.join(60)
+        assert not t.is_alive(), "the pull still runs 60 s after the owner froze"
+        assert out["res"] == (200, layer.digest, layer.size), out["res"]
+        # the rest of the layer still had to cross the throttled upstream
+        rest_s = layer.size / max(1 << 20, layer.size // 3)
+        assert out["t"] - t_stop <= 2 + 5 + rest_s, "%.1f s after the freeze" % (
+            out["t"] - t_stop)
+    finally:
+        os.kill(owner.pid, signal.SIGCONT)

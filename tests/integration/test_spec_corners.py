@@ -9,7 +9,7 @@ import time
 import pytest
 
 from rmtest import regmesh, util
-from rmtest.checks import hub_upstream, raw_exchange, split_head
+from rmtest.checks import hub_upstream, pull_via_http, raw_exchange, split_head
 
 # The distribution spec's error code table, and the Docker Registry v2 codes
 # docker and containerd also know (docs/decisions.md)
@@ -160,3 +160,20 @@ def test_referrers_pass_filters_and_pages(make_node):
         assert r.error_codes() == [] and b"referrers API" in r.body, r.body
     finally:
         reg.stop()
+
+
+def test_blob_under_a_repository_the_upstream_lacks_is_404(node, hub, catalog):
+    """A cached blob asked for under another name: 404 when the upstream
+    has no such repository; served (no extra upstream request) under the
+    name it was pulled by."""
+    img = catalog.multi
+    layer = img.layers[0]
+    res = pull_via_http(node.url, img)
+    assert layer.digest in res
+    r = node.request("GET", "/v2/no-such/repo/blobs/%s" % layer.digest)
+    assert r.status == 404 and "BLOB_UNKNOWN" in r.error_codes(), r
+    mark = hub.log.mark()
+    for _ in range(3):
+        r = node.request("GET", "/v2/%s/blobs/%s" % (img.repo, layer.digest))
+        assert r.status == 200 and len(r.body) == layer.size
+    assert hub.log.entries(mark) == [], "the warm path asked the upstream"
