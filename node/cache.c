@@ -336,6 +336,19 @@ static int target_roots(struct cache_job *j, const struct target *t, struct reco
   return r ? r : (int)rs->n;
 }
 
+/* find_roots is target_roots that answers the job itself when there is
+ * nothing to act on (404 with `hint`, or 500). Returns 1 to go on, 0 when
+ * it answered. */
+static int find_roots(struct cache_job *j, const struct target *t, struct records *rs,
+                      const char *code, const char *hint) {
+  int roots = target_roots(j, t, rs);
+  if (roots < 0)
+    fail(j, 500, "UNKNOWN", "cannot read the cache: %s", rm_strerror(roots));
+  else if (roots == 0)
+    fail(j, 404, code, "%s is not in the cache%s", t->canon, hint);
+  return roots > 0;
+}
+
 /* ---- ls and stat --------------------------------------------------------- */
 
 static json_t *pins_json(struct blobstore *bs, struct strmap *names) {
@@ -479,15 +492,8 @@ static void do_rm(struct cache_job *j) {
     fail(j, 409, "DENIED", "%s is pinned: unpin the image that names it first", t.canon);
     goto out;
   }
-  int roots = target_roots(j, &t, &rs);
-  if (roots <= 0) {
-    if (roots < 0)
-      fail(j, 500, "UNKNOWN", "cannot read the cache: %s", rm_strerror(roots));
-    else
-      fail(j, 404, t.bare ? "BLOB_UNKNOWN" : "MANIFEST_UNKNOWN", "%s is not in the cache",
-           t.canon);
+  if (!find_roots(j, &t, &rs, t.bare ? "BLOB_UNKNOWN" : "MANIFEST_UNKNOWN", ""))
     goto out;
-  }
   if (t.bare) {
     struct blob_info info = {.size = 0};
     blobstore_peek(j->bs, t.hex, &info);
@@ -604,15 +610,8 @@ static void do_pin(struct cache_job *j) {
   strmap_init(&set);
   if (parse_target(j, &t) != 0)
     goto out;
-  int roots = target_roots(j, &t, &rs);
-  if (roots <= 0) {
-    if (roots < 0)
-      fail(j, 500, "UNKNOWN", "cannot read the cache: %s", rm_strerror(roots));
-    else
-      fail(j, 404, "MANIFEST_UNKNOWN",
-           "%s is not in the cache: regmesh cache warm it first, then pin it", t.canon);
+  if (!find_roots(j, &t, &rs, "MANIFEST_UNKNOWN", ": regmesh cache warm it first, then pin it"))
     goto out;
-  }
   int r = inventory_load(&inv, j->bs);
   if (r) {
     fail(j, 500, "UNKNOWN", "cannot read the cache: %s", rm_strerror(r));

@@ -2610,6 +2610,7 @@ int http_respond_sendfile(struct http_request *req, int fd, uint64_t offset,
   c->sf_fd = fd;
   c->sf_off = offset;
   c->sf_left = len;
+  c->ahead_end = 0; /* another file: nothing known to be cached */
   c->sf_cb = cb;
   c->sf_ud = ud;
   /* wait for queued header/chunk bytes first; conn_after_io starts it then */

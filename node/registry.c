@@ -913,16 +913,21 @@ static void confirm_key(struct rreq *r, char *key, size_t len) {
 
 static void handle_blob_confirmed(struct rreq *r);
 
+/* confirmed_put remembers an upstream's yes for ttl seconds; a full map
+ * starts over (it is only a cache of answers). */
+static void confirmed_put(struct node *n, const char *key, long ttl) {
+  if (n->confirmed->count >= CONFIRM_MAX) {
+    strmap_free(n->confirmed);
+    strmap_init(n->confirmed);
+  }
+  strmap_put(n->confirmed, key, (void *)(uintptr_t)(time(NULL) + ttl));
+}
+
 static void confirm_done(struct rreq *r, int err) {
   if (!err && r->pstatus == 200) {
-    struct node *n = r->n;
     char key[700];
     confirm_key(r, key, sizeof key);
-    if (n->confirmed->count >= CONFIRM_MAX) {
-      strmap_free(n->confirmed);
-      strmap_init(n->confirmed);
-    }
-    strmap_put(n->confirmed, key, (void *)(uintptr_t)(time(NULL) + CONFIRM_TTL_S));
+    confirmed_put(r->n, key, CONFIRM_TTL_S);
     r->source = NULL;
     handle_blob_confirmed(r);
     return;
@@ -953,14 +958,9 @@ static int repo_known(struct rreq *r) {
 }
 
 static void repo_mark(struct rreq *r) {
-  struct node *n = r->n;
   char key[700];
   repo_key(r, key, sizeof key);
-  if (n->confirmed->count >= CONFIRM_MAX) {
-    strmap_free(n->confirmed);
-    strmap_init(n->confirmed);
-  }
-  strmap_put(n->confirmed, key, (void *)(uintptr_t)(time(NULL) + REPO_KNOWN_TTL_S));
+  confirmed_put(r->n, key, REPO_KNOWN_TTL_S);
 }
 
 static void repo_check_done(struct rreq *r, int err) {

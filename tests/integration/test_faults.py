@@ -9,12 +9,15 @@ import http.client
 import os
 import random
 import shutil
+import signal
 import socket
+import threading
 import time
 
 import pytest
 
 from rmtest import faulty, regmesh, util
+from rmtest.checks import get_unverified, stream_get
 from rmtest.fleet import make_fleet  # noqa: F401 (fixture)
 
 REPO = "app/x"
@@ -39,21 +42,7 @@ def make(make_node, reg, **extra):
 
 
 def get(n, path, headers=None, timeout=60):
-    """(status, body, complete, headers); complete False when the body was
-    cut before its Content-Length."""
-    conn = http.client.HTTPConnection(util.LOCALHOST, n.port, timeout=timeout)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        resp = conn.getresponse()
-        try:
-            body = resp.read()
-            complete = True
-        except (http.client.IncompleteRead, ConnectionError) as e:
-            body = getattr(e, "partial", b"")
-            complete = False
-        return resp.status, body, complete, dict(resp.getheaders())
-    finally:
-        conn.close()
+    return get_unverified(n.port, path, headers=headers, timeout=timeout)
 
 
 def assert_promises(n, digest, data, st, body, complete):
@@ -333,9 +322,6 @@ def test_sigstopped_owner_is_replaced_within_peer_stall_timeout(make_fleet, make
     """A 3-node fleet whose blob owner freezes (SIGSTOP) mid-download: the
     pull through another node completes through the next owner or the
     upstream within peer_stall_timeout + 5 s of the freeze."""
-    import signal
-    import threading
-    from rmtest.checks import stream_get
     img = catalog.big
     layer = max(img.layers, key=lambda b: b.size)
     px = make_proxy(hub.url, bytes_per_sec=max(1 << 20, layer.size // 3))

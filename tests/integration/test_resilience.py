@@ -7,7 +7,7 @@ import threading
 import time
 
 from rmtest import images, regmesh, util
-from rmtest.checks import HUB_HOST, pull_via_http, stream_get
+from rmtest.checks import HUB_HOST, get_unverified, pull_via_http, stream_get
 
 
 def test_upstream_down_serves_cache_and_stale_tag(make_node, make_registry, catalog, skopeo,
@@ -40,22 +40,9 @@ def test_upstream_down_serves_cache_and_stale_tag(make_node, make_registry, cata
 
 
 def _get_unverified(url, path, timeout=90):
-    """GET; return (status, body, complete) where complete is False if the
-    connection ended before Content-Length bytes."""
-    host, port = url.split("//", 1)[1].split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        try:
-            body = resp.read()
-            complete = True
-        except (http.client.IncompleteRead, ConnectionError) as e:
-            body = getattr(e, "partial", b"")
-            complete = False
-        return resp.status, body, complete
-    finally:
-        conn.close()
+    """(status, body, complete) of a GET: see checks.get_unverified."""
+    st, body, complete, _ = get_unverified(int(url.rsplit(":", 1)[1]), path, timeout=timeout)
+    return st, body, complete
 
 
 def test_corrupt_upstream_blob_is_never_cached(make_node, make_proxy, hub, catalog):

@@ -55,6 +55,24 @@ def pull_via_http(base, image, repo=None, query="", accept=images.ACCEPT_ALL,
     return fetched
 
 
+def get_unverified(port, path, headers=None, timeout=90, host=util.LOCALHOST):
+    """GET over plain HTTP; returns (status, body, complete, headers dict),
+    complete False when the connection ended before Content-Length bytes."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        try:
+            body = resp.read()
+            complete = True
+        except (http.client.IncompleteRead, ConnectionError) as e:
+            body = getattr(e, "partial", b"")
+            complete = False
+        return resp.status, body, complete, dict(resp.getheaders())
+    finally:
+        conn.close()
+
+
 def read_digest(resp, chunk=1 << 20):
     """Reads an http.client response, hashing as it goes: (status, sha256
     digest of what arrived, bytes read); a cut-short body gives its partial

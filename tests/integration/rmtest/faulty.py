@@ -28,10 +28,13 @@ of `n` with a Link to the next (`last=`); without it a referrers request is
 the 404 a registry without the API gives.
 """
 
+import base64
 import hashlib
+import json
 import socket
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from . import util
@@ -67,7 +70,6 @@ class FaultyRegistry:
 
     def add_image(self, repo, tag, layers):
         """layers: list of bytes. Returns (manifest digest, [layer digests], config digest)."""
-        import json
         ld = [self.add_blob(b) for b in layers]
         cfg = json.dumps({"architecture": "amd64", "os": "linux",
                           "rootfs": {"type": "layers", "diff_ids": []}}).encode()
@@ -122,8 +124,6 @@ class FaultyRegistry:
                     self.wfile.write(body)
 
             def _referrers(self, p, query):
-                import json
-                import urllib.parse
                 if reg.referrers is None:
                     return 404, b"404 page not found\n", "text/plain", None, []
                 subject = p.rsplit("/", 1)[1]
@@ -174,7 +174,6 @@ class FaultyRegistry:
                     with reg._lock:
                         reg.auth_seen += 1
                 if reg.basic_auth:
-                    import base64
                     want = "Basic " + base64.b64encode(
                         ("%s:%s" % reg.basic_auth).encode()).decode()
                     if auth != want:
