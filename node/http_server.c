@@ -297,6 +297,28 @@ static struct http_conn *conn_of(struct http_request *req) {
 
 static void conn_ref(struct http_conn *c) { c->refs++; }
 
+/* conn_buffers allocates a connection's input buffer, header arena and
+ * header table when its first bytes arrive, not at accept: an idle or
+ * never-speaking socket then costs a few hundred bytes, not ~35 KiB, so
+ * thousands of them stay cheap. Returns 0 or UV_ENOMEM. */
+static int conn_buffers(struct http_conn *c) {
+  if (c->in)
+    return 0;
+  char *in = malloc(c->in_cap);
+  char *arena = malloc(c->arena_cap);
+  struct http_header *hdrs = calloc(c->hdr_cap, sizeof *hdrs);
+  if (!in || !arena || !hdrs) {
+    free(in);
+    free(arena);
+    free(hdrs);
+    return UV_ENOMEM;
+  }
+  c->in = in;
+  c->arena = arena;
+  c->hdrs = hdrs;
+  return 0;
+}
+
 static void conn_free(struct http_conn *c) {
   struct http_server *srv = c->srv;
   if (c->prev)
@@ -1684,6 +1706,11 @@ static void conn_on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
     buf->len = TLS_READ_BUF;
     return;
   }
+  if (conn_buffers(c) != 0) {
+    buf->base = NULL; /* libuv reports UV_ENOBUFS: the connection closes */
+    buf->len = 0;
+    return;
+  }
   if (c->state == CONN_LINGER || (c->state == CONN_FLUSHING && !c->keep_alive))
     c->in_len = 0; /* input is thrown away from here on */
   buf->base = c->in + c->in_len;
@@ -1819,6 +1846,10 @@ static void conn_tls_input(struct http_conn *c) {
     if (c->state == CONN_LINGER ||
         (c->state == CONN_FLUSHING && !c->keep_alive))
       c->in_len = 0; /* thrown away from here on */
+    if (conn_buffers(c) != 0) {
+      conn_close(c, UV_ENOMEM);
+      return;
+    }
     if (c->in_len >= c->in_cap)
       break;
     ERR_clear_error();
@@ -2017,17 +2048,9 @@ static struct http_conn *conn_new(struct http_server *srv, int listener_id, unsi
     c->in_cap = srv->limits.max_header_bytes;
     c->arena_cap = srv->limits.max_header_bytes + 1;
     c->hdr_cap = srv->limits.max_headers;
-    c->in = malloc(c->in_cap);
-    c->arena = malloc(c->arena_cap);
-    c->hdrs = calloc(c->hdr_cap, sizeof *c->hdrs);
   }
-  if (!c || !c->in || !c->arena || !c->hdrs || uv_tcp_init(srv->loop, &c->tcp)) {
-    if (c) {
-      free(c->in);
-      free(c->arena);
-      free(c->hdrs);
-      free(c);
-    }
+  if (!c || uv_tcp_init(srv->loop, &c->tcp)) {
+    free(c);
     return NULL;
   }
   uv_timer_init(srv->loop, &c->timer);

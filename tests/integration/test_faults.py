@@ -293,7 +293,9 @@ def test_slowloris_and_10000_idle_connections(make_node, reg, image):
                     pass
             time.sleep(0.5)
         rss1 = _rss_kib(n.pid)
-        assert rss1 - rss0 < 256 * 1024, "RSS grew by %d KiB" % (rss1 - rss0)
+        # buffers come with a connection's first bytes: an idle socket is
+        # a few hundred bytes (measured: +8 MiB for 4096 held ones)
+        assert rss1 - rss0 < 48 * 1024, "RSS grew by %d KiB" % (rss1 - rss0)
         # the slow ones were cut at header_timeout
         cut = 0
         for s in slow:
