@@ -70,12 +70,12 @@ asan: deps-test
 
 # A short libFuzzer run over each fuzz target (a CI step; needs clang).
 FUZZ      ?= build-fuzz
-FUZZ_SECS ?= 50
+FUZZ_SECS ?= 45
 fuzz: deps-test
 	cmake -S . -B $(FUZZ) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug -DREGMESH_WERROR=ON \
 	  -DREGMESH_FUZZ=ON
-	cmake --build $(FUZZ) -j $(JOBS) --target fuzz_gossip_decode fuzz_access fuzz_pins fuzz_parsers fuzz_http
-	mkdir -p $(FUZZ)/corpus/gossip $(FUZZ)/corpus/access $(FUZZ)/corpus/pins $(FUZZ)/corpus/parsers $(FUZZ)/corpus/http
+	cmake --build $(FUZZ) -j $(JOBS) --target fuzz_gossip_decode fuzz_access fuzz_pins fuzz_parsers fuzz_http fuzz_upstream
+	mkdir -p $(FUZZ)/corpus/gossip $(FUZZ)/corpus/access $(FUZZ)/corpus/pins $(FUZZ)/corpus/parsers $(FUZZ)/corpus/http $(FUZZ)/corpus/upstream
 	./$(FUZZ)/tests/fuzz/fuzz_gossip_decode \
 	  -max_total_time=$(FUZZ_SECS) $(FUZZ)/corpus/gossip tests/fuzz/corpus/gossip
 	./$(FUZZ)/tests/fuzz/fuzz_access \
@@ -86,6 +86,8 @@ fuzz: deps-test
 	  -max_total_time=$(FUZZ_SECS) $(FUZZ)/corpus/parsers tests/fuzz/corpus/parsers
 	./$(FUZZ)/tests/fuzz/fuzz_http -timeout=10 \
 	  -max_total_time=$(FUZZ_SECS) $(FUZZ)/corpus/http tests/fuzz/corpus/http
+	./$(FUZZ)/tests/fuzz/fuzz_upstream -timeout=10 \
+	  -max_total_time=$(FUZZ_SECS) $(FUZZ)/corpus/upstream tests/fuzz/corpus/upstream
 
 # The OCI image from this machine's Debian packages (deploy/image/build.sh).
 image: build
