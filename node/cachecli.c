@@ -725,8 +725,8 @@ static int warm_one(struct warm *w, const char *img) {
   char tb[32];
   human_bytes(tb, sizeof tb, w->done_bytes);
   if (!r)
-    printf("warmed %s: %zu manifests, %zu blobs, %s in %.1f s\n", img, w->manifests,
-           w->blobs_done, tb, secs);
+    printf("warmed %s: %zu manifest%s, %zu blob%s, %s in %.1f s\n", img, w->manifests,
+           w->manifests == 1 ? "" : "s", w->blobs_done, w->blobs_done == 1 ? "" : "s", tb, secs);
   return r;
 }
 
