@@ -166,9 +166,11 @@ int node_start(struct node *n, uv_loop_t *loop, struct config *cfg) {
     return r;
   if ((r = access_new(&n->access, loop, cfg)) != 0)
     return r;
-  if (!(n->confirmed = malloc(sizeof *n->confirmed)))
+  if (!(n->confirmed = malloc(sizeof *n->confirmed)) ||
+      !(n->verified = malloc(sizeof *n->verified)))
     return UV_ENOMEM;
   strmap_init(n->confirmed);
+  strmap_init(n->verified);
   if ((r = start_tls(n)) != 0)
     return r;
   registry_init(n);
@@ -333,6 +335,10 @@ void node_free(struct node *n) {
   if (n->confirmed) {
     strmap_free(n->confirmed);
     free(n->confirmed);
+  }
+  if (n->verified) {
+    strmap_free(n->verified);
+    free(n->verified);
   }
   if (n->cfg) {
     config_free(n->cfg);

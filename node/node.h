@@ -67,6 +67,10 @@ struct node {
   /* private upstreams: "<upstream>|<repo>|<hex>" -> expiry (unix s) of an
    * upstream HEAD that confirmed the blob under that repository */
   struct strmap *confirmed;
+  /* cached blobs re-hashed since this process started: hex -> the file's
+   * ctime (ns, + 1) when it hashed right; served without a check while the
+   * file is unchanged (registry.c, serve_local) */
+  struct strmap *verified;
   /* requests still owing their client a status line, checked against each
    * upstream's first_byte_timeout by a tick that runs while any wait */
   struct rreq *waiting;

@@ -100,6 +100,12 @@ struct rreq {
   int authed;             /* a client that logged in (auth.htpasswd) */
   int auth_pending;       /* its password is being checked */
   int job_pending;        /* a cache job runs on the thread pool */
+  /* a local blob not verified in this process: its last byte waits for
+   * the hash (verify_local) */
+  uint64_t gate;          /* bytes below it may go out (UINT64_MAX: all) */
+  int need_verify;
+  uint64_t ctime_ns;
+  struct verify_job *vj;
   int client_gone;        /* ... and it hung up meanwhile */
   char user[64];
   char hop_sig[PEERAUTH_SIG_HEX + 1];
@@ -224,7 +230,19 @@ static void rr_release_fetch(struct rreq *r) {
 
 static void deadline_clear(struct rreq *r);
 
+struct verify_job {
+  uv_work_t work;
+  struct node *n;
+  struct rreq *r; /* NULL once the request is gone */
+  int fd;         /* a dup: the request's fd may close first */
+  char hex[DIGEST_HEX_LEN + 1];
+  uint64_t ctime_ns;
+  int ok;
+};
+
 static void rr_free(struct rreq *r) {
+  if (r->vj)
+    r->vj->r = NULL; /* the job finishes alone */
   deadline_clear(r);
   buf_free(&r->pbody);
   json_decref(r->tl_all);
@@ -589,7 +607,7 @@ static void on_sent(struct http_request *req, int status, void *ud) {
 static void pump(struct rreq *r) {
   if (r->sending || r->finished)
     return;
-  uint64_t avail = r->end;
+  uint64_t avail = r->end < r->gate ? r->end : r->gate;
   if (r->fw.src) {
     uint64_t a = fetch_src_available(r->fw.src);
     if (a < avail)
@@ -610,6 +628,114 @@ static void pump(struct rreq *r) {
      * rest is the only way to tell an HTTP/1.1 client. */
     rr_finish(r, 0);
   }
+}
+
+/* ---- verifying a cached blob as it is served ---------------------------
+ *
+ * A file changed behind the node's back (a disk fault, a tool writing into
+ * the cache) must not go out as the blob: the first time this process
+ * serves a cached blob, and whenever its ctime changed since, the file is
+ * re-hashed on the thread pool while its bytes go out, and the last byte
+ * waits for the answer, as for downloads. A mismatch cuts the response
+ * (the client sees an incomplete body and retries) and quarantines the
+ * file, so the retry fetches it again. */
+#define VERIFIED_MAX 65536
+
+static void quarantine_work(uv_work_t *w) {
+  struct verify_job *j = w->data;
+  uint64_t hashed;
+  blobstore_verify(j->n->bs, j->hex, &hashed); /* moves it aside if still wrong */
+}
+
+static void quarantine_done(uv_work_t *w, int status) {
+  (void)status;
+  free(w->data);
+}
+
+static void verify_work(uv_work_t *w) {
+  struct verify_job *j = w->data;
+  struct sha256_ctx ctx;
+  char got[DIGEST_HEX_LEN + 1];
+  static const size_t chunk = 1u << 20;
+  char *buf = malloc(chunk);
+  j->ok = 0;
+  if (!buf || sha256_init(&ctx) != 0) {
+    free(buf);
+    j->ok = -1; /* could not check: serve as before */
+    return;
+  }
+  uint64_t off = 0;
+  for (;;) {
+    ssize_t n = pread(j->fd, buf, chunk, (off_t)off);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0) {
+      if (n < 0)
+        j->ok = -1;
+      break;
+    }
+    sha256_update(&ctx, buf, (size_t)n);
+    off += (uint64_t)n;
+  }
+  free(buf);
+  sha256_final(&ctx, got);
+  if (j->ok == 0)
+    j->ok = memcmp(got, j->hex, DIGEST_HEX_LEN) == 0;
+}
+
+static void verify_done(uv_work_t *w, int status) {
+  struct verify_job *j = w->data;
+  struct rreq *r = j->r;
+  close(j->fd);
+  if (status == 0 && j->ok == 1) {
+    if (j->n->verified->count >= VERIFIED_MAX) {
+      strmap_free(j->n->verified);
+      strmap_init(j->n->verified);
+    }
+    strmap_put(j->n->verified, j->hex, (void *)(uintptr_t)(j->ctime_ns + 1));
+  }
+  int bad = status == 0 && j->ok == 0;
+  if (r) {
+    r->vj = NULL;
+    r->gate = UINT64_MAX;
+    if (bad)
+      rr_finish(r, 0); /* the last byte never goes */
+    else
+      pump(r);
+  }
+  if (!bad) {
+    free(j);
+    return;
+  }
+  LOG_W("storage: cached %s does not hash to its name; response cut, file quarantined",
+        j->hex);
+  metrics_add("regmesh_cache_corrupt_blobs_total", "", 1);
+  /* our reader's pin is gone now (rr_finish): the store may move it aside */
+  j->work.data = j;
+  if (uv_queue_work(j->n->loop, &j->work, quarantine_work, quarantine_done) != 0)
+    free(j);
+}
+
+static void verify_local(struct rreq *r, uint64_t size) {
+  struct verify_job *j = calloc(1, sizeof *j);
+  int fd = j ? fcntl(r->fd, F_DUPFD_CLOEXEC, 0) : -1;
+  if (fd < 0) {
+    free(j);
+    return; /* cannot check now: serve as before */
+  }
+  j->n = r->n;
+  j->r = r;
+  j->fd = fd;
+  j->ctime_ns = r->ctime_ns;
+  memcpy(j->hex, r->rt.hex, sizeof j->hex);
+  j->work.data = j;
+  if (uv_queue_work(r->n->loop, &j->work, verify_work, verify_done) != 0) {
+    close(fd);
+    free(j);
+    return;
+  }
+  r->vj = j;
+  r->gate = size - 1;
 }
 
 /* Writes status and headers for a body of `size` bytes at fd (a committed
@@ -652,6 +778,8 @@ static void serve_fd(struct rreq *r, uint64_t size, const char *ctype, int allow
   }
   r->pos = start;
   r->end = end;
+  if (r->need_verify && end == size && size > 0)
+    verify_local(r, size);
   pump(r);
 }
 
@@ -674,6 +802,11 @@ static int serve_local(struct rreq *r, int is_manifest) {
   memcpy(r->pin_hex, r->rt.hex, sizeof r->pin_hex);
   if (!r->source)
     r->source = "local";
+  struct stat st;
+  if (fstat(fd, &st) == 0) {
+    r->ctime_ns = (uint64_t)st.st_ctim.tv_sec * 1000000000u + (uint64_t)st.st_ctim.tv_nsec;
+    r->need_verify = (uintptr_t)strmap_get(r->n->verified, r->rt.hex) != r->ctime_ns + 1;
+  }
   const char *ctype = blob_ctype(info.media_type);
   if (is_manifest && !info.media_type[0])
     ctype = "application/vnd.docker.distribution.manifest.v2+json";
@@ -1854,6 +1987,7 @@ void registry_handle(struct http_request *req, void *ud) {
   r->n = n;
   r->req = req;
   r->fd = -1;
+  r->gate = UINT64_MAX;
   r->rt.kind = ROUTE_BASE;
   buf_init(&r->pbody, PROXY_BODY_MAX);
   http_request_on_close(req, on_client_close, r);

@@ -354,3 +354,55 @@ def test_sigstopped_owner_is_replaced_within_peer_stall_timeout(make_fleet, make
             out["t"] - t_stop)
     finally:
         os.kill(owner.pid, signal.SIGCONT)
+
+
+def test_cached_file_corrupted_behind_the_node_is_caught_when_served(make_node, reg, image):
+    """A cached blob whose bytes change on disk (same size): the next
+    response withholds its last byte (an incomplete body, never wrong bytes
+    as complete), the file is quarantined, and the retry fetches it again."""
+    n = make(make_node, reg)
+    d = image["layers"][0]
+    data = image["data"][d]
+    path = "/v2/%s/blobs/%s" % (REPO, d)
+    st, body, complete, _ = get(n, path)
+    assert st == 200 and complete and body == data
+    util.wait_until(lambda: n.has_blob(d), 10, what="the blob committed")
+    # served from disk once, and verified then
+    st, body, complete, _ = get(n, path)
+    assert st == 200 and complete and body == data
+    time.sleep(0.3)
+    with open(n.blob_path(d), "r+b") as f:  # one byte flipped behind its back
+        f.seek(1000)
+        c = f.read(1)
+        f.seek(1000)
+        f.write(bytes([c[0] ^ 0x01]))
+    st, body, complete, _ = get(n, path)
+    assert st == 200 and not complete, "corrupt bytes went out as a complete body"
+    assert len(body) < len(data)
+    util.wait_until(lambda: not n.has_blob(d), 10, what="the corrupt file moved aside")
+    q = os.path.join(n.data_dir, "quarantine")
+    assert any(d.split(":")[1] in f for f in os.listdir(q)), os.listdir(q)
+    st, body, complete, _ = get(n, path)
+    assert st == 200 and complete and body == data
+    util.wait_until(lambda: n.has_blob(d), 10, what="the blob fetched again")
+    assert n.verify_store() == []
+
+
+def test_cached_file_truncated_behind_the_node_is_fetched_again(make_node, reg, image):
+    """A cached blob cut short on disk is caught before a byte goes out (its
+    size no longer matches the index): the node fetches it again and
+    serves the right bytes."""
+    n = make(make_node, reg)
+    d = image["layers"][0]
+    data = image["data"][d]
+    path = "/v2/%s/blobs/%s" % (REPO, d)
+    assert get(n, path)[:3] == (200, data, True)
+    util.wait_until(lambda: n.has_blob(d), 10, what="the blob committed")
+    with open(n.blob_path(d), "r+b") as f:
+        f.truncate(len(data) // 2)
+    mark = len(reg.requests)
+    st, body, complete, _ = get(n, path)
+    assert st == 200 and complete and body == data
+    assert any(d in p for m, p, _ in reg.requests[mark:] if m == "GET"), "not fetched again"
+    util.wait_until(lambda: n.has_blob(d), 10, what="the blob stored again")
+    assert n.verify_store() == []
