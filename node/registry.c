@@ -656,7 +656,7 @@ static void verify_work(uv_work_t *w) {
   struct verify_job *j = w->data;
   struct sha256_ctx ctx;
   char got[DIGEST_HEX_LEN + 1];
-  static const size_t chunk = 1u << 20;
+  static const size_t chunk = 256u << 10; /* x pool threads: little memory */
   char *buf = malloc(chunk);
   j->ok = 0;
   if (!buf || sha256_init(&ctx) != 0) {
