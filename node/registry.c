@@ -106,6 +106,7 @@ struct rreq {
   int need_verify;
   uint64_t ctime_ns;
   struct verify_job *vj;
+  int corrupt_local;      /* it hashed wrong: quarantine once unpinned */
   int client_gone;        /* ... and it hung up meanwhile */
   char user[64];
   char hop_sig[PEERAUTH_SIG_HEX + 1];
@@ -216,6 +217,8 @@ static void hdr_common(struct rreq *r) {
     hdr_add(r, "OCI-Namespace", "%s", r->ns_echo);
 }
 
+static void quarantine_later(struct node *n, const char *hex);
+
 static void rr_release_fetch(struct rreq *r) {
   if (r->fw.src)
     fetcher_leave(&r->fw);
@@ -224,6 +227,8 @@ static void rr_release_fetch(struct rreq *r) {
     close(r->fd);
     blobstore_unpin(r->n->bs, r->pin_hex);
     r->fd_local = 0;
+    if (r->corrupt_local)
+      quarantine_later(r->n, r->pin_hex);
   }
   r->fd = -1;
 }
@@ -641,15 +646,34 @@ static void pump(struct rreq *r) {
  * file, so the retry fetches it again. */
 #define VERIFIED_MAX 65536
 
+struct quarantine_job {
+  uv_work_t work;
+  struct blobstore *bs;
+  char hex[DIGEST_HEX_LEN + 1];
+};
+
 static void quarantine_work(uv_work_t *w) {
-  struct verify_job *j = w->data;
+  struct quarantine_job *q = w->data;
   uint64_t hashed;
-  blobstore_verify(j->n->bs, j->hex, &hashed); /* moves it aside if still wrong */
+  blobstore_verify(q->bs, q->hex, &hashed); /* moves it aside if still wrong */
 }
 
 static void quarantine_done(uv_work_t *w, int status) {
   (void)status;
   free(w->data);
+}
+
+/* quarantine_later re-checks hex on the pool, which moves the file aside
+ * (the store refuses while a reader holds it: call after the unpin). */
+static void quarantine_later(struct node *n, const char *hex) {
+  struct quarantine_job *q = calloc(1, sizeof *q);
+  if (!q)
+    return;
+  q->bs = n->bs;
+  memcpy(q->hex, hex, sizeof q->hex);
+  q->work.data = q;
+  if (uv_queue_work(n->loop, &q->work, quarantine_work, quarantine_done) != 0)
+    free(q);
 }
 
 static void verify_work(uv_work_t *w) {
@@ -697,23 +721,25 @@ static void verify_done(uv_work_t *w, int status) {
   int bad = status == 0 && j->ok == 0;
   if (r) {
     r->vj = NULL;
-    r->gate = UINT64_MAX;
-    if (bad)
-      rr_finish(r, 0); /* the last byte never goes */
-    else
-      pump(r);
+    /* bad: the gate stays shut and pump ends the response once the bytes
+     * before it are out (a sendfile may be pending: never finish here) */
+    if (bad) {
+      r->src_failed = 1;
+      r->corrupt_local = 1;
+    } else {
+      r->gate = UINT64_MAX;
+    }
   }
-  if (!bad) {
-    free(j);
-    return;
+  if (bad) {
+    LOG_W("storage: cached %s does not hash to its name; response cut, file quarantined",
+          j->hex);
+    metrics_add("regmesh_cache_corrupt_blobs_total", "", 1);
   }
-  LOG_W("storage: cached %s does not hash to its name; response cut, file quarantined",
-        j->hex);
-  metrics_add("regmesh_cache_corrupt_blobs_total", "", 1);
-  /* our reader's pin is gone now (rr_finish): the store may move it aside */
-  j->work.data = j;
-  if (uv_queue_work(j->n->loop, &j->work, quarantine_work, quarantine_done) != 0)
-    free(j);
+  if (bad && !r)
+    quarantine_later(j->n, j->hex); /* the reader is gone: its pin too */
+  free(j);
+  if (r)
+    pump(r);
 }
 
 static void verify_local(struct rreq *r, uint64_t size) {
