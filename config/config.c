@@ -1644,8 +1644,9 @@ static int read_value_file(struct walk *w, const struct config__node *v, char *p
     return fail(w, v, "cannot read \"%s\": %s", QP(q, path), strerror_r(e, ebuf, sizeof ebuf));
   }
   struct stat sb;
-  if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-    int dir = S_ISDIR(sb.st_mode);
+  int st_ok = fstat(fd, &sb) == 0;
+  if (!st_ok || !S_ISREG(sb.st_mode)) {
+    int dir = st_ok && S_ISDIR(sb.st_mode);
     close(fd); /* a FIFO or a device must not hang the load */
     if (dir)
       return fail(w, v, "cannot read \"%s\": %s", QP(q, path),

@@ -46,9 +46,10 @@ static int read_file(const char *path, size_t max, int regular_only, char **out,
     return rc;
   }
   struct stat sb;
-  if (regular_only && (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode))) {
+  int st_ok = !regular_only || fstat(fd, &sb) == 0;
+  if (regular_only && (!st_ok || !S_ISREG(sb.st_mode))) {
     /* a FIFO or a device would hang the read */
-    int dir = fstat(fd, &sb) == 0 && S_ISDIR(sb.st_mode);
+    int dir = st_ok && S_ISDIR(sb.st_mode);
     close(fd);
     rc = dir ? UV_EISDIR : UV_EINVAL;
     snprintf(err, errlen, "%s: %s", path, dir ? "Is a directory" : "not a regular file");

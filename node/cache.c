@@ -463,18 +463,16 @@ static void do_stat(struct cache_job *j) {
     }
     closedir(d);
   }
-  reply(j, 200,
-        json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "root", blobstore_root(j->bs),
-                  "bytes", (json_int_t)st.bytes, "blobs", (json_int_t)st.blobs, "max_size",
-                  (json_int_t)st.max_size, "images", (json_int_t)tags, "pins",
-                  (json_int_t)npins, "pinned_bytes", (json_int_t)st.kept_bytes, "evictions",
-                  (json_int_t)st.evictions, "evicted_bytes", (json_int_t)st.evicted_bytes,
-                  "quarantined", (json_int_t)qfiles));
-  if (j->body && qbytes) {
-    json_t *doc = json_loads(j->body, 0, NULL);
+  json_t *doc =
+      json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "root", blobstore_root(j->bs),
+                "bytes", (json_int_t)st.bytes, "blobs", (json_int_t)st.blobs, "max_size",
+                (json_int_t)st.max_size, "images", (json_int_t)tags, "pins",
+                (json_int_t)npins, "pinned_bytes", (json_int_t)st.kept_bytes, "evictions",
+                (json_int_t)st.evictions, "evicted_bytes", (json_int_t)st.evicted_bytes,
+                "quarantined", (json_int_t)qfiles);
+  if (doc && qbytes)
     json_object_set_new(doc, "quarantined_bytes", json_integer((json_int_t)qbytes));
-    reply(j, 200, doc);
-  }
+  reply(j, 200, doc);
 }
 
 /* ---- rm, pin, unpin ------------------------------------------------------ */
