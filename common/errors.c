@@ -22,6 +22,8 @@ const char *rm_strerror(int err) {
   case RM_ENOSPACE: return "storage budget exceeded";
   case RM_ETLS: return "TLS error";
   case RM_ELOCKED: return "storage root in use by another process";
+  case RM_EREDIRECT: return "peer sent us to other holders";
+  case RM_EBUSY: return "peer busy with other uploads";
   default: return uv_strerror(err);
   }
 }

@@ -21,6 +21,8 @@ enum {
   RM_ENOSPACE = -30011,   /* storage budget cannot fit the object */
   RM_ETLS = -30012,       /* TLS files unusable or handshake failed */
   RM_ELOCKED = -30013,    /* storage root held by another process */
+  RM_EREDIRECT = -30014,  /* a peer sent us to other holders of the blob */
+  RM_EBUSY = -30015,      /* a peer is at its limit of uploads */
 };
 
 /* rm_strerror returns a static description of any code: regmesh's own, or a

@@ -1204,6 +1204,11 @@ enum {
   CL_PROBE_INTERVAL,
   CL_PROBE_TIMEOUT,
   CL_PUSH_PULL_INTERVAL,
+  CL_FANOUT,
+  CL_MAX_PEER_UPLOADS,
+  CL_PEER_EGRESS,
+  CL_REPLICA_RATE,
+  CL_REPLICA_QUEUE,
 };
 
 /* indexed by the enum above, which cluster_check relies on */
@@ -1283,6 +1288,28 @@ static const struct key_spec cluster_keys[] = {
                                      push_pull_interval_ms),
                                .min = 1,
                                .max = 24 * HOUR_MS},
+    [CL_FANOUT] = {.name = "fanout",
+                   .set = set_uint,
+                   FIELD(struct config_cluster, fanout),
+                   .min = 0,
+                   .max = 64},
+    [CL_MAX_PEER_UPLOADS] = {.name = "max_peer_uploads",
+                             .set = set_uint,
+                             FIELD(struct config_cluster, max_peer_uploads),
+                             .min = 1,
+                             .max = 4096},
+    /* sizes read as bytes per second: "40MiB" */
+    [CL_PEER_EGRESS] = {.name = "peer_egress",
+                        .set = set_size,
+                        FIELD(struct config_cluster, peer_egress)},
+    [CL_REPLICA_RATE] = {.name = "replica_rate",
+                         .set = set_size,
+                         FIELD(struct config_cluster, replica_rate)},
+    [CL_REPLICA_QUEUE] = {.name = "replica_queue",
+                          .set = set_uint,
+                          FIELD(struct config_cluster, replica_queue),
+                          .min = 1,
+                          .max = 1u << 20},
 };
 
 static int cluster_check(struct walk *w, const struct config__node *map,
@@ -1922,6 +1949,9 @@ void config_init(struct config *cfg) {
   cfg->cluster.weight = 1;
   cfg->cluster.peer_timeout_ms = 2000;
   cfg->cluster.peer_stall_timeout_ms = 5000;
+  cfg->cluster.fanout = 2;
+  cfg->cluster.max_peer_uploads = 8;
+  cfg->cluster.replica_queue = 1024;
   cfg->cluster.probe_interval_ms = 1000;
   cfg->cluster.probe_timeout_ms = 500;
   cfg->cluster.push_pull_interval_ms = 30000;

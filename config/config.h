@@ -118,6 +118,14 @@ struct config_cluster {
   uint64_t probe_interval_ms;     /* 1000 */
   uint64_t probe_timeout_ms;      /* 500 */
   uint64_t push_pull_interval_ms; /* 30000 */
+  /* spreading a hot blob (docs/cluster.md, "Beyond the owner") */
+  unsigned fanout;           /* 2: peers a node streams one blob to before
+                                it sends further askers to holders; 0 =
+                                owner only */
+  unsigned max_peer_uploads; /* 8: blob streams to peers at once */
+  uint64_t peer_egress;      /* bytes/s to peers, 0 = unlimited */
+  uint64_t replica_rate;     /* bytes/s of background replica fills, 0 = unlimited */
+  unsigned replica_queue;    /* 1024: replica fills waiting */
 };
 
 struct config {

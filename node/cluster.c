@@ -11,6 +11,7 @@
  */
 #include "cluster.h"
 
+#include "holders.h"
 #include "http_server.h"
 #include "metrics.h"
 #include "node.h"
@@ -20,6 +21,7 @@
 #include "../common/log.h"
 #include "../common/strmap.h"
 #include "../config/config.h"
+#include "../storage/storage.h"
 #include "../gossip/env_uv.h"
 #include "../gossip/keyring.h"
 #include "../gossip/ring.h"
@@ -44,6 +46,12 @@
 #define QUARANTINE_OTHER_MS (5 * 1000)
 #define DELEGATES_MAX 2
 #define PEER_URL_MAX 256
+#define NOTICES_MAX 1024    /* notices to peers in flight; more are dropped */
+#define FILLS_PARALLEL 2    /* replica fills running at once */
+#define HANDOVER_WAIT_MS 2000
+#define HANDOVER_SOURCES 2  /* hand-over holders asked before the upstream */
+
+struct fill;
 
 struct cluster_peer {
   char name[WIRE_NAME_MAX + 1];
@@ -87,6 +95,17 @@ struct cluster {
   unsigned resolving;
   char seeds[SEEDS_MAX][80];
   size_t n_seeds;
+  /* beyond the owner: who holds what we stream, our peer uploads, notices
+   * in flight, and the replica fills waiting (a ring of replica_queue) */
+  struct holders *holders;
+  unsigned uploads;
+  unsigned notices;
+  struct fill **fillq;
+  size_t fq_head, fq_len;
+  unsigned fills_running;
+  uv_timer_t handover_timer;
+  int handover_waiting;
+  int left; /* gossip told to leave */
   int stopping;
   int timers_init;
   unsigned open_handles;
@@ -347,23 +366,54 @@ static void collect_budget(const char *key, void *value, void *ud) {
     b->best[i] = p;
 }
 
+/* A source that answers from its cache or in-flight download only. */
+static void add_holder_source(struct cluster *c, struct fetch_plan *plan,
+                              struct cluster_peer *p, const char *target, const char *host) {
+  for (size_t i = 0; i < plan->n; i++)
+    if (plan->src[i].u == p->http)
+      return;
+  if (add_peer_source(c, plan, FETCH_SRC_PEER, p, target, host) != 0)
+    return;
+  struct fetch_source *fs = &plan->src[plan->n - 1];
+  size_t l = strlen(fs->headers);
+  snprintf(fs->headers + l, sizeof fs->headers - l, "\n%s: 1", CLUSTER_HOLDER_ONLY_HEADER);
+}
+
 void cluster_plan(struct cluster *c, int is_manifest, const char *hex, const char *repo,
-                  int up, struct fetch_plan *plan) {
+                  int up, const char *asker, struct fetch_plan *plan) {
   struct upstream *u = c->n->ups[up];
   const char *host = c->n->cfg->upstreams[up].host;
   memset(plan, 0, sizeof *plan);
+  plan->up = up;
   char target[700];
   snprintf(target, sizeof target, "/v2/%s/%s/sha256:%s", repo,
            is_manifest ? "manifests" : "blobs", hex);
   struct cluster_peer *own[8];
-  size_t n = owners_of(c, hex, own, c->cfg->replicas);
-  if (n > 0 && !own[0]->is_self)
-    for (size_t i = 0; i < n; i++)
+  unsigned want = c->cfg->replicas < 2 ? 2 : c->cfg->replicas;
+  size_t n = owners_of(c, hex, own, want);
+  if (n > 0 && own[0]->is_self) {
+    /* Hand-over: the fleet may hold what we now own (a node joined, an
+     * owner left): ask the holders we were told of, then the owner the
+     * ring had without us, before the upstream. */
+    const char *known[HANDOVER_SOURCES];
+    size_t k = is_manifest ? 0
+                           : holders_known(c->holders, hex, uv_now(c->loop), known,
+                                           HANDOVER_SOURCES);
+    for (size_t i = 0; i < k; i++) {
+      struct cluster_peer *p = strmap_get(&c->peers, known[i]);
+      if (peer_usable(c, p) && (!asker || strcmp(p->name, asker) != 0))
+        add_holder_source(c, plan, p, target, host);
+    }
+    if (n > 1 && peer_usable(c, own[1]) && (!asker || strcmp(own[1]->name, asker) != 0))
+      add_holder_source(c, plan, own[1], target, host);
+  } else if (!asker) {
+    for (size_t i = 0; i < n && i < c->cfg->replicas; i++)
       if (peer_usable(c, own[i]))
         add_peer_source(c, plan, FETCH_SRC_PEER, own[i], target, host);
+  }
   struct budget_scan b = {.c = c, .up = up};
   int spent = 0;
-  if (is_manifest && c->auth.enabled) {
+  if (is_manifest && c->auth.enabled && !asker) {
     strmap_each(&c->peers, collect_budget, &b);
     spent = budget_spent(c, u);
   }
@@ -428,6 +478,389 @@ static void on_peer_error(void *ud, const struct fetch_source *src, int err) {
     LOG_W("cluster: peer %s failed (%s); not asked for %" PRIu64 " s", p->name,
           rm_strerror(err), q / 1000);
   }
+}
+
+/* ---- beyond the owner ------------------------------------------------------
+ *
+ * A node streaming a blob to `fanout` peers sends further askers to
+ * holders (holders.c), so a hot blob spreads down a tree; the first owner
+ * asks the next owners to keep a replica; a node leaving tells the new
+ * owners who holds its keys. Notices are signed HEADs of the content's
+ * path with X-Regmesh-Notice, so the peer listener's checks cover them. */
+
+static int rank_holder(void *ud, const char *asker, const char *cand) {
+  struct cluster *c = ud;
+  struct cluster_peer *p = strmap_get(&c->peers, cand);
+  if (!peer_usable(c, p))
+    return -1;
+  struct cluster_peer *a = strmap_get(&c->peers, asker);
+  return a && a->zone[0] && strcmp(a->zone, p->zone) == 0 ? 0 : 1;
+}
+
+enum cluster_upload cluster_upload_decide(struct cluster *c, const char *hex,
+                                          const char *asker, const char *repo,
+                                          const char *ns, const char *target,
+                                          int may_redirect, char *holders, size_t hl,
+                                          char *location, size_t ll) {
+  uint64_t now = uv_now(c->loop);
+  holders_note(c->holders, hex, asker, 0, repo, ns, now);
+  int full = c->uploads >= c->cfg->max_peer_uploads;
+  if (may_redirect && c->cfg->fanout > 0 &&
+      (full || holders_uploads(c->holders, hex) >= c->cfg->fanout)) {
+    const char *names[2];
+    size_t k = holders_pick(c->holders, hex, asker, c->cfg->fanout, now, rank_holder, c,
+                            names, 2);
+    if (k > 0) {
+      struct cluster_peer *first = strmap_get(&c->peers, names[0]);
+      snprintf(holders, hl, "%s%s%s", names[0], k > 1 ? "," : "", k > 1 ? names[1] : "");
+      snprintf(location, ll, "%s%s", first ? first->url : "", target);
+      metrics_add("regmesh_peer_upload_decisions_total", "decision=\"redirect\"", 1);
+      return CLUSTER_REDIRECT;
+    }
+  }
+  if (full) {
+    metrics_add("regmesh_peer_upload_decisions_total", "decision=\"busy\"", 1);
+    return CLUSTER_BUSY;
+  }
+  metrics_add("regmesh_peer_upload_decisions_total", "decision=\"serve\"", 1);
+  return CLUSTER_SERVE;
+}
+
+void cluster_upload_begin(struct cluster *c, const char *hex) {
+  c->uploads++;
+  holders_upload_begin(c->holders, hex);
+  metrics_add("regmesh_peer_uploads_total", "", 1);
+  metrics_set("regmesh_peer_uploads_active", "", c->uploads);
+}
+
+void cluster_upload_end(struct cluster *c, const char *hex) {
+  if (c->uploads)
+    c->uploads--;
+  holders_upload_end(c->holders, hex);
+  metrics_set("regmesh_peer_uploads_active", "", c->uploads);
+}
+
+static void content_target(char *out, size_t len, enum fetch_kind kind, const char *hex,
+                           const char *repo) {
+  snprintf(out, len, "/v2/%s/%s/sha256:%s", repo,
+           kind == FETCH_MANIFEST ? "manifests" : "blobs", hex);
+}
+
+/* The sources a busy peer named: each asked for what it has or is
+ * downloading, then the busy peer again, told to serve it itself. */
+static size_t on_redirect(void *ud, enum fetch_kind kind, const char *hex, const char *repo,
+                          int up, const struct fetch_source *from, const char *list,
+                          struct fetch_source *out, size_t max) {
+  struct cluster *c = ud;
+  if (up < 0 || (size_t)up >= c->n->cfg->n_upstreams || strncmp(from->label, "peer:", 5))
+    return 0;
+  const char *host = c->n->cfg->upstreams[up].host;
+  char target[700];
+  content_target(target, sizeof target, kind, hex, repo);
+  struct fetch_plan tmp;
+  memset(&tmp, 0, sizeof tmp);
+  char names[200];
+  snprintf(names, sizeof names, "%s", list);
+  char *save = NULL;
+  for (char *nm = strtok_r(names, ", ", &save); nm && tmp.n < 2 && tmp.n + 1 < max;
+       nm = strtok_r(NULL, ", ", &save)) {
+    struct cluster_peer *p = strmap_get(&c->peers, nm);
+    if (peer_usable(c, p))
+      add_holder_source(c, &tmp, p, target, host);
+  }
+  struct cluster_peer *busy = strmap_get(&c->peers, from->label + 5);
+  if (tmp.n < max && busy && busy->http &&
+      add_peer_source(c, &tmp, FETCH_SRC_PEER, busy, target, host) == 0) {
+    struct fetch_source *fs = &tmp.src[tmp.n - 1];
+    size_t l = strlen(fs->headers);
+    snprintf(fs->headers + l, sizeof fs->headers - l, "\n%s: 1", CLUSTER_NO_REDIRECT_HEADER);
+  }
+  memcpy(out, tmp.src, tmp.n * sizeof tmp.src[0]);
+  return tmp.n;
+}
+
+/* -- notices: fire and forget, bounded -- */
+
+struct notice {
+  struct cluster *c;
+  char kind[16];
+};
+
+static int notice_headers(void *ud, const struct upstream_response *resp) {
+  struct notice *nt = ud;
+  char labels[80];
+  snprintf(labels, sizeof labels, "kind=\"%s\",result=\"%s\"", nt->kind,
+           resp->status < 300 ? "ok" : "refused");
+  metrics_add("regmesh_peer_notices_total", labels, 1);
+  return 0;
+}
+
+static int notice_data(void *ud, const char *p, size_t n) {
+  (void)ud;
+  (void)p;
+  (void)n;
+  return 0;
+}
+
+static void handover_maybe_done(struct cluster *c);
+
+static void notice_done(void *ud, int err) {
+  struct notice *nt = ud;
+  struct cluster *c = nt->c;
+  if (err) {
+    char labels[80];
+    snprintf(labels, sizeof labels, "kind=\"%s\",result=\"failed\"", nt->kind);
+    metrics_add("regmesh_peer_notices_total", labels, 1);
+  }
+  free(nt);
+  c->notices--;
+  handover_maybe_done(c);
+}
+
+static const struct upstream_cbs notice_cbs = {
+    .on_headers = notice_headers, .on_data = notice_data, .on_done = notice_done};
+
+static int send_notice(struct cluster *c, struct cluster_peer *p, const char *kind,
+                       enum fetch_kind fk, const char *hex, const char *repo, const char *ns,
+                       const char *holders) {
+  if (!peer_usable(c, p) || !repo[0] || !ns[0])
+    return UV_EINVAL;
+  if (c->notices >= NOTICES_MAX) {
+    char labels[80];
+    snprintf(labels, sizeof labels, "kind=\"%s\",result=\"dropped\"", kind);
+    metrics_add("regmesh_peer_notices_total", labels, 1);
+    return UV_ENOBUFS;
+  }
+  char target[900], hdrs[600];
+  content_target(target, sizeof target, fk, hex, repo);
+  size_t tl = strlen(target);
+  snprintf(target + tl, sizeof target - tl, "?ns=%s", ns);
+  if (peer_headers(c, "HEAD", target, 0, hdrs, sizeof hdrs, NULL) != 0)
+    return UV_ENOBUFS;
+  size_t l = strlen(hdrs);
+  int w = snprintf(hdrs + l, sizeof hdrs - l, "\n%s: %s", CLUSTER_NOTICE_HEADER, kind);
+  if (holders && w > 0 && (size_t)w < sizeof hdrs - l) {
+    l += (size_t)w;
+    w = snprintf(hdrs + l, sizeof hdrs - l, "\n%s: %s", CLUSTER_HOLDERS_HEADER, holders);
+  }
+  if (w < 0 || (size_t)w >= sizeof hdrs - l)
+    return UV_ENOBUFS;
+  struct notice *nt = calloc(1, sizeof *nt);
+  if (!nt)
+    return UV_ENOMEM;
+  nt->c = c;
+  snprintf(nt->kind, sizeof nt->kind, "%s", kind);
+  struct upstream_fetch_opts o = {
+      .method = UPSTREAM_HEAD, .path = target, .kind = "notice", .extra_headers = hdrs};
+  int r = upstream_fetch(p->http, &o, &notice_cbs, nt, NULL);
+  if (r) {
+    free(nt);
+    return r;
+  }
+  c->notices++;
+  return 0;
+}
+
+/* -- replica fills: a queue, FILLS_PARALLEL at a time, rate-capped -- */
+
+struct fill {
+  struct fetch_waiter w;
+  struct cluster *c;
+  enum fetch_kind kind;
+  int up;
+  char hex[65];
+  char repo[320];
+  char from[WIRE_NAME_MAX + 1];
+};
+
+static void fills_pump(struct cluster *c);
+
+static void fill_gauge(struct cluster *c) {
+  metrics_set("regmesh_replica_queue", "", (int64_t)c->fq_len);
+  metrics_set("regmesh_replica_fills_running", "", c->fills_running);
+}
+
+static void fill_end(struct fill *f, int err) {
+  struct cluster *c = f->c;
+  fetcher_leave(&f->w);
+  metrics_add("regmesh_replica_fills_total", err ? "result=\"failed\"" : "result=\"done\"",
+              1);
+  if (err)
+    LOG_I("cluster: replica of sha256:%s from %s failed: %s", f->hex, f->from,
+          rm_strerror(err));
+  free(f);
+  c->fills_running--;
+  fill_gauge(c);
+  fills_pump(c);
+}
+
+static void fill_on_ready(struct fetch_waiter *w, int err) {
+  if (err)
+    fill_end((struct fill *)w, err); /* final: no on_done follows */
+}
+
+static void fill_on_data(struct fetch_waiter *w) { (void)w; }
+
+static void fill_on_done(struct fetch_waiter *w, int err) { fill_end((struct fill *)w, err); }
+
+static int have_content(struct cluster *c, enum fetch_kind kind, const char *hex) {
+  struct blob_info info;
+  return blobstore_stat(c->n->bs, hex, &info) == 0 || fetcher_find(c->n->fetcher, kind, hex);
+}
+
+static void fill_start(struct cluster *c, struct fill *f) {
+  struct cluster_peer *p = strmap_get(&c->peers, f->from);
+  if (have_content(c, f->kind, f->hex) || !peer_usable(c, p)) {
+    metrics_add("regmesh_replica_fills_total", "result=\"skipped\"", 1);
+    free(f);
+    return;
+  }
+  char target[700];
+  content_target(target, sizeof target, f->kind, f->hex, f->repo);
+  struct fetch_plan plan;
+  memset(&plan, 0, sizeof plan);
+  plan.up = f->up;
+  add_holder_source(c, &plan, p, target, c->n->cfg->upstreams[f->up].host);
+  if (plan.n == 0) {
+    free(f);
+    return;
+  }
+  plan.src[0].rate = c->cfg->replica_rate;
+  f->w.on_ready = fill_on_ready;
+  f->w.on_data = fill_on_data;
+  f->w.on_done = fill_on_done;
+  int r = fetcher_join(c->n->fetcher, f->kind, f->hex, &plan, f->repo, &f->w);
+  if (r) {
+    metrics_add("regmesh_replica_fills_total", "result=\"failed\"", 1);
+    free(f);
+    return;
+  }
+  c->fills_running++;
+  if (fetch_src_ready(f->w.src) && fetch_src_done(f->w.src))
+    fill_end(f, 0);
+}
+
+static void fills_pump(struct cluster *c) {
+  while (!c->stopping && c->fills_running < FILLS_PARALLEL && c->fq_len > 0) {
+    struct fill *f = c->fillq[c->fq_head];
+    c->fq_head = (c->fq_head + 1) % c->cfg->replica_queue;
+    c->fq_len--;
+    fill_start(c, f);
+  }
+  fill_gauge(c);
+}
+
+static int fill_enqueue(struct cluster *c, enum fetch_kind kind, const char *hex,
+                        const char *repo, int up, const char *from) {
+  if (have_content(c, kind, hex))
+    return 200;
+  if (c->fq_len >= c->cfg->replica_queue || c->stopping) {
+    metrics_add("regmesh_replica_fills_total", "result=\"dropped\"", 1);
+    return 503;
+  }
+  for (size_t i = 0; i < c->fq_len; i++)
+    if (strcmp(c->fillq[(c->fq_head + i) % c->cfg->replica_queue]->hex, hex) == 0)
+      return 202;
+  struct fill *f = calloc(1, sizeof *f);
+  if (!f)
+    return 503;
+  f->c = c;
+  f->kind = kind;
+  f->up = up;
+  snprintf(f->hex, sizeof f->hex, "%s", hex);
+  snprintf(f->repo, sizeof f->repo, "%s", repo);
+  snprintf(f->from, sizeof f->from, "%s", from);
+  c->fillq[(c->fq_head + c->fq_len) % c->cfg->replica_queue] = f;
+  c->fq_len++;
+  fills_pump(c);
+  return 202;
+}
+
+int cluster_notice(struct cluster *c, const char *kind, int is_manifest, const char *hex,
+                   const char *repo, int up, const char *from, const char *holders) {
+  uint64_t now = uv_now(c->loop);
+  if (strcmp(kind, "held") == 0) {
+    holders_note(c->holders, hex, from, 1, repo, c->n->cfg->upstreams[up].host, now);
+    return 200;
+  }
+  if (strcmp(kind, "replicate") == 0)
+    return fill_enqueue(c, is_manifest ? FETCH_MANIFEST : FETCH_BLOB, hex, repo, up, from);
+  if (strcmp(kind, "handover") == 0 && holders) {
+    char names[200];
+    snprintf(names, sizeof names, "%s", holders);
+    char *save = NULL;
+    for (char *nm = strtok_r(names, ", ", &save); nm; nm = strtok_r(NULL, ", ", &save))
+      if (strcmp(nm, c->self->name) != 0)
+        holders_note(c->holders, hex, nm, 1, repo, c->n->cfg->upstreams[up].host, now);
+    metrics_add("regmesh_handover_received_total", "", 1);
+    return 200;
+  }
+  return 400;
+}
+
+/* Stored: the first owner asks the next ones to keep a replica; anyone
+ * else tells the first owner it holds the blob now. */
+static void on_commit(void *ud, enum fetch_kind kind, const char *hex, const char *repo,
+                      int up, const struct fetch_source *last) {
+  struct cluster *c = ud;
+  (void)last;
+  if (c->stopping || up < 0 || (size_t)up >= c->n->cfg->n_upstreams)
+    return;
+  const char *ns = c->n->cfg->upstreams[up].host;
+  struct cluster_peer *own[8];
+  size_t n = owners_of(c, hex, own, c->cfg->replicas);
+  if (n == 0)
+    return;
+  if (own[0]->is_self) {
+    for (size_t i = 1; i < n; i++)
+      send_notice(c, own[i], "replicate", kind, hex, repo, ns, NULL);
+  } else if (kind == FETCH_BLOB) {
+    send_notice(c, own[0], "held", kind, hex, repo, ns, NULL);
+  }
+}
+
+/* -- leaving: tell the new owners who holds our keys -- */
+
+static void handover_one(void *ud, const char *hex, const char *const *names, size_t k,
+                         const char *repo, const char *ns) {
+  struct cluster *c = ud;
+  if (!repo[0] || !ns[0])
+    return;
+  struct cluster_peer *own[2];
+  size_t n = owners_of(c, hex, own, 2);
+  if (n < 2 || !own[0]->is_self)
+    return; /* not ours */
+  char list[200];
+  size_t l = 0;
+  list[0] = '\0';
+  for (size_t i = 0; i < k; i++) {
+    size_t nl = strlen(names[i]);
+    if (strcmp(names[i], own[1]->name) == 0 || l + nl + 2 >= sizeof list)
+      continue;
+    l += (size_t)snprintf(list + l, sizeof list - l, "%s%s", l ? "," : "", names[i]);
+  }
+  if (l)
+    send_notice(c, own[1], "handover", FETCH_BLOB, hex, repo, ns, list);
+}
+
+static void leave_now(struct cluster *c);
+
+static void handover_maybe_done(struct cluster *c) {
+  if (c->handover_waiting && c->notices == 0) {
+    c->handover_waiting = 0;
+    uv_timer_stop(&c->handover_timer);
+    leave_now(c);
+  }
+}
+
+static void on_handover_timeout(uv_timer_t *t) {
+  struct cluster *c = t->data;
+  if (!c->handover_waiting)
+    return;
+  LOG_W("cluster: %u hand-over notice(s) unanswered after %d ms; leaving", c->notices,
+        HANDOVER_WAIT_MS);
+  c->handover_waiting = 0;
+  leave_now(c);
 }
 
 /* ---- metadata ------------------------------------------------------------- */
@@ -755,7 +1188,37 @@ int cluster_start(struct cluster **out, struct node *n) {
   snprintf(c->self->zone, sizeof c->self->zone, "%s", cc->zone ? cc->zone : "");
   snprintf(c->self->version, sizeof c->self->version, "%s", REGMESH_VERSION);
 
-  fetcher_set_peer_error_cb(n->fetcher, on_peer_error, c);
+  if ((r = holders_new(&c->holders)) != 0)
+    return r;
+  c->fillq = calloc(cc->replica_queue ? cc->replica_queue : 1, sizeof *c->fillq);
+  if (!c->fillq)
+    return UV_ENOMEM;
+  struct fetch_hooks hooks = {.on_peer_error = on_peer_error,
+                              .on_redirect = on_redirect,
+                              .on_commit = on_commit,
+                              .ud = c};
+  fetcher_set_hooks(n->fetcher, &hooks);
+  metrics_describe("regmesh_peer_uploads_total", METRIC_COUNTER,
+                   "Blob streams to peers started.");
+  metrics_describe("regmesh_peer_uploads_active", METRIC_GAUGE,
+                   "Blob streams to peers running now (cluster.max_peer_uploads).");
+  metrics_describe("regmesh_peer_upload_bytes_total", METRIC_COUNTER,
+                   "Blob bytes streamed to peers.");
+  metrics_describe("regmesh_peer_upload_decisions_total", METRIC_COUNTER,
+                   "Peer blob requests: served, sent to other holders, or refused busy.");
+  metrics_describe("regmesh_peer_notices_total", METRIC_COUNTER,
+                   "Notices to peers (held, replicate, handover) by result.");
+  metrics_describe("regmesh_replica_fills_total", METRIC_COUNTER,
+                   "Background replica fills by result.");
+  metrics_describe("regmesh_replica_queue", METRIC_GAUGE, "Replica fills waiting.");
+  metrics_describe("regmesh_replica_fills_running", METRIC_GAUGE,
+                   "Replica fills running.");
+  metrics_describe("regmesh_handover_received_total", METRIC_COUNTER,
+                   "Digests a leaving node handed to us with their holders.");
+  metrics_set("regmesh_peer_uploads_total", "", 0);
+  metrics_set("regmesh_peer_uploads_active", "", 0);
+  metrics_set("regmesh_peer_upload_bytes_total", "", 0);
+  fill_gauge(c);
   metrics_describe("regmesh_cluster_members", METRIC_GAUGE, "Fleet members by state.");
   metrics_describe("regmesh_cluster_ring_share_permille", METRIC_GAUGE,
                    "Share of the key space this node owns, in thousandths.");
@@ -776,9 +1239,10 @@ int cluster_start(struct cluster **out, struct node *n) {
 
   uv_timer_init(c->loop, &c->rebuild);
   uv_timer_init(c->loop, &c->tick);
-  c->rebuild.data = c->tick.data = c;
+  uv_timer_init(c->loop, &c->handover_timer);
+  c->rebuild.data = c->tick.data = c->handover_timer.data = c;
   c->timers_init = 1;
-  c->open_handles += 2;
+  c->open_handles += 3;
   ring_rebuild(&c->rebuild);
   uv_timer_start(&c->tick, on_tick, TICK_MS, TICK_MS);
   resolve_seeds(c);
@@ -810,6 +1274,17 @@ static void on_gossip_stopped(void *ud) {
   maybe_done(c);
 }
 
+static void leave_now(struct cluster *c) {
+  if (c->left)
+    return;
+  c->left = 1;
+  if (c->timers_init)
+    uv_close((uv_handle_t *)&c->handover_timer, on_timer_closed);
+  if (c->g && gossip_uv_stop(c->g, GOSSIP_UV_LEAVE_TIMEOUT_MS, on_gossip_stopped, c) != 0)
+    c->g = NULL;
+  maybe_done(c);
+}
+
 void cluster_stop(struct cluster *c, void (*done)(void *ud), void *ud) {
   if (!c || c->stopping)
     return;
@@ -820,9 +1295,18 @@ void cluster_stop(struct cluster *c, void (*done)(void *ud), void *ud) {
     uv_close((uv_handle_t *)&c->rebuild, on_timer_closed);
     uv_close((uv_handle_t *)&c->tick, on_timer_closed);
   }
-  if (c->g && gossip_uv_stop(c->g, GOSSIP_UV_LEAVE_TIMEOUT_MS, on_gossip_stopped, c) != 0)
-    c->g = NULL;
-  maybe_done(c);
+  /* Hand-over first, while peers still route to us and the ring has us. */
+  unsigned before = c->notices;
+  if (c->holders && c->timers_init)
+    holders_each(c->holders, uv_now(c->loop), handover_one, c);
+  if (c->notices > before) {
+    LOG_I("cluster: leaving; told the new owners of %u key(s) who holds them",
+          c->notices - before);
+    c->handover_waiting = 1;
+    uv_timer_start(&c->handover_timer, on_handover_timeout, HANDOVER_WAIT_MS, 0);
+    return;
+  }
+  leave_now(c);
 }
 
 static void free_peer(const char *key, void *value, void *ud) {
@@ -843,6 +1327,10 @@ void cluster_free(struct cluster *c) {
     upstream_free(c->retired[i]);
   free(c->retired);
   ring_free(c->ring);
+  holders_free(c->holders);
+  for (size_t i = 0; c->fillq && i < c->fq_len; i++)
+    free(c->fillq[(c->fq_head + i) % c->cfg->replica_queue]);
+  free(c->fillq);
   free(c);
 }
 

@@ -26,12 +26,18 @@ struct upstream;
 #define CLUSTER_REPLY_HEADER "X-Regmesh-Auth-Reply"
 #define CLUSTER_TAG_TIME_HEADER "X-Regmesh-Tag-Fetched"
 #define CLUSTER_DELEGATE_HEADER "X-Regmesh-Delegate"
+/* spreading a blob beyond its owner (docs/cluster.md, "Beyond the owner") */
+#define CLUSTER_HOLDERS_HEADER "X-Regmesh-Holders"         /* busy peer: ask these */
+#define CLUSTER_HOLDER_ONLY_HEADER "X-Regmesh-Holder-Only" /* cache or in-flight only */
+#define CLUSTER_NO_REDIRECT_HEADER "X-Regmesh-No-Redirect" /* serve it yourself */
+#define CLUSTER_NOTICE_HEADER "X-Regmesh-Notice" /* held | replicate | handover */
 
 /* cluster_start: gossip bound, metadata set, joining in the background.
  * Needs n->cfg->cluster.enabled, n->upc and n->ups. Returns 0 or an error
  * (logged). */
 int cluster_start(struct cluster **out, struct node *n);
-/* cluster_stop leaves gracefully (bounded), then calls done(ud) once. */
+/* cluster_stop tells the new owners of our keys who holds them (bounded),
+ * leaves gracefully (bounded), then calls done(ud) once. */
 void cluster_stop(struct cluster *c, void (*done)(void *ud), void *ud);
 /* cluster_free after the loop stopped and the upstream client was freed. */
 void cluster_free(struct cluster *c);
@@ -40,12 +46,38 @@ const char *cluster_self(const struct cluster *c);
 const struct peerauth *cluster_auth(const struct cluster *c);
 
 /* cluster_plan fills plan for digest hex of upstream index up (repository
- * name from the request): the owners in preference order (skipping us and
- * members not alive; none when we are the first owner), then the upstream;
- * for manifests also delegates with rate-limit budget (before the upstream
- * when our own budget is spent). */
+ * name from the request). For a client's request (asker NULL): the owners
+ * in preference order (skipping us and members not alive), then the
+ * upstream; for manifests also delegates with rate-limit budget (before the
+ * upstream when our own budget is spent). When we are the first owner,
+ * client's request or peer's (asker: its name), the hand-over comes first:
+ * holders we were told of and the owner the ring had before us, each asked
+ * for its cache or in-flight download only. A peer's request to a node
+ * that is not the first owner goes to the upstream only (no loops). */
 void cluster_plan(struct cluster *c, int is_manifest, const char *hex, const char *repo,
-                  int up, struct fetch_plan *plan);
+                  int up, const char *asker, struct fetch_plan *plan);
+
+/* A peer (asker) GETs blob hex from us. cluster_upload_decide notes it as a
+ * holder and says whether to stream it (CLUSTER_SERVE, then bracket the
+ * stream with cluster_upload_begin/end), to send it to other holders
+ * (CLUSTER_REDIRECT: holders gets the X-Regmesh-Holders value, location the
+ * first one's URL for target), or to refuse (CLUSTER_BUSY: 503). */
+enum cluster_upload { CLUSTER_SERVE, CLUSTER_REDIRECT, CLUSTER_BUSY };
+enum cluster_upload cluster_upload_decide(struct cluster *c, const char *hex,
+                                          const char *asker, const char *repo,
+                                          const char *ns, const char *target,
+                                          int may_redirect, char *holders, size_t hl,
+                                          char *location, size_t ll);
+void cluster_upload_begin(struct cluster *c, const char *hex);
+void cluster_upload_end(struct cluster *c, const char *hex);
+
+/* cluster_notice handles a peer's X-Regmesh-Notice (value kind) about
+ * digest hex under repo of upstream up: "held" (from has it whole),
+ * "replicate" (keep a copy, fetched from `from` in the background),
+ * "handover" (holders, a comma list, hold it: we own it now). Returns the
+ * HTTP status to answer with. */
+int cluster_notice(struct cluster *c, const char *kind, int is_manifest, const char *hex,
+                   const char *repo, int up, const char *from, const char *holders);
 
 /* cluster_owner_peer: the first usable owner of key that is not us (NULL
  * when we are the first owner, or when need_auth and there is no secret).

@@ -56,8 +56,7 @@ static const char *src_state_str(enum src_state s) {
 struct fetcher {
   uv_loop_t *loop;
   struct blobstore *bs;
-  fetch_peer_error_cb on_peer_error;
-  void *peer_error_ud;
+  struct fetch_hooks hooks;
   struct strmap srcs; /* key "b:<hex>" / "m:<hex>" -> struct fetch_src */
   unsigned active;
 };
@@ -79,6 +78,8 @@ struct fetch_src {
   int in_table;
   int err;
   int upstream_status;
+  char holders[200];  /* a peer's X-Regmesh-Holders, with RM_EREDIRECT */
+  unsigned redirects; /* times a peer sent us elsewhere */
   int size_known;
   int verified; /* blob hash checked: every byte may be served */
   uint64_t size;
@@ -211,6 +212,13 @@ static int on_resumed_headers(struct fetch_src *s, const struct upstream_respons
 static int on_up_headers(void *ud, const struct upstream_response *resp) {
   struct fetch_src *s = ud;
   int resumed = s->kind == FETCH_BLOB && s->writer;
+  if (s->plan.src[s->cur].kind == FETCH_SRC_PEER &&
+      (resp->status == 307 || resp->status == 503)) {
+    /* A busy peer: it names other holders, or none (docs/cluster.md). */
+    snprintf(s->holders, sizeof s->holders, "%s",
+             resp->regmesh_holders ? resp->regmesh_holders : "");
+    return s->holders[0] ? RM_EREDIRECT : RM_EBUSY;
+  }
   if (resp->status != 200 && !(resumed && s->written > 0 && resp->status == 206)) {
     s->upstream_status = resp->status;
     return status_to_err(resp->status);
@@ -304,6 +312,9 @@ static void commit_done(uv_work_t *req, int status) {
     src_set_state(s, SRC_DONE);
     s->refs++;
     remove_from_table(s);
+    if (!r && s->f->hooks.on_commit)
+      s->f->hooks.on_commit(s->f->hooks.ud, s->kind, s->hex, s->repo, s->plan.up,
+                            &s->plan.src[s->cur]);
     if (s->kind == FETCH_BLOB && !s->size_known) {
       /* Without a Content-Length the waiters were not told "ready" yet. */
       s->size_known = 1;
@@ -335,8 +346,8 @@ static void src_commit(struct fetch_src *s) {
 static void report_peers(struct fetch_src *s, int err) {
   for (size_t i = 0; i < s->plan.n; i++)
     if ((s->used_mask & (1u << i)) && s->plan.src[i].kind != FETCH_SRC_UPSTREAM &&
-        s->f->on_peer_error)
-      s->f->on_peer_error(s->f->peer_error_ud, &s->plan.src[i], err);
+        s->f->hooks.on_peer_error)
+      s->f->hooks.on_peer_error(s->f->hooks.ud, &s->plan.src[i], err);
 }
 
 /* All of a blob arrived and is hashed: check it here, fsync on the pool, so
@@ -406,10 +417,34 @@ static int src_request(struct fetch_src *s);
 
 /* After source s->cur failed with err: start the next one if the rules of
  * fetch.h allow it. Returns 1 when a request is running again. */
+#define REDIRECTS_MAX 2
+
+/* A peer sent us to other holders: they go right after it in the plan
+ * (the sources after them keep their order; the upstream stays last). */
+static void insert_holders(struct fetch_src *s) {
+  struct fetch_plan *p = &s->plan;
+  struct fetch_source extra[FETCH_MAX_SOURCES];
+  size_t room = FETCH_MAX_SOURCES - p->n;
+  if (!s->f->hooks.on_redirect || room == 0 || ++s->redirects > REDIRECTS_MAX)
+    return;
+  size_t k = s->f->hooks.on_redirect(s->f->hooks.ud, s->kind, s->hex, s->repo, p->up,
+                                     &p->src[s->cur], s->holders, extra, room);
+  if (k > room)
+    k = room;
+  memmove(&p->src[s->cur + 1 + k], &p->src[s->cur + 1],
+          (p->n - s->cur - 1) * sizeof p->src[0]);
+  memcpy(&p->src[s->cur + 1], extra, k * sizeof extra[0]);
+  p->n += k;
+  metrics_add("regmesh_holder_redirects_total", "", 1);
+}
+
 static int try_next_source(struct fetch_src *s, int err) {
   const struct fetch_source *cur = &s->plan.src[s->cur];
-  if (cur->kind != FETCH_SRC_UPSTREAM && s->f->on_peer_error)
-    s->f->on_peer_error(s->f->peer_error_ud, cur, err);
+  if (err == RM_EREDIRECT)
+    insert_holders(s);
+  else if (cur->kind != FETCH_SRC_UPSTREAM && err != RM_EBUSY && s->f->hooks.on_peer_error)
+    s->f->hooks.on_peer_error(s->f->hooks.ud, cur, err);
+  cur = &s->plan.src[s->cur];
   size_t next = s->cur + 1;
   if (next >= s->plan.n || s->state == SRC_FAILED)
     return 0;
@@ -506,6 +541,7 @@ static int src_request(struct fetch_src *s) {
       .resumable = s->kind == FETCH_BLOB,
       .max_body = s->kind == FETCH_MANIFEST ? MANIFEST_MAX : 0,
       .extra_headers = fs->headers[0] ? fs->headers : NULL,
+      .max_recv_speed = fs->rate,
   };
   snprintf(s->upstream_host, sizeof s->upstream_host, "%s", fs->label);
   if (fs->kind == FETCH_SRC_DELEGATE) {
@@ -576,15 +612,13 @@ struct fetch_src *fetcher_find(struct fetcher *f, enum fetch_kind kind, const ch
 void fetch_plan_upstream(struct fetch_plan *p, struct upstream *u) {
   memset(p, 0, sizeof *p);
   p->n = 1;
+  p->up = -1;
   p->src[0].kind = FETCH_SRC_UPSTREAM;
   p->src[0].u = u;
   snprintf(p->src[0].label, sizeof p->src[0].label, "%s", upstream_config(u)->host);
 }
 
-void fetcher_set_peer_error_cb(struct fetcher *f, fetch_peer_error_cb cb, void *ud) {
-  f->on_peer_error = cb;
-  f->peer_error_ud = ud;
-}
+void fetcher_set_hooks(struct fetcher *f, const struct fetch_hooks *h) { f->hooks = *h; }
 
 int fetcher_join(struct fetcher *f, enum fetch_kind kind, const char *hex,
                  const struct fetch_plan *plan, const char *repo, struct fetch_waiter *w) {
@@ -652,6 +686,8 @@ int fetch_src_upstream_status(const struct fetch_src *s) { return s->upstream_st
 
 int fetch_src_via_peer(const struct fetch_src *s) { return s->via_peer; }
 
+const char *fetch_src_label(const struct fetch_src *s) { return s->upstream_host; }
+
 unsigned fetcher_active(const struct fetcher *f) { return f->active; }
 
 int fetcher_new(struct fetcher **out, uv_loop_t *loop, struct blobstore *bs) {
@@ -671,6 +707,8 @@ int fetcher_new(struct fetcher **out, uv_loop_t *loop, struct blobstore *bs) {
                    "Blob bytes written to the cache from peers.");
   metrics_describe("regmesh_fetch_fallbacks_total", METRIC_COUNTER,
                    "Downloads moved to their next source after one failed.");
+  metrics_describe("regmesh_holder_redirects_total", METRIC_COUNTER,
+                   "Downloads a busy peer sent to other holders of the blob.");
   set_inflight_gauge(f);
   *out = f;
   return 0;

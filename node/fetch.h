@@ -52,11 +52,13 @@ struct fetch_source {
   char label[144];     /* for logs: "docker.io", "peer:node-b" */
   char query[160];     /* appended to the path ("?ns=docker.io"), or "" */
   char headers[600];   /* extra request headers ("Name: value" lines) */
+  uint64_t rate;       /* bytes/s cap on this source (replica fills), 0 none */
 };
 
 struct fetch_plan {
   struct fetch_source src[FETCH_MAX_SOURCES];
   size_t n;
+  int up; /* index of the configured upstream, for the hooks (-1: unknown) */
 };
 
 /* fetch_plan_upstream: a plan of just the upstream u. */
@@ -76,9 +78,24 @@ int fetcher_new(struct fetcher **out, uv_loop_t *loop, struct blobstore *bs);
  * download) and every waiter left. */
 void fetcher_free(struct fetcher *f);
 
-/* Told when a peer source failed (err RM_EDIGEST: it sent bad bytes). */
-typedef void (*fetch_peer_error_cb)(void *ud, const struct fetch_source *src, int err);
-void fetcher_set_peer_error_cb(struct fetcher *f, fetch_peer_error_cb cb, void *ud);
+/* What the fleet layer learns from downloads (all optional):
+ * - on_peer_error: a peer source failed (RM_EDIGEST: it sent bad bytes);
+ *   not called when it only sent us elsewhere (RM_EREDIRECT, RM_EBUSY).
+ * - on_redirect: a peer answered with other holders (X-Regmesh-Holders,
+ *   the value in holders): write up to max sources to try next into out
+ *   and return how many. They go right after the current source.
+ * - on_commit: content of digest hex was verified and stored; last is the
+ *   source that delivered its end. */
+struct fetch_hooks {
+  void (*on_peer_error)(void *ud, const struct fetch_source *src, int err);
+  size_t (*on_redirect)(void *ud, enum fetch_kind kind, const char *hex, const char *repo,
+                        int up, const struct fetch_source *from, const char *holders,
+                        struct fetch_source *out, size_t max);
+  void (*on_commit)(void *ud, enum fetch_kind kind, const char *hex, const char *repo,
+                    int up, const struct fetch_source *last);
+  void *ud;
+};
+void fetcher_set_hooks(struct fetcher *f, const struct fetch_hooks *h);
 
 /* fetcher_join attaches w to the download of hex (starting it with plan,
  * repository repo, when none runs; the plan is copied). Returns 0 or a
@@ -105,6 +122,8 @@ const char *fetch_src_media_type(const struct fetch_src *s);
 int fetch_src_upstream_status(const struct fetch_src *s);
 /* Some of the bytes came from a peer (for the "peer" hit source). */
 int fetch_src_via_peer(const struct fetch_src *s);
+/* Label of the source in use ("peer:n2", "docker.io"). */
+const char *fetch_src_label(const struct fetch_src *s);
 
 unsigned fetcher_active(const struct fetcher *f);
 

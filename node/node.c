@@ -8,6 +8,7 @@
 
 #include "access.h"
 #include "cluster.h"
+#include "egress.h"
 #include "fetch.h"
 #include "http_server.h"
 #include "registry.h"
@@ -210,6 +211,9 @@ int node_start(struct node *n, uv_loop_t *loop, struct config *cfg) {
     upstream_ping(n->ups[i]);
   }
 
+  if (cfg->cluster.enabled && cfg->cluster.peer_egress &&
+      (r = egress_new(&n->peer_egress, loop, cfg->cluster.peer_egress)) != 0)
+    return r;
   if (cfg->cluster.enabled && (r = cluster_start(&n->cluster, n)) != 0)
     return r;
 
@@ -236,6 +240,8 @@ int node_start(struct node *n, uv_loop_t *loop, struct config *cfg) {
 static void on_http_closed(void *ud) {
   struct node *n = ud;
   n->http = NULL;
+  egress_free(n->peer_egress); /* no request is left to wait on it */
+  n->peer_egress = NULL;
   /* Cancels every upstream request: downloads end with UV_ECANCELED. */
   upclient_free(n->upc);
   n->upc = NULL;
@@ -246,7 +252,18 @@ static void on_drained(void *ud) {
   if (n->stopping)
     return; /* the timeout cut the rest: that was logged */
   LOG_I("shutdown: every response finished");
+  if (n->cluster && !n->cluster_left) {
+    n->drained_early = 1; /* the hand-over still talks to peers */
+    return;
+  }
   node_stop(n);
+}
+
+static void on_cluster_left(void *ud) {
+  struct node *n = ud;
+  n->cluster_left = 1;
+  if (n->drained_early)
+    node_stop(n);
 }
 
 static void on_drain_timeout(uv_timer_t *t) {
@@ -264,7 +281,7 @@ void node_shutdown(struct node *n) {
   n->ready = 0;
   /* leave first, so peers stop sending us work while we finish ours */
   if (n->cluster)
-    cluster_stop(n->cluster, NULL, NULL);
+    cluster_stop(n->cluster, on_cluster_left, n);
   if (!n->http || n->cfg->shutdown_timeout_ms == 0) {
     node_stop(n);
     return;

@@ -25,6 +25,7 @@ struct access;
 struct tls_source;
 struct strmap;
 struct rreq;
+struct egress;
 
 /* Listener ids handed to the HTTP server: >= 0 is an upstream's own port.
  * MAIN and the upstreams' ports are client listeners; PEER is
@@ -44,6 +45,7 @@ struct node {
   struct tagcache *tags;
   struct tagslist_cache *tagslists;
   struct cluster *cluster;     /* NULL without a cluster: section */
+  struct egress *peer_egress;  /* cluster.peer_egress, or NULL: unlimited */
   struct access *access;       /* allow list and client passwords */
   /* certificates: of the client listeners (`tls:`), of the peer listener
    * (cluster.tls), and of upstreams whose listener has its own `tls:`
@@ -79,6 +81,8 @@ struct node {
   int cache_verify_busy; /* one `cache verify` at a time */
   int cache_cancel;      /* atomic: set at stop, read by cache jobs */
   int ready;
+  int cluster_left;   /* cluster_stop finished (hand-over told, gossip left) */
+  int drained_early;  /* drained before it: node_stop waits for it */
   int draining; /* SIGTERM: finishing responses in flight */
   int stopping;
 };

@@ -17,6 +17,7 @@
 #include "access.h"
 
 #include "cluster.h"
+#include "egress.h"
 #include "fetch.h"
 #include "http_server.h"
 #include "httpval.h"
@@ -96,6 +97,10 @@ struct rreq {
   struct tag_waiter tw;
   /* a request from a fleet peer: never ask further peers */
   int hop;
+  char hop_from[72];      /* its X-Regmesh-Hop: the sender's name */
+  int holder_only;        /* X-Regmesh-Holder-Only: cache or in-flight only */
+  int upload;             /* a blob stream to a peer (cluster_upload_begin) */
+  struct egress_waiter ew; /* parked on cluster.peer_egress */
   int hop_authed;         /* its X-Regmesh-Auth checked out */
   int authed;             /* a client that logged in (auth.htpasswd) */
   int auth_pending;       /* its password is being checked */
@@ -300,6 +305,10 @@ static void rr_metrics(struct rreq *r) {
  * here unless an upstream request of its own still has to report back. */
 static void rr_cleanup(struct rreq *r) {
   deadline_clear(r);
+  egress_cancel(r->n->peer_egress, &r->ew);
+  if (r->upload && r->n->cluster)
+    cluster_upload_end(r->n->cluster, r->rt.hex);
+  r->upload = 0;
   rr_release_fetch(r);
   r->req = NULL;
   if (r->ureq) {
@@ -606,11 +615,17 @@ static void on_sent(struct http_request *req, int status, void *ud) {
   }
   r->pos += r->last_len;
   r->sent += r->last_len;
+  if (r->upload)
+    metrics_add("regmesh_peer_upload_bytes_total", "", r->last_len);
   pump(r);
 }
 
+#define EGRESS_CHUNK (256u * 1024) /* peer streams share cluster.peer_egress in these */
+
+static void on_egress(struct egress_waiter *w) { pump(container_of(w, struct rreq, ew)); }
+
 static void pump(struct rreq *r) {
-  if (r->sending || r->finished)
+  if (r->sending || r->finished || r->ew.parked)
     return;
   uint64_t avail = r->end < r->gate ? r->end : r->gate;
   if (r->fw.src) {
@@ -619,8 +634,17 @@ static void pump(struct rreq *r) {
       avail = a;
   }
   if (r->pos < avail) {
+    uint64_t len = avail - r->pos;
+    if (r->upload && r->n->peer_egress) {
+      len = egress_take(r->n->peer_egress, len < EGRESS_CHUNK ? len : EGRESS_CHUNK);
+      if (len == 0) {
+        r->ew.cb = on_egress;
+        egress_wait(r->n->peer_egress, &r->ew);
+        return;
+      }
+    }
     r->sending = 1;
-    r->last_len = avail - r->pos;
+    r->last_len = len;
     int rc = http_respond_sendfile(r->req, r->fd, r->pos, r->last_len, on_sent, r);
     if (rc) {
       r->sending = 0;
@@ -888,10 +912,13 @@ static void blob_on_done(struct fetch_waiter *w, int err) {
 /* Where a missing digest comes from: in a fleet its owners first, unless
  * the request is itself from a peer (no loops). */
 static void make_plan(struct rreq *r, int is_manifest, struct fetch_plan *plan) {
-  if (r->n->cluster && !r->hop)
-    cluster_plan(r->n->cluster, is_manifest, r->rt.hex, r->rt.name, r->rt.upstream, plan);
-  else
+  if (r->n->cluster) {
+    cluster_plan(r->n->cluster, is_manifest, r->rt.hex, r->rt.name, r->rt.upstream,
+                 r->hop ? r->hop_from : NULL, plan);
+  } else {
     fetch_plan_upstream(plan, r->n->ups[r->rt.upstream]);
+    plan->up = r->rt.upstream;
+  }
 }
 
 static void join_blob(struct rreq *r, int starting) {
@@ -1156,7 +1183,58 @@ static void handle_blob(struct rreq *r) {
   handle_blob_confirmed(r);
 }
 
+/* A holder asked for what it has: its cache, or a download in flight that
+ * is not itself waiting on the asker. Returns 1 when it answered. */
+static int holder_only_miss(struct rreq *r, enum fetch_kind kind) {
+  struct fetch_src *s = fetcher_find(r->n->fetcher, kind, r->rt.hex);
+  char label[80];
+  snprintf(label, sizeof label, "peer:%s", r->hop_from);
+  if (s && strcmp(fetch_src_label(s), label) != 0)
+    return 0;
+  hdr_common(r);
+  respond_bare(r, 404, "not held here");
+  return 1;
+}
+
+/* A peer's blob GET: it becomes a holder; a node already streaming the
+ * blob to `fanout` peers sends it to other holders instead (307), one at
+ * max_peer_uploads says busy (503). Returns 1 when it answered. */
+static int peer_blob_get(struct rreq *r) {
+  struct cluster *c = r->n->cluster;
+  if (!r->holder_only) {
+    char target[700], holders[200], loc[900];
+    snprintf(target, sizeof target, "/v2/%s/blobs/sha256:%s?ns=%s", r->rt.name, r->rt.hex,
+             up_host(r));
+    int may = http_request_header(r->req, CLUSTER_NO_REDIRECT_HEADER) == NULL;
+    enum cluster_upload d = cluster_upload_decide(c, r->rt.hex, r->hop_from, r->rt.name,
+                                                  up_host(r), target, may, holders,
+                                                  sizeof holders, loc, sizeof loc);
+    if (d == CLUSTER_REDIRECT) {
+      hdr_common(r);
+      hdr_add(r, "Location", "%s", loc);
+      hdr_add(r, CLUSTER_HOLDERS_HEADER, "%s", holders);
+      respond_bare(r, 307, "busy: ask the holders in " CLUSTER_HOLDERS_HEADER);
+      return 1;
+    }
+    if (d == CLUSTER_BUSY) {
+      hdr_common(r);
+      hdr_add(r, "Retry-After", "1");
+      respond_bare(r, 503, "busy: at cluster.max_peer_uploads");
+      return 1;
+    }
+  } else {
+    struct blob_info info;
+    if (blobstore_stat(r->n->bs, r->rt.hex, &info) != 0 && holder_only_miss(r, FETCH_BLOB))
+      return 1;
+  }
+  r->upload = 1;
+  cluster_upload_begin(c, r->rt.hex);
+  return 0;
+}
+
 static void handle_blob_confirmed(struct rreq *r) {
+  if (r->hop && r->hop_from[0] && !r->is_head && r->n->cluster && peer_blob_get(r))
+    return;
   if (serve_local(r, 0) == 0)
     return;
   struct fetch_src *s = fetcher_find(r->n->fetcher, FETCH_BLOB, r->rt.hex);
@@ -1205,6 +1283,8 @@ static void manifest_on_done(struct fetch_waiter *w, int err) {
 
 static void manifest_by_digest(struct rreq *r) {
   if (serve_local(r, 1) == 0)
+    return;
+  if (r->hop && r->holder_only && holder_only_miss(r, FETCH_MANIFEST))
     return;
   struct fetch_src *s = fetcher_find(r->n->fetcher, FETCH_MANIFEST, r->rt.hex);
   if (!s && r->is_head) {
@@ -1898,6 +1978,25 @@ static void deny(struct rreq *r, int status, const char *why, const char *msg) {
 }
 
 /* dispatch serves a request that passed its listener's checks. */
+/* A peer's notice (held, replicate, handover) about content by digest: a
+ * HEAD with X-Regmesh-Notice, answered with its status and no body. */
+static int peer_notice(struct rreq *r) {
+  const struct http_header *nt = http_request_header(r->req, CLUSTER_NOTICE_HEADER);
+  if (!nt || !r->is_head)
+    return 0;
+  if (!(r->rt.kind == ROUTE_BLOB || (r->rt.kind == ROUTE_MANIFEST && r->rt.by_digest))) {
+    hdr_common(r);
+    respond_bare(r, 400, "notices are about content by digest");
+    return 1;
+  }
+  const struct http_header *hl = http_request_header(r->req, CLUSTER_HOLDERS_HEADER);
+  int st = cluster_notice(r->n->cluster, nt->value, r->rt.kind == ROUTE_MANIFEST, r->rt.hex,
+                          r->rt.name, r->rt.upstream, r->hop_from, hl ? hl->value : NULL);
+  hdr_common(r);
+  respond_bare(r, st, "notice");
+  return 1;
+}
+
 static void dispatch(struct rreq *r) {
   struct http_request *req = r->req;
   struct node *n = r->n;
@@ -1932,6 +2031,8 @@ static void dispatch(struct rreq *r) {
   /* The spec asks proxies to echo the namespace they used. */
   if (r->rt.via_ns && query_param(req->query, "ns", r->ns_echo, sizeof r->ns_echo) != 1)
     r->ns_echo[0] = '\0';
+  if (r->hop && r->hop_from[0] && r->n->cluster && peer_notice(r))
+    return;
   if (r->rt.kind != ROUTE_BASE && r->rt.kind != ROUTE_CATALOG)
     deadline_set(r);
   switch (r->rt.kind) {
@@ -1966,6 +2067,12 @@ static void handle_peer(struct rreq *r) {
   }
   const struct http_header *hop = http_request_header(req, CLUSTER_HOP_HEADER);
   r->hop = 1;
+  if (hop && strlen(hop->value) >= sizeof r->hop_from) {
+    respond_error(r, 400, "UNSUPPORTED", CLUSTER_HOP_HEADER " is too long");
+    return;
+  }
+  snprintf(r->hop_from, sizeof r->hop_from, "%s", hop ? hop->value : "");
+  r->holder_only = http_request_header(req, CLUSTER_HOLDER_ONLY_HEADER) != NULL;
   if (pa->enabled) {
     const struct http_header *auth = http_request_header(req, CLUSTER_AUTH_HEADER);
     char target[2400];

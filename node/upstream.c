@@ -194,6 +194,7 @@ struct uphead {
   char www_auth[4096];
   char rm_reply[80];
   char rm_tag_time[32];
+  char rm_holders[200];
   char filters[128];
   size_t bytes;
 };
@@ -218,6 +219,7 @@ struct upstream_req {
   uint64_t range_start;
   int resumable;
   size_t max_body;
+  uint64_t max_recv_speed;
   int internal; /* ping or token: no ping, no auth rounds */
   int brk_probe; /* this attempt is the half-open circuit's probe */
   uint64_t t0_ms; /* created (uv_now), for the latency histogram */
@@ -1033,6 +1035,8 @@ static void head_line(struct upstream_req *r, const char *line, size_t n) {
     head_set(h->rm_reply, sizeof h->rm_reply, v, vlen);
   } else if (IS("oci-filters-applied")) {
     head_set(h->filters, sizeof h->filters, v, vlen);
+  } else if (IS("x-regmesh-holders")) {
+    head_set(h->rm_holders, sizeof h->rm_holders, v, vlen);
   } else if (IS("x-regmesh-tag-fetched")) {
     head_set(h->rm_tag_time, sizeof h->rm_tag_time, v, vlen);
   } else if (IS("www-authenticate")) {
@@ -1168,6 +1172,7 @@ static void req_decide(struct upstream_req *r) {
   resp.www_authenticate = OPT(www_auth);
   resp.regmesh_auth_reply = OPT(rm_reply);
   resp.regmesh_tag_time = OPT(rm_tag_time);
+  resp.regmesh_holders = OPT(rm_holders);
   resp.oci_filters_applied = OPT(filters);
 #undef OPT
   int64_t start, total;
@@ -1301,8 +1306,12 @@ static void req_attempt_start(struct upstream_req *r) {
   /* Exact bytes: no Accept-Encoding (ACCEPT_ENCODING unset) and no
    * decoding of whatever a server sends anyway. */
   SETOPT(e, CURLOPT_HTTP_CONTENT_DECODING, 0L);
-  SETOPT(e, CURLOPT_FOLLOWLOCATION, 1L);
+  /* A peer's 307 names other holders of a blob: the fetch decides where
+   * to go (docs/cluster.md), curl must not. */
+  SETOPT(e, CURLOPT_FOLLOWLOCATION, r->u->is_peer ? 0L : 1L);
   SETOPT(e, CURLOPT_MAXREDIRS, UP_MAX_REDIRS);
+  if (r->max_recv_speed)
+    SETOPT(e, CURLOPT_MAX_RECV_SPEED_LARGE, (curl_off_t)r->max_recv_speed);
   SETOPT(e, CURLOPT_CONNECTTIMEOUT_MS, (long)cfg->connect_timeout_ms);
   long lst = (long)((cfg->low_speed_time_ms + 999) / 1000);
   SETOPT(e, CURLOPT_LOW_SPEED_LIMIT, UP_LOW_SPEED_BYTES);
@@ -1891,6 +1900,7 @@ int upstream_fetch(struct upstream *u, const struct upstream_fetch_opts *o,
   r->range_start = o->range_start;
   r->resumable = o->resumable;
   r->max_body = o->max_body;
+  r->max_recv_speed = o->max_recv_speed;
   r->cbs = *cbs;
   r->ud = ud;
   if ((o->accept && !(r->accept = strdup(o->accept))) ||

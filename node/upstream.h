@@ -46,6 +46,7 @@ struct upstream_response {
   const char *regmesh_auth_reply; /* X-Regmesh-Auth-Reply (from a peer), or NULL */
   const char *regmesh_tag_time;   /* X-Regmesh-Tag-Fetched (from a peer), or NULL */
   const char *oci_filters_applied; /* OCI-Filters-Applied (referrers), or NULL */
+  const char *regmesh_holders;    /* X-Regmesh-Holders (from a peer), or NULL */
 };
 
 struct upstream_cbs {
@@ -78,6 +79,7 @@ struct upstream_fetch_opts {
   /* More request headers: "Name: value" lines separated by '\n' (no CR,
    * at most 1 KiB), or NULL. For peer requests (hop, signature). */
   const char *extra_headers;
+  uint64_t max_recv_speed; /* > 0: bytes/s cap on this transfer */
 };
 
 /* upclient_new creates the shared curl multi handle on loop. */
