@@ -1393,11 +1393,14 @@ char *cluster_members_json(struct cluster *c) {
 int cluster_owners_json(struct cluster *c, const char *key, char **out) {
   *out = NULL;
   struct cluster_peer *own[8];
-  size_t n = owners_of(c, key, own, c->cfg->replicas);
+  size_t n = owners_of(c, key, own, c->cfg->replicas + 1);
+  size_t k = n > c->cfg->replicas ? c->cfg->replicas : n;
   json_t *arr = json_array();
-  for (size_t i = 0; i < n; i++)
+  for (size_t i = 0; i < k; i++)
     json_array_append_new(arr, json_string(own[i]->name));
-  json_t *doc = json_pack("{s:s,s:o}", "key", key, "owners", arr);
+  /* heir: where the key goes when an owner leaves (the next member) */
+  json_t *doc = json_pack("{s:s,s:o,s:s?}", "key", key, "owners", arr, "heir",
+                          n > k ? own[k]->name : NULL);
   *out = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
   json_decref(doc);
   return *out ? 0 : UV_ENOMEM;

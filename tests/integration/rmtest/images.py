@@ -331,6 +331,12 @@ class Catalog:
             [("e/%s.bin" % which, mib * 1024 * 1024)]], label="evict-" + which),
             "evict/" + which, "v1"))
 
+    def spread(self, mib=32):
+        """One layer of random data, for the fleet fan-out tests."""
+        return self._get("spread-%d" % mib, lambda: self._named(self.store.make_image("docker", [
+            [("spread/random.bin", mib * 1024 * 1024)]], label="spread-%d" % mib),
+            "spread/blob", "v%d" % mib))
+
     # --- ghcr.io upstream ----------------------------------------------
     @property
     def tool(self):

@@ -40,6 +40,7 @@ from .checks import read_digest
 IP = shutil.which("ip") or ("/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else None)
 IPTABLES = shutil.which("iptables") or (
     "/usr/sbin/iptables" if os.path.exists("/usr/sbin/iptables") else None)
+TC = shutil.which("tc") or ("/usr/sbin/tc" if os.path.exists("/usr/sbin/tc") else None)
 SYSCTL = shutil.which("sysctl") or (
     "/usr/sbin/sysctl" if os.path.exists("/usr/sbin/sysctl") else None)
 
@@ -76,7 +77,7 @@ def unique_prefix():
     return "rmt%d%c" % (os.getpid(), chr(ord("a") + (n - 1) % 26))
 
 
-_NAME = re.compile(r"^rmt(\d+)[a-z][uab]$")
+_NAME = re.compile(r"^rmt(\d+)[a-z](?:[uab]|s\d+)$")
 
 
 def sweep_orphans():
@@ -394,6 +395,107 @@ class Lab:
         if left:
             errors.append("namespaces still present: %s" % left)
         return errors
+
+
+# ---------------------------------------------------------------------------
+# a star: one router (the upstream lives there) and n leaves, each on its
+# own veth link shaped with tc tbf in both directions
+
+SUBNET_STAR = "10.202"
+
+
+class Star:
+    """Router namespace `<p>u` and leaves `<p>s0`..: leaf i is
+    10.202.<i+1>.2 behind 10.202.<i+1>.1 on the router; every link carries
+    `rate` (tc tbf, e.g. "40mbit") each way, so a leaf's upload and
+    download are both capped. Leaves reach each other through the router."""
+
+    def __init__(self, n, rate, prefix=None):
+        p = prefix or unique_prefix()
+        self.rate = rate
+        self.u = Netns(p + "u")
+        self.leaves = [Netns("%ss%d" % (p, i)) for i in range(n)]
+        self._cleanups = []
+
+    def ip(self, i):
+        return "%s.%d.2" % (SUBNET_STAR, i + 1)
+
+    def router_ip(self, i):
+        return "%s.%d.1" % (SUBNET_STAR, i + 1)
+
+    def create(self):
+        self.u.create()
+        self.u.sysctl("net.ipv4.ip_forward", 1)
+        for i, ns in enumerate(self.leaves):
+            ns.create()
+            inner, outer = "vl%d" % i, "vup%d" % i   # router side, leaf side
+            self.u.ip("link", "add", "name", inner, "type", "veth", "peer", "name", outer,
+                      "netns", ns.name)
+            self.u.ip("addr", "add", self.router_ip(i) + "/24", "dev", inner)
+            self.u.ip("link", "set", inner, "up")
+            ns.ip("addr", "add", self.ip(i) + "/24", "dev", outer)
+            ns.ip("link", "set", outer, "up")
+            ns.ip("route", "add", "default", "via", self.router_ip(i))
+            # egress of each end: the leaf's upload and its download
+            for where, dev in ((self.u, inner), (ns, outer)):
+                where.run([TC, "qdisc", "add", "dev", dev, "root", "tbf", "rate", self.rate,
+                           "burst", "256kb", "latency", "100ms"], timeout=10)
+        return self
+
+    def on_cleanup(self, fn):
+        self._cleanups.append(fn)
+
+    def link_bytes(self, i):
+        """(sent, received) bytes on leaf i's link, counted on its own end."""
+        dev = "vup%d" % i
+        out = self.leaves[i].run(["cat", "/sys/class/net/%s/statistics/tx_bytes" % dev,
+                                  "/sys/class/net/%s/statistics/rx_bytes" % dev]).stdout
+        tx, rx = out.decode().split()
+        return int(tx), int(rx)
+
+    def teardown(self):
+        errors = []
+        for fn in reversed(self._cleanups):
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001 - keep tearing down
+                errors.append(repr(e))
+        self._cleanups = []
+        for ns in self.leaves + [self.u]:
+            ns.delete()
+        left = [ns.name for ns in self.leaves + [self.u] if ns.exists()]
+        if left:
+            errors.append("namespaces still present: %s" % left)
+        return errors
+
+
+@pytest.fixture
+def netns_star(request):
+    """Factory: netns_star(n, rate) -> a created Star, torn down (its
+    cleanups first) even when the test fails. Skips only when ip, iptables
+    or tc are absent."""
+    miss = missing() + ([] if TC else ["tc (iproute2)"])
+    if miss:
+        pytest.skip("not installed here: %s" % ", ".join(miss))
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root (euid %d)" % os.geteuid())
+    sweep_orphans()
+    stars = []
+
+    def make(n, rate):
+        st = Star(n, rate)
+        stars.append(st)
+        try:
+            st.create()
+        except BaseException:
+            st.teardown()
+            raise
+        return st
+    yield make
+    errs = []
+    for st in stars:
+        errs += st.teardown()
+    assert not errs, "netns star teardown: %s" % errs
 
 
 @pytest.fixture
