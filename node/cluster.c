@@ -559,12 +559,10 @@ static size_t on_redirect(void *ud, enum fetch_kind kind, const char *hex, const
   content_target(target, sizeof target, kind, hex, repo);
   struct fetch_plan tmp;
   memset(&tmp, 0, sizeof tmp);
-  char names[200];
-  snprintf(names, sizeof names, "%s", list);
-  char *save = NULL;
-  for (char *nm = strtok_r(names, ", ", &save); nm && tmp.n < 2 && tmp.n + 1 < max;
-       nm = strtok_r(NULL, ", ", &save)) {
-    struct cluster_peer *p = strmap_get(&c->peers, nm);
+  char names[4][HOLDERS_NAME_MAX];
+  size_t k = holders_parse_list(list, names, 4);
+  for (size_t i = 0; i < k && tmp.n < 2 && tmp.n + 1 < max; i++) {
+    struct cluster_peer *p = strmap_get(&c->peers, names[i]);
     if (peer_usable(c, p))
       add_holder_source(c, &tmp, p, target, host);
   }
@@ -786,12 +784,11 @@ int cluster_notice(struct cluster *c, const char *kind, int is_manifest, const c
   if (strcmp(kind, "replicate") == 0)
     return fill_enqueue(c, is_manifest ? FETCH_MANIFEST : FETCH_BLOB, hex, repo, up, from);
   if (strcmp(kind, "handover") == 0 && holders) {
-    char names[200];
-    snprintf(names, sizeof names, "%s", holders);
-    char *save = NULL;
-    for (char *nm = strtok_r(names, ", ", &save); nm; nm = strtok_r(NULL, ", ", &save))
-      if (strcmp(nm, c->self->name) != 0)
-        holders_note(c->holders, hex, nm, 1, repo, c->n->cfg->upstreams[up].host, now);
+    char names[8][HOLDERS_NAME_MAX];
+    size_t k = holders_parse_list(holders, names, 8);
+    for (size_t i = 0; i < k; i++)
+      if (strcmp(names[i], c->self->name) != 0)
+        holders_note(c->holders, hex, names[i], 1, repo, c->n->cfg->upstreams[up].host, now);
     metrics_add("regmesh_handover_received_total", "", 1);
     return 200;
   }

@@ -270,3 +270,18 @@ void holders_each(struct holders *h, uint64_t now, holders_each_fn fn, void *ud)
 }
 
 size_t holders_digests(const struct holders *h) { return h->map.count; }
+
+size_t holders_parse_list(const char *v, char (*out)[HOLDERS_NAME_MAX], size_t max) {
+  size_t n = 0;
+  while (*v && n < max) {
+    while (*v == ',' || *v == ' ' || *v == '\t')
+      v++;
+    size_t len = strcspn(v, ", \t");
+    if (len > 0 && len < HOLDERS_NAME_MAX) {
+      memcpy(out[n], v, len);
+      out[n++][len] = '\0';
+    }
+    v += len;
+  }
+  return n;
+}

@@ -69,4 +69,9 @@ void holders_each(struct holders *h, uint64_t now, holders_each_fn fn, void *ud)
 
 size_t holders_digests(const struct holders *h);
 
+/* holders_parse_list splits a peer's list ("n1,n2", commas and/or spaces)
+ * into up to max names; a name too long for an entry is skipped. Returns
+ * how many were written. */
+size_t holders_parse_list(const char *v, char (*out)[HOLDERS_NAME_MAX], size_t max);
+
 #endif

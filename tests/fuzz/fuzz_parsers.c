@@ -11,10 +11,13 @@
  *   7: a manifest or index (JSON), then its platforms matched
  *   8: an X-Regmesh-Auth value, with method and target before it
  *   9: a query string, every parameter the node reads taken from it
+ *  10: an X-Regmesh-Holders list, its names then noted in and picked from
+ *      a holders table (the first two bytes are the clock)
  * Each checks what its result promises (bounds, NUL-terminated fields), so
  * a wrong answer is a crash too, not only a memory error.
  */
 #include "config.h"
+#include "holders.h"
 #include "httpval.h"
 #include "manifest.h"
 #include "peerauth.h"
@@ -155,6 +158,31 @@ static void one_query(const char *q) {
   }
 }
 
+static void one_holders(const char *s, const uint8_t *d, size_t n) {
+  static struct holders *h;
+  if (!h && holders_new(&h) != 0)
+    return;
+  char names[8][HOLDERS_NAME_MAX];
+  size_t k = holders_parse_list(s, names, 8);
+  CHECK(k <= 8);
+  uint64_t now = n >= 2 ? (uint64_t)d[0] << 24 | (uint64_t)d[1] << 16 : 0;
+  const char *hex = n >= 3 && d[2] & 1 ? "aa" : "bb";
+  for (size_t i = 0; i < k; i++) {
+    CHECK(names[i][0] && strlen(names[i]) < HOLDERS_NAME_MAX && !strpbrk(names[i], ", \t"));
+    holders_note(h, hex, names[i], (int)(i & 1), s, "docker.io", now);
+    if (i % 3 == 2)
+      holders_upload_begin(h, hex);
+  }
+  const char *out[4];
+  size_t m = holders_pick(h, hex, k ? names[0] : "x", 2, now, NULL, NULL, out, 4);
+  CHECK(m <= 4);
+  for (size_t i = 0; i < m; i++)
+    CHECK(strlen(out[i]) < HOLDERS_NAME_MAX && (!k || strcmp(out[i], names[0]) != 0));
+  CHECK(holders_digests(h) <= HOLDERS_DIGESTS_MAX);
+  if (k > 1)
+    holders_forget(h, hex, names[1]);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < 1 || size > 65536)
     return 0;
@@ -165,7 +193,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     return 0;
   memcpy(s, d, n);
   s[n] = '\0'; /* most of these parsers take C strings, as the server hands them */
-  switch (data[0] % 10) {
+  switch (data[0] % 11) {
   case 0: one_route(s); break;
   case 1: one_range(d, n); break;
   case 2: {
@@ -203,6 +231,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
   case 8: one_peerauth(s); break;
   case 9: one_query(s); break;
+  case 10: one_holders(s, d, n); break;
   }
   free(s);
   return 0;

@@ -92,6 +92,11 @@ static const char full_yaml[] =
     "    - \"[fd00::9]:8000\"\n"
     "  secret: AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n"
     "  replicas: 3\n"
+    "  fanout: 3\n"
+    "  max_peer_uploads: 16\n"
+    "  peer_egress: 40MiB\n"
+    "  replica_rate: 50MB\n"
+    "  replica_queue: 64\n"
     "  weight: 16\n"
     "  zone: rack-3\n"
     "  peer_timeout: 1s\n"
@@ -229,6 +234,11 @@ static void test_full(void **state) {
   assert_string_equal(c->join[2], "[fd00::9]:8000");
   assert_key_0_to(c, 32);
   assert_int_equal(c->replicas, 3);
+  assert_int_equal(c->fanout, 3);
+  assert_int_equal(c->max_peer_uploads, 16);
+  assert_int_equal(c->peer_egress, 40u << 20);
+  assert_int_equal(c->replica_rate, 50000000);
+  assert_int_equal(c->replica_queue, 64);
   assert_int_equal(c->weight, 16);
   assert_string_equal(c->zone, "rack-3");
   assert_int_equal(c->peer_timeout_ms, 1000);
@@ -811,6 +821,10 @@ static void check_cluster_defaults(const struct config_cluster *c) {
   assert_int_equal(c->n_join, 0);
   assert_int_equal(c->secret_len, 0);
   assert_int_equal(c->replicas, 2);
+  assert_int_equal(c->fanout, 2);
+  assert_int_equal(c->max_peer_uploads, 8);
+  assert_int_equal(c->peer_egress, 0);
+  assert_int_equal(c->replica_queue, 1024);
   assert_int_equal(c->weight, 1);
   assert_string_equal(c->zone, "");
   assert_int_equal(c->peer_timeout_ms, 2000);
@@ -1050,6 +1064,9 @@ static void test_cluster_errors(void **state) {
       {CL "  replicas: 9\n",
        "t.yml:5:13: cluster.replicas: must be at most 8"},
       {CL "  weight: 0\n", "t.yml:5:11: cluster.weight: must be at least 1"},
+      {CL "  fanout: 65\n", "t.yml:5:11: cluster.fanout: must be at most 64"},
+      {CL "  max_peer_uploads: 0\n",
+       "t.yml:5:21: cluster.max_peer_uploads: must be at least 1"},
       {CL "  weight: 17\n", "t.yml:5:11: cluster.weight: must be at most 16"},
       {CL "  weight: 1.5\n",
        "t.yml:5:11: cluster.weight: expected a whole number, got \"1.5\""},
