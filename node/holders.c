@@ -218,10 +218,9 @@ size_t holders_known(struct holders *h, const char *hex, uint64_t now, const cha
     return 0;
   drop_expired(g, now);
   size_t n = 0;
-  for (int pass = 1; pass >= 0; pass--)
-    for (size_t i = g->n; i-- > 0 && n < max;)
-      if (g->e[i].held == pass)
-        out[n++] = g->e[i].name;
+  for (size_t i = g->n; i-- > 0 && n < max;)
+    if (g->e[i].held)
+      out[n++] = g->e[i].name;
   return n;
 }
 

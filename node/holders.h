@@ -51,8 +51,8 @@ size_t holders_pick(struct holders *h, const char *hex, const char *asker, unsig
                     uint64_t now, holders_rank_fn rank, void *ud, const char **out,
                     size_t max);
 
-/* holders_known: up to max live holders of hex (held ones first, then the
- * newest), without charging any. */
+/* holders_known: up to max live holders of hex that have it whole (not
+ * those still downloading, maybe from us), without charging any. */
 size_t holders_known(struct holders *h, const char *hex, uint64_t now, const char **out,
                      size_t max);
 

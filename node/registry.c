@@ -1237,6 +1237,8 @@ static void handle_blob_confirmed(struct rreq *r) {
     return;
   if (serve_local(r, 0) == 0)
     return;
+  if (r->holder_only && holder_only_miss(r, FETCH_BLOB)) /* evicted meanwhile */
+    return;
   struct fetch_src *s = fetcher_find(r->n->fetcher, FETCH_BLOB, r->rt.hex);
   if (s || !r->is_head) {
     join_blob(r, s == NULL);
@@ -1977,7 +1979,6 @@ static void deny(struct rreq *r, int status, const char *why, const char *msg) {
   respond_error(r, status, status == 403 ? "DENIED" : "UNAUTHORIZED", msg);
 }
 
-/* dispatch serves a request that passed its listener's checks. */
 /* A peer's notice (held, replicate, handover) about content by digest: a
  * HEAD with X-Regmesh-Notice, answered with its status and no body. */
 static int peer_notice(struct rreq *r) {
@@ -1997,6 +1998,7 @@ static int peer_notice(struct rreq *r) {
   return 1;
 }
 
+/* dispatch serves a request that passed its listener's checks. */
 static void dispatch(struct rreq *r) {
   struct http_request *req = r->req;
   struct node *n = r->n;

@@ -83,6 +83,10 @@ static void test_expiry_and_forget(void **state) {
   holders_forget(h, hex, "c");
   assert_int_equal(holders_pick(h, hex, "z", 8, 2000, NULL, NULL, out, 2), 1);
   assert_string_equal(out[0], "d");
+  /* known: whole copies only */
+  holders_note(h, hex, "e", 0, NULL, NULL, 2000);
+  assert_int_equal(holders_known(h, hex, 2000, out, 2), 1);
+  assert_string_equal(out[0], "d");
   holders_free(h);
 }
 
