@@ -172,3 +172,43 @@ def test_a_leaving_owner_hands_its_holders_over(make_fleet, make_registry, catal
     assert (st, dg, n) == (200, blob.digest, blob.size)
     assert _upstream_blob_gets(reg, mark, blob.digest) == [], \
         "the heir went upstream though a holder had the blob"
+
+
+def test_peer_egress_and_upload_limits(make_fleet, make_registry, catalog):
+    """peer_egress caps what a node streams to peers; past max_peer_uploads
+    a peer is told busy and takes the blob from its next source."""
+    img = catalog.spread(8)
+    blob = _big(img)
+    reg = make_registry("egress", [img])
+    rate = 4 << 20
+    fl = make_fleet(reg, 3, cluster_extra={"replicas": 1, "fanout": 0,
+                                           "max_peer_uploads": 1, "peer_egress": "4MiB"})
+    owner = fl.first_owner(blob.digest)
+    a, b = [nd for nd in fl.nodes if nd is not owner]
+    # the owner caches it first (its own client: no cap)
+    st, dg, _ = stream_get(owner.url, _blob_path(img, blob))
+    assert (st, dg) == (200, blob.digest)
+
+    res = {}
+
+    def pull(nd):
+        t0 = time.monotonic()
+        res[nd.name] = stream_get(nd.url, _blob_path(img, blob)) + (time.monotonic() - t0,)
+
+    ta = threading.Thread(target=pull, args=(a,))
+    ta.start()
+    util.wait_until(lambda: owner.metric_sum("regmesh_peer_uploads_active") >= 1, 10,
+                    what="the first peer stream")
+    mark = reg.log.mark()
+    pull(b)
+    ta.join(60)
+    for nd in (a, b):
+        assert res[nd.name][:3] == (200, blob.digest, blob.size), res
+    # a read through the cap: 8 MiB at 4 MiB/s (less one burst of 200 KiB)
+    assert res[a.name][3] >= 0.8 * blob.size / rate, res
+    assert owner.metric_sum("regmesh_peer_upload_decisions_total", decision="busy") >= 1
+    # b, refused by the busy owner, went to the upstream
+    assert len(_upstream_blob_gets(reg, mark, blob.digest)) == 1
+    print("\nthrough the cap: %.1f s; busy answers: %d" % (
+        res[a.name][3], owner.metric_sum("regmesh_peer_upload_decisions_total",
+                                          decision="busy")))
