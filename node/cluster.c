@@ -703,7 +703,7 @@ static void fill_on_done(struct fetch_waiter *w, int err) { fill_end((struct fil
 
 static int have_content(struct cluster *c, enum fetch_kind kind, const char *hex) {
   struct blob_info info;
-  return blobstore_stat(c->n->bs, hex, &info) == 0 || fetcher_find(c->n->fetcher, kind, hex);
+  return blobstore_peek(c->n->bs, hex, &info) == 0 || fetcher_find(c->n->fetcher, kind, hex);
 }
 
 static void fill_start(struct cluster *c, struct fill *f) {
@@ -734,8 +734,6 @@ static void fill_start(struct cluster *c, struct fill *f) {
     return;
   }
   c->fills_running++;
-  if (fetch_src_ready(f->w.src) && fetch_src_done(f->w.src))
-    fill_end(f, 0);
 }
 
 static void fills_pump(struct cluster *c) {

@@ -1224,7 +1224,7 @@ static int peer_blob_get(struct rreq *r) {
     }
   } else {
     struct blob_info info;
-    if (blobstore_stat(r->n->bs, r->rt.hex, &info) != 0 && holder_only_miss(r, FETCH_BLOB))
+    if (blobstore_peek(r->n->bs, r->rt.hex, &info) != 0 && holder_only_miss(r, FETCH_BLOB))
       return 1;
   }
   r->upload = 1;

@@ -319,6 +319,23 @@ class NsSkopeo(clients.Skopeo):
 # ---------------------------------------------------------------------------
 # the two-sided lab
 
+def _run_cleanups(cleanups, namespaces):
+    """Run a lab's cleanups (last first), then delete its namespaces;
+    returns the errors met, so teardown goes on past each."""
+    errors = []
+    for fn in reversed(cleanups):
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - keep tearing down
+            errors.append(repr(e))
+    for ns in namespaces:
+        ns.delete()
+    left = [ns.name for ns in namespaces if ns.exists()]
+    if left:
+        errors.append("namespaces still present: %s" % left)
+    return errors
+
+
 SUBNET_A = "10.201.1"
 SUBNET_B = "10.201.2"
 
@@ -382,18 +399,8 @@ class Lab:
         return total
 
     def teardown(self):
-        errors = []
-        for fn in reversed(self._cleanups):
-            try:
-                fn()
-            except Exception as e:  # noqa: BLE001 - keep tearing down
-                errors.append(repr(e))
+        errors = _run_cleanups(self._cleanups, [self.a, self.b, self.u])
         self._cleanups = []
-        for ns in (self.a, self.b, self.u):
-            ns.delete()
-        left = [ns.name for ns in (self.a, self.b, self.u) if ns.exists()]
-        if left:
-            errors.append("namespaces still present: %s" % left)
         return errors
 
 
@@ -445,27 +452,9 @@ class Star:
     def on_cleanup(self, fn):
         self._cleanups.append(fn)
 
-    def link_bytes(self, i):
-        """(sent, received) bytes on leaf i's link, counted on its own end."""
-        dev = "vup%d" % i
-        out = self.leaves[i].run(["cat", "/sys/class/net/%s/statistics/tx_bytes" % dev,
-                                  "/sys/class/net/%s/statistics/rx_bytes" % dev]).stdout
-        tx, rx = out.decode().split()
-        return int(tx), int(rx)
-
     def teardown(self):
-        errors = []
-        for fn in reversed(self._cleanups):
-            try:
-                fn()
-            except Exception as e:  # noqa: BLE001 - keep tearing down
-                errors.append(repr(e))
+        errors = _run_cleanups(self._cleanups, self.leaves + [self.u])
         self._cleanups = []
-        for ns in self.leaves + [self.u]:
-            ns.delete()
-        left = [ns.name for ns in self.leaves + [self.u] if ns.exists()]
-        if left:
-            errors.append("namespaces still present: %s" % left)
         return errors
 
 
