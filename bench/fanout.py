@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
@@ -50,7 +51,6 @@ def pull_all(targets, path, timeout):
     start = threading.Barrier(len(targets))
 
     def one(name, ns, base):
-        import urllib.parse
         u = urllib.parse.urlsplit(base)
         start.wait()
         t0 = time.monotonic()

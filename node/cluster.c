@@ -796,9 +796,8 @@ int cluster_notice(struct cluster *c, const char *kind, int is_manifest, const c
 /* Stored: the first owner asks the next ones to keep a replica; anyone
  * else tells the first owner it holds the blob now. */
 static void on_commit(void *ud, enum fetch_kind kind, const char *hex, const char *repo,
-                      int up, const struct fetch_source *last) {
+                      int up) {
   struct cluster *c = ud;
-  (void)last;
   if (c->stopping || up < 0 || (size_t)up >= c->n->cfg->n_upstreams)
     return;
   const char *ns = c->n->cfg->upstreams[up].host;

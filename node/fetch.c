@@ -313,8 +313,7 @@ static void commit_done(uv_work_t *req, int status) {
     s->refs++;
     remove_from_table(s);
     if (!r && s->f->hooks.on_commit)
-      s->f->hooks.on_commit(s->f->hooks.ud, s->kind, s->hex, s->repo, s->plan.up,
-                            &s->plan.src[s->cur]);
+      s->f->hooks.on_commit(s->f->hooks.ud, s->kind, s->hex, s->repo, s->plan.up);
     if (s->kind == FETCH_BLOB && !s->size_known) {
       /* Without a Content-Length the waiters were not told "ready" yet. */
       s->size_known = 1;
@@ -444,7 +443,6 @@ static int try_next_source(struct fetch_src *s, int err) {
     insert_holders(s);
   else if (cur->kind != FETCH_SRC_UPSTREAM && err != RM_EBUSY && s->f->hooks.on_peer_error)
     s->f->hooks.on_peer_error(s->f->hooks.ud, cur, err);
-  cur = &s->plan.src[s->cur];
   size_t next = s->cur + 1;
   if (next >= s->plan.n || s->state == SRC_FAILED)
     return 0;

@@ -84,15 +84,14 @@ void fetcher_free(struct fetcher *f);
  * - on_redirect: a peer answered with other holders (X-Regmesh-Holders,
  *   the value in holders): write up to max sources to try next into out
  *   and return how many. They go right after the current source.
- * - on_commit: content of digest hex was verified and stored; last is the
- *   source that delivered its end. */
+ * - on_commit: content of digest hex was verified and stored. */
 struct fetch_hooks {
   void (*on_peer_error)(void *ud, const struct fetch_source *src, int err);
   size_t (*on_redirect)(void *ud, enum fetch_kind kind, const char *hex, const char *repo,
                         int up, const struct fetch_source *from, const char *holders,
                         struct fetch_source *out, size_t max);
   void (*on_commit)(void *ud, enum fetch_kind kind, const char *hex, const char *repo,
-                    int up, const struct fetch_source *last);
+                    int up);
   void *ud;
 };
 void fetcher_set_hooks(struct fetcher *f, const struct fetch_hooks *h);
