@@ -1,10 +1,11 @@
-/* tlsctx.c - build an OpenSSL server context from PEM files.
+/* tlsctx.c - build an OpenSSL server context from PEM files or memory.
  *
  * The files are loaded into a fresh SSL_CTX and checked (chain parses, the
  * key matches the leaf, the CA bundle holds at least one certificate); any
  * failure becomes one line naming the file and OpenSSL's first reason. The
  * protocol floor is TLS 1.2 whatever min_version says: 1.0 and 1.1 are
- * never offered.
+ * never offered. Certificates made in memory (the proxy's leaves) get the
+ * same settings from the same function, tlsctx_server_base.
  */
 #include "tlsctx.h"
 
@@ -53,19 +54,21 @@ static int tlsctx_fail(char *err, size_t errlen, const char *what,
   return RM_ETLS;
 }
 
-int tlsctx_server_new(SSL_CTX **out, const char *cert, const char *key,
-                      const char *ca, int min_version, char *err,
-                      size_t errlen) {
+/* tlsctx_server_base makes a server context with the settings every
+ * regmesh listener shares, whatever its certificate comes from, so a proxy
+ * leaf and a configured listener negotiate exactly alike. */
+static int tlsctx_server_base(SSL_CTX **out, int min_version, char *err,
+                              size_t errlen) {
   ERR_clear_error();
   SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
   if (!ctx)
     return tlsctx_fail(err, errlen, "cannot create a TLS context", NULL);
-  int rc = RM_ETLS;
   int floor = min_version >= TLS1_3_VERSION ? TLS1_3_VERSION : TLS1_2_VERSION;
   if (!SSL_CTX_set_min_proto_version(ctx, floor) ||
       !SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION)) {
-    rc = tlsctx_fail(err, errlen, "cannot set the TLS versions", NULL);
-    goto fail;
+    int rc = tlsctx_fail(err, errlen, "cannot set the TLS versions", NULL);
+    SSL_CTX_free(ctx);
+    return rc;
   }
   SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
                                SSL_OP_CIPHER_SERVER_PREFERENCE);
@@ -76,7 +79,18 @@ int tlsctx_server_new(SSL_CTX **out, const char *cert, const char *key,
   static const unsigned char sid_ctx[] = "regmesh";
   SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof sid_ctx - 1);
   SSL_CTX_set_alpn_select_cb(ctx, tlsctx_alpn_select, NULL);
+  *out = ctx;
+  return 0;
+}
 
+int tlsctx_server_new(SSL_CTX **out, const char *cert, const char *key,
+                      const char *ca, int min_version, char *err,
+                      size_t errlen) {
+  SSL_CTX *ctx;
+  int rc = tlsctx_server_base(&ctx, min_version, err, errlen);
+  if (rc != 0)
+    return rc;
+  rc = RM_ETLS;
   if (!cert || !key) {
     snprintf(err, errlen, "tls needs both cert and key");
     goto fail;
@@ -108,6 +122,27 @@ int tlsctx_server_new(SSL_CTX **out, const char *cert, const char *key,
   *out = ctx;
   return 0;
 fail:
+  SSL_CTX_free(ctx);
+  return rc;
+}
+
+int tlsctx_server_new_mem(SSL_CTX **out, X509 *cert, EVP_PKEY *key,
+                          int min_version, char *err, size_t errlen) {
+  SSL_CTX *ctx;
+  int rc = tlsctx_server_base(&ctx, min_version, err, errlen);
+  if (rc != 0)
+    return rc;
+  /* no chain certificates and an empty store: only the leaf is sent, as
+   * the issuer is the client's own trust anchor */
+  if (SSL_CTX_use_certificate(ctx, cert) != 1 ||
+      SSL_CTX_use_PrivateKey(ctx, key) != 1) {
+    rc = tlsctx_fail(err, errlen, "cannot use the certificate or key", NULL);
+  } else if (SSL_CTX_check_private_key(ctx) != 1) {
+    rc = tlsctx_fail(err, errlen, "the key does not match the certificate", NULL);
+  } else {
+    *out = ctx;
+    return 0;
+  }
   SSL_CTX_free(ctx);
   return rc;
 }

@@ -7,12 +7,14 @@
  * bounds. One generic function applies a table to a mapping: it rejects
  * unknown keys (suggesting the nearest known one), duplicate keys and
  * missing required keys, and then runs the section's cross-key check. A new
- * section is a struct, a table, and one row in top_keys; `cluster:` was
- * added that way.
+ * section is a struct, a table, and one row in top_keys; `cluster:` and
+ * `proxy:` were added that way.
  *
  * Checks that span sections run last, in top_check: the default upstream,
- * `private: true` without `auth:`, and listeners that would collide at bind
- * time (the peer listener included). Every error stops the walk
+ * `private: true` without `auth:`, upstream aliases that another upstream
+ * already answers to (the proxy listener could not tell them apart), and
+ * listeners that would collide at bind time (the peer and proxy listeners
+ * included). Every error stops the walk
  * and is reported once, as "file:line:col: key.path: why", with the position
  * of the offending node.
  *
@@ -25,7 +27,8 @@
  * and every buffer that held it is wiped before it is freed.
  *
  * Files the configuration names (secret_file, auth.htpasswd, every tls:
- * block's cert, key and CA) are read and checked during the load, blocking,
+ * block's cert, key and CA, the proxy's CA) are read and checked during the
+ * load, blocking,
  * with the same code the node uses at start and on reload: check-config
  * then refuses exactly what the node would, with the key's file:line:col.
  */
@@ -37,6 +40,7 @@
 #include "log.h"
 #include "tlsctx.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -46,7 +50,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -126,6 +133,8 @@ struct walk {
   /* top-level, one per upstream, cluster */
   struct tls_pending tls[CONFIG_MAX_UPSTREAMS + 2];
   size_t n_tls;
+  /* proxy.ca's cert and key, checked with the tls: files */
+  const struct config__node *proxy_ca_cert, *proxy_ca_key;
 };
 
 static size_t path_push_key(struct walk *w, const char *key, size_t len) {
@@ -393,23 +402,50 @@ static int set_size_t(struct walk *w, const struct config__node *v, void *field,
   return rc;
 }
 
-/* set_duration fills a uint64_t in milliseconds. */
-static int set_duration(struct walk *w, const struct config__node *v,
-                        void *field, const struct key_spec *k) {
+static int parse_duration_node(struct walk *w, const struct config__node *v,
+                               uint64_t *x) {
   const char *s;
   char q[CONFIG__QUOTE_MAX];
-  uint64_t x;
   int rc;
   if ((rc = scalar_text(w, v, &s)) != 0)
     return rc;
-  rc = config_parse_duration(s, &x);
+  rc = config_parse_duration(s, x);
   if (rc == RM_ETOOBIG)
     return fail(w, v, "duration \"%s\" is too large", Q(q, s));
   if (rc != 0)
     return fail(w, v, "invalid duration \"%s\" (examples: 500ms, 10s, 5m, 1h)",
                 Q(q, s));
-  if ((rc = check_bounds(w, v, x, k, " ms")) != 0)
+  return 0;
+}
+
+/* set_duration fills a uint64_t in milliseconds. */
+static int set_duration(struct walk *w, const struct config__node *v, void *field,
+                        const struct key_spec *k) {
+  uint64_t x;
+  int rc;
+  if ((rc = parse_duration_node(w, v, &x)) != 0 ||
+      (rc = check_bounds(w, v, x, k, " ms")) != 0)
     return rc;
+  *(uint64_t *)field = x;
+  return 0;
+}
+
+/* set_leaf_ttl: proxy.leaf_ttl, its bounds said in the units people write
+ * (durations have no day unit). Under 10 minutes leaves would be re-signed
+ * all the time; 397 days is the longest a public CA may issue (as for
+ * `regmesh ca issue`), and a leaf minted on demand gains nothing beyond. */
+#define LEAF_TTL_MIN_MS (10 * 60 * UINT64_C(1000))
+#define LEAF_TTL_MAX_MS (397 * 24 * UINT64_C(3600000))
+static int set_leaf_ttl(struct walk *w, const struct config__node *v, void *field,
+                        const struct key_spec *k) {
+  char q[CONFIG__QUOTE_MAX];
+  uint64_t x;
+  int rc;
+  (void)k;
+  if ((rc = parse_duration_node(w, v, &x)) != 0)
+    return rc;
+  if (x < LEAF_TTL_MIN_MS || x > LEAF_TTL_MAX_MS)
+    return fail(w, v, "must be from 10m to 397 days (9528h), got \"%s\"", Q(q, v->text));
   *(uint64_t *)field = x;
   return 0;
 }
@@ -710,6 +746,37 @@ static int tls_defer(struct walk *w, const struct config__node *map,
   return 0;
 }
 
+/* check_regular_file: file (the value of key `name` under path `base`, at
+ * node at) can be opened and is a regular file. O_NONBLOCK and a regular
+ * file only: a FIFO (or /dev/stdin) named here must not hang check-config,
+ * nor OpenSSL reading it next. OpenSSL says "system lib" for a missing
+ * file; this says what the system said. */
+static int check_regular_file(struct walk *w, const char *base, const char *name,
+                              const struct config__node *at, const char *file) {
+  char q[PATH_QUOTE_MAX], ebuf[128];
+  struct stat sb;
+  int fd;
+  do
+    fd = open(file, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  while (fd < 0 && errno == EINTR);
+  if (fd >= 0 && (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode))) {
+    close(fd);
+    fd = -1;
+    errno = EINVAL;
+  }
+  if (fd >= 0) {
+    close(fd);
+    return 0;
+  }
+  int e = errno;
+  snprintf(w->path, sizeof w->path, "%s", base);
+  path_push_key(w, name, strlen(name));
+  if (e == EINVAL)
+    return fail(w, at, "\"%s\" is not a regular file", QP(q, file));
+  return fail(w, at, "cannot read \"%s\": %s", QP(q, file),
+              strerror_r(e, ebuf, sizeof ebuf));
+}
+
 /* tls_check_files builds the server context the node would and throws it
  * away: a wrong pair or an unreadable file is a check-config error, not a
  * failed start. The error goes to the key whose file the reason names. */
@@ -719,41 +786,14 @@ static int tls_check_files(struct walk *w, const struct tls_pending *p) {
   const char *ca_name = p->ca_name;
   char msg[512];
   SSL_CTX *ctx = NULL;
-  /* OpenSSL says "system lib" for a missing file; say what the system
-   * said. Only what tlsctx would refuse anyway is refused here. */
+  /* only what tlsctx would refuse anyway is refused here */
   const struct config__node *nodes[3] = {cert, key, ca};
   const char *files[3] = {t->cert, t->key, t->ca};
   const char *names[3] = {"cert", "key", ca_name};
   for (int i = 0; i < 3; i++) {
-    char q[PATH_QUOTE_MAX], ebuf[128];
-    int fd;
-    if (files[i] == NULL)
-      continue;
-    /* O_NONBLOCK and a regular file only: a FIFO (or /dev/stdin) named
-     * here must not hang check-config, nor OpenSSL reading it next */
-    do
-      fd = open(files[i], O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    while (fd < 0 && errno == EINTR);
-    struct stat sb;
-    if (fd >= 0 && (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode))) {
-      close(fd);
-      fd = -1;
-      errno = EINVAL;
-    }
-    if (fd >= 0) {
-      close(fd);
-      continue;
-    }
-    int e = errno;
-    if (e == EINVAL) {
-      snprintf(w->path, sizeof w->path, "%s", p->path);
-      path_push_key(w, names[i], strlen(names[i]));
-      return fail(w, nodes[i], "\"%s\" is not a regular file", QP(q, files[i]));
-    }
-    snprintf(w->path, sizeof w->path, "%s", p->path);
-    path_push_key(w, names[i], strlen(names[i]));
-    return fail(w, nodes[i], "cannot read \"%s\": %s", QP(q, files[i]),
-                strerror_r(e, ebuf, sizeof ebuf));
+    int rc = files[i] ? check_regular_file(w, p->path, names[i], nodes[i], files[i]) : 0;
+    if (rc != 0)
+      return rc;
   }
   int rc = tlsctx_server_new(&ctx, t->cert, t->key, t->ca, t->min_version, msg,
                              sizeof msg);
@@ -776,30 +816,105 @@ static int tls_check_files(struct walk *w, const struct tls_pending *p) {
   return fail(w, at, "%s", msg);
 }
 
-/* set_allow fills cfg->allow entry by entry; n_allow counts the stored
- * ones. An empty list is refused: it would shut every client out, which
- * is never what a short list was meant to do. */
-static int set_allow(struct walk *w, const struct config__node *v, void *field,
-                     const struct key_spec *k) {
-  struct config *cfg = w->cfg;
+/* ssl_reason: OpenSSL's last reason, for "file: what (reason)"; clears the
+ * queue so the next check starts clean. */
+static const char *ssl_reason(char *buf, size_t len) {
+  unsigned long e = ERR_peek_last_error();
+  const char *r = e ? ERR_reason_error_string(e) : NULL;
+  snprintf(buf, len, "%s", r ? r : "unknown reason");
+  ERR_clear_error();
+  return buf;
+}
+
+/* no_passphrase: an encrypted key is refused, never prompted for: the
+ * node starts unattended, and check-config must not hang on a tty. */
+static int no_passphrase(char *buf, int size, int rwflag, void *u) {
+  (void)buf;
+  (void)size;
+  (void)rwflag;
+  (void)u;
+  return -1;
+}
+
+/* proxy_check_ca reads proxy.ca and asks for what the proxy will need of
+ * it: a certificate, its key, and a CA. A leaf signed by anything but a CA
+ * is refused by every client, which would look like a network fault at
+ * the first pull rather than a configuration error. The first certificate
+ * of the file is the one that signs. */
+static int proxy_check_ca(struct walk *w) {
+  const struct config_proxy *p = &w->cfg->proxy;
+  const struct config__node *cert = w->proxy_ca_cert, *key = w->proxy_ca_key;
+  char why[256];
+  X509 *x = NULL;
+  EVP_PKEY *pk = NULL;
+  BIO *b;
   int rc;
-  (void)field;
-  if ((rc = check_plain(w, v)) != 0)
+  if (p->ca_cert == NULL || p->ca_key == NULL)
+    return 0;
+  if ((rc = check_regular_file(w, "proxy.ca", "cert", cert, p->ca_cert)) != 0 ||
+      (rc = check_regular_file(w, "proxy.ca", "key", key, p->ca_key)) != 0)
     return rc;
-  if ((v->kind == CONFIG__SCALAR && v->is_null) ||
-      (v->kind == CONFIG__SEQUENCE && v->n_children == 0))
-    return fail(w, v,
-                "empty list lets nobody in; remove the key for loopback-only");
+  ERR_clear_error();
+  snprintf(w->path, sizeof w->path, "proxy.ca.cert");
+  if ((b = BIO_new_file(p->ca_cert, "r")) != NULL) {
+    x = PEM_read_bio_X509(b, NULL, no_passphrase, NULL);
+    BIO_free(b);
+  }
+  if (x == NULL)
+    return fail(w, cert, "%s: no usable PEM certificate (%s)", p->ca_cert,
+                ssl_reason(why, sizeof why));
+  uint32_t flags = X509_get_extension_flags(x);
+  if (!(flags & EXFLAG_CA)) {
+    rc = fail(w, cert,
+              "%s: not a CA certificate (no basicConstraints CA:TRUE); make "
+              "one with: regmesh ca init DIR",
+              p->ca_cert);
+    goto out;
+  }
+  if ((flags & EXFLAG_KUSAGE) && !(X509_get_key_usage(x) & KU_KEY_CERT_SIGN)) {
+    rc = fail(w, cert, "%s: the CA certificate's keyUsage lacks keyCertSign", p->ca_cert);
+    goto out;
+  }
+  snprintf(w->path, sizeof w->path, "proxy.ca.key");
+  if ((b = BIO_new_file(p->ca_key, "r")) != NULL) {
+    pk = PEM_read_bio_PrivateKey(b, NULL, no_passphrase, NULL);
+    BIO_free(b);
+  }
+  if (pk == NULL && ERR_GET_REASON(ERR_peek_last_error()) == PEM_R_BAD_PASSWORD_READ)
+    rc = fail(w, key,
+              "%s: the key is encrypted; give it unencrypted (the node "
+              "starts unattended)",
+              p->ca_key);
+  else if (pk == NULL)
+    rc = fail(w, key, "%s: no usable PEM private key (%s)", p->ca_key,
+              ssl_reason(why, sizeof why));
+  else if (X509_check_private_key(x, pk) != 1)
+    rc = fail(w, key, "%s: the key does not match the certificate %s", p->ca_key,
+              p->ca_cert);
+out:
+  ERR_clear_error();
+  EVP_PKEY_free(pk);
+  X509_free(x);
+  return rc;
+}
+
+/* set_networks fills *list with v's networks entry by entry; *n counts the
+ * stored ones so config_free is right at any point of failure. Each error
+ * points at its entry. */
+static int set_networks(struct walk *w, const struct config__node *v, size_t max,
+                        struct config_cidr **list, size_t *n) {
+  int rc;
   if (v->kind != CONFIG__SEQUENCE)
     return fail(w, v,
                 "expected a sequence of networks (\"10.0.0.0/8\", \"::1\"), "
                 "got %s",
                 kind_name(v));
-  if (v->n_children > k->max)
-    return fail(w, v, "too many entries (%zu, at most %llu)", v->n_children,
-                (unsigned long long)k->max);
-  cfg->allow = calloc(v->n_children, sizeof *cfg->allow);
-  if (cfg->allow == NULL)
+  if (v->n_children > max)
+    return fail(w, v, "too many entries (%zu, at most %zu)", v->n_children, max);
+  if (v->n_children == 0)
+    return 0;
+  *list = calloc(v->n_children, sizeof **list);
+  if (*list == NULL)
     return fail_nomem(w);
   size_t i = 0;
   for (const struct config__node *item = v->child; item;
@@ -821,10 +936,128 @@ static int set_allow(struct walk *w, const struct config__node *v, void *field,
     path_pop(w, old);
     if (rc != 0)
       return rc;
-    cfg->allow[i] = c;
-    cfg->n_allow = i + 1;
+    (*list)[i] = c;
+    *n = i + 1;
   }
+  return 0;
+}
+
+/* set_allow fills cfg->allow. An empty list is refused: it would shut
+ * every client out, which is never what a short list was meant to do. */
+static int set_allow(struct walk *w, const struct config__node *v, void *field,
+                     const struct key_spec *k) {
+  struct config *cfg = w->cfg;
+  int rc;
+  (void)field;
+  if ((rc = check_plain(w, v)) != 0)
+    return rc;
+  if ((v->kind == CONFIG__SCALAR && v->is_null) ||
+      (v->kind == CONFIG__SEQUENCE && v->n_children == 0))
+    return fail(w, v, "empty list lets nobody in; remove the key for loopback-only");
+  if ((rc = set_networks(w, v, (size_t)k->max, &cfg->allow, &cfg->n_allow)) != 0)
+    return rc;
   cfg->allow_set = 1;
+  return 0;
+}
+
+/* set_tunnel_allow: proxy.tunnel_allow, parsed as allow: is. Empty (or
+ * null) is the default: no exception to the refusal of loopback and
+ * link-local targets. */
+static int set_tunnel_allow(struct walk *w, const struct config__node *v, void *field,
+                            const struct key_spec *k) {
+  struct config_proxy *p =
+      (struct config_proxy *)((char *)field -
+                              offsetof(struct config_proxy, tunnel_allow));
+  int rc;
+  if ((rc = check_plain(w, v)) != 0)
+    return rc;
+  if (v->kind == CONFIG__SCALAR && v->is_null)
+    return 0;
+  return set_networks(w, v, (size_t)k->max, &p->tunnel_allow, &p->n_tunnel_allow);
+}
+
+/* is_ipv4_text: digits and dots only, which check_dns_name would take for
+ * a name. */
+static int is_ipv4_text(const char *s, size_t len) {
+  return strspn(s, "0123456789.") == len;
+}
+
+/* set_proxy_hosts fills proxy.hosts pair by pair; n_hosts counts the
+ * stored ones. Numeric addresses only: the point of the table is that the
+ * proxy asks no resolver about these names. */
+static int set_proxy_hosts(struct walk *w, const struct config__node *v, void *field,
+                           const struct key_spec *k) {
+  struct config_proxy *p =
+      (struct config_proxy *)((char *)field - offsetof(struct config_proxy, hosts));
+  char q[CONFIG__QUOTE_MAX];
+  int rc;
+  if ((rc = check_plain(w, v)) != 0)
+    return rc;
+  if (v->kind == CONFIG__SCALAR && v->is_null)
+    return 0;
+  if (v->kind != CONFIG__MAPPING)
+    return fail(w, v, "expected a mapping of host name: address, got %s", kind_name(v));
+  size_t n = v->n_children / 2;
+  if (n > k->max)
+    return fail(w, v, "too many entries (%zu, at most %llu)", n,
+                (unsigned long long)k->max);
+  if (n == 0)
+    return 0;
+  p->hosts = calloc(n, sizeof *p->hosts);
+  if (p->hosts == NULL)
+    return fail_nomem(w);
+  size_t i = 0;
+  for (const struct config__node *kn = v->child; kn && kn->next;
+       kn = kn->next->next, i++) {
+    const struct config__node *vn = kn->next;
+    struct config_proxy_host *h = &p->hosts[i];
+    const char *name, *addr;
+    unsigned char bin[16];
+    if ((rc = scalar_text(w, kn, &name)) != 0)
+      return rc;
+    if (config__check_dns_name(name, kn->len) != 0)
+      return fail(w, kn,
+                  "invalid host name \"%s\" (letters, digits, dots and "
+                  "dashes)",
+                  Q(q, name));
+    if (is_ipv4_text(name, kn->len))
+      return fail(w, kn, "\"%s\" is an address; hosts: maps names to addresses",
+                  Q(q, name));
+    for (size_t j = 0; j < i; j++) {
+      if (strcasecmp(p->hosts[j].name, name) != 0)
+        continue;
+      const struct config__node *first = v->child;
+      for (size_t m = 0; m < j; m++)
+        first = first->next->next;
+      return fail(w, kn, "duplicate host name %s (first at %u:%u)", p->hosts[j].name,
+                  first->line, first->col);
+    }
+    size_t old = path_push_key(w, name, kn->len);
+    rc = scalar_text(w, vn, &addr);
+    if (rc == 0 && inet_pton(AF_INET, addr, bin) != 1 &&
+        inet_pton(AF_INET6, addr, bin) != 1) {
+      if (addr[0] == '[')
+        rc = fail(w, vn,
+                  "invalid address \"%s\": an IPv6 address goes "
+                  "without brackets here",
+                  Q(q, addr));
+      else
+        rc = fail(w, vn,
+                  "invalid address \"%s\": expected a numeric IPv4 "
+                  "or IPv6 address",
+                  Q(q, addr));
+    }
+    path_pop(w, old);
+    if (rc != 0)
+      return rc;
+    if (str_set(&h->name, name, kn->len) != 0 || str_set(&h->addr, addr, vn->len) != 0) {
+      p->n_hosts = i + 1; /* the half-filled entry too, for config_free */
+      return fail_nomem(w);
+    }
+    for (char *c = h->name; *c; c++)
+      *c = (char)tolower((unsigned char)*c);
+    p->n_hosts = i + 1;
+  }
   return 0;
 }
 
@@ -1018,6 +1251,7 @@ enum {
   UP_RESOLVE_TIMEOUT,
   UP_FIRST_BYTE_TIMEOUT,
   UP_PASSWORD_FILE,
+  UP_ALIASES,
 };
 
 static int read_value_file(struct walk *w, const struct config__node *v, char *path,
@@ -1042,6 +1276,47 @@ static int set_password_file(struct walk *w, const struct config__node *v, void 
     rc = fail_nomem(w);
   explicit_bzero(buf, sizeof buf);
   return rc;
+}
+
+/* set_aliases fills the upstream's aliases item by item, in normal form
+ * (config__parse_alias); n_aliases counts the stored ones. Whether another
+ * upstream answers to one is top_check's to say, once all are read. */
+static int set_aliases(struct walk *w, const struct config__node *v, void *field,
+                       const struct key_spec *k) {
+  struct config_upstream *u =
+      (struct config_upstream *)((char *)field -
+                                 offsetof(struct config_upstream, aliases));
+  int rc;
+  if ((rc = check_plain(w, v)) != 0)
+    return rc;
+  if (v->kind == CONFIG__SCALAR && v->is_null)
+    return 0;
+  if (v->kind != CONFIG__SEQUENCE)
+    return fail(w, v, "expected a sequence of host or host:port, got %s", kind_name(v));
+  if (v->n_children > k->max)
+    return fail(w, v, "too many aliases (%zu, at most %llu)", v->n_children,
+                (unsigned long long)k->max);
+  if (v->n_children == 0)
+    return 0;
+  u->aliases = calloc(v->n_children, sizeof *u->aliases);
+  if (u->aliases == NULL)
+    return fail_nomem(w);
+  size_t i = 0;
+  for (const struct config__node *item = v->child; item; item = item->next, i++) {
+    const char *s, *why = NULL;
+    char alias[CONFIG__ALIAS_MAX], q[CONFIG__QUOTE_MAX];
+    size_t old = path_push_index(w, i);
+    rc = scalar_text(w, item, &s);
+    if (rc == 0 && config__parse_alias(s, alias, sizeof alias, &why) != 0)
+      rc = fail(w, item, "invalid alias \"%s\": %s", Q(q, s), why);
+    path_pop(w, old);
+    if (rc != 0)
+      return rc;
+    if ((u->aliases[i] = strdup(alias)) == NULL)
+      return fail_nomem(w);
+    u->n_aliases = i + 1;
+  }
+  return 0;
 }
 
 /* indexed by the enum above, which upstream_check relies on */
@@ -1120,6 +1395,10 @@ static const struct key_spec upstream_keys[] = {
                 .set = set_tls,
                 FIELD(struct config_upstream, tls),
                 .section = &tls_section},
+    [UP_ALIASES] = {.name = "aliases",
+                    .set = set_aliases,
+                    FIELD(struct config_upstream, aliases),
+                    .max = CONFIG_MAX_ALIASES},
 };
 
 static int upstream_check(struct walk *w, const struct config__node *map,
@@ -1319,6 +1598,71 @@ static const struct section_spec cluster_section = {
     cluster_keys, sizeof cluster_keys / sizeof cluster_keys[0],
     cluster_check};
 
+/* `proxy.ca:`, whose two files land in struct config_proxy itself */
+enum { PCA_CERT, PCA_KEY };
+
+static const struct key_spec proxy_ca_keys[] = {
+    [PCA_CERT] = {.name = "cert",
+                  .set = set_path,
+                  FIELD(struct config_proxy, ca_cert),
+                  .required = 1},
+    [PCA_KEY] = {.name = "key",
+                 .set = set_path,
+                 FIELD(struct config_proxy, ca_key),
+                 .required = 1},
+};
+
+/* the files are read in top_check, after every other check, as tls: are */
+static int proxy_ca_check(struct walk *w, const struct config__node *map,
+                          const struct config__node *const *vals, void *base) {
+  (void)map;
+  (void)base;
+  w->proxy_ca_cert = vals[PCA_CERT];
+  w->proxy_ca_key = vals[PCA_KEY];
+  return 0;
+}
+
+static const struct section_spec proxy_ca_section = {
+    proxy_ca_keys, sizeof proxy_ca_keys / sizeof proxy_ca_keys[0], proxy_ca_check};
+
+enum {
+  PX_LISTEN,
+  PX_CA,
+  PX_TUNNEL_OTHERS,
+  PX_TUNNEL_ALLOW,
+  PX_HOSTS,
+  PX_LEAF_TTL,
+};
+
+static const struct key_spec proxy_keys[] = {
+    [PX_LISTEN] = {.name = "listen",
+                   .set = set_listen,
+                   FIELD(struct config_proxy, listen),
+                   .required = 1},
+    [PX_CA] = {.name = "ca",
+               .set = set_section,
+               .offset = 0, /* its keys are fields of struct config_proxy */
+               .required = 1,
+               .section = &proxy_ca_section},
+    [PX_TUNNEL_OTHERS] = {.name = "tunnel_others",
+                          .set = set_bool,
+                          FIELD(struct config_proxy, tunnel_others)},
+    [PX_TUNNEL_ALLOW] = {.name = "tunnel_allow",
+                         .set = set_tunnel_allow,
+                         FIELD(struct config_proxy, tunnel_allow),
+                         .max = CONFIG_MAX_ALLOW},
+    [PX_HOSTS] = {.name = "hosts",
+                  .set = set_proxy_hosts,
+                  FIELD(struct config_proxy, hosts),
+                  .max = CONFIG_MAX_PROXY_HOSTS},
+    [PX_LEAF_TTL] = {.name = "leaf_ttl",
+                     .set = set_leaf_ttl,
+                     FIELD(struct config_proxy, leaf_ttl_ms)},
+};
+
+static const struct section_spec proxy_section = {
+    proxy_keys, sizeof proxy_keys / sizeof proxy_keys[0], NULL};
+
 enum {
   TOP_LISTEN,
   TOP_ADMIN_LISTEN,
@@ -1333,6 +1677,7 @@ enum {
   TOP_TLS,
   TOP_SHUTDOWN_TIMEOUT,
   TOP_LOG_FORMAT,
+  TOP_PROXY,
 };
 
 static int top_check(struct walk *w, const struct config__node *map,
@@ -1386,6 +1731,10 @@ static const struct key_spec top_keys[] = {
                               FIELD(struct config, shutdown_timeout_ms),
                               .min = 0,
                               .max = 24 * HOUR_MS},
+    [TOP_PROXY] = {.name = "proxy",
+                   .set = set_section,
+                   FIELD(struct config, proxy),
+                   .section = &proxy_section},
 };
 
 static const struct section_spec top_section = {
@@ -1518,6 +1867,9 @@ static void upstream_free(struct config_upstream *u) {
   free(u->password_env);
   free(u->ca_file);
   tls_free(u->tls);
+  for (size_t i = 0; i < u->n_aliases; i++)
+    free(u->aliases[i]);
+  free(u->aliases);
   memset(u, 0, sizeof *u);
 }
 
@@ -1816,7 +2168,7 @@ static int cluster_check(struct walk *w, const struct config__node *map,
 
 static int check_listeners(struct walk *w,
                            const struct config__node *const *vals) {
-  struct listener ls[CONFIG_MAX_UPSTREAMS + 4];
+  struct listener ls[CONFIG_MAX_UPSTREAMS + 5];
   const struct config__node *ups = vals[TOP_UPSTREAMS];
   const struct config__node *item = ups ? ups->child : NULL;
   size_t n = 0;
@@ -1837,6 +2189,9 @@ static int check_listeners(struct walk *w,
     snprintf(ls[n].label, sizeof ls[n].label, "upstreams[%zu].listen", i);
     n++;
   }
+  if (cfg->proxy.listen != NULL)
+    ls[n++] = (struct listener){cfg->proxy.listen, map_get(vals[TOP_PROXY], "listen"),
+                                "proxy.listen"};
   /* gossip takes TCP on its port too; port 0 is the kernel's pick */
   if (cfg->cluster.enabled) {
     struct config__addr a;
@@ -1887,6 +2242,130 @@ static int check_listeners(struct walk *w,
   return 0;
 }
 
+/* ---- proxy names ---- */
+
+/* entry_split: a host or alias in normal form ("name", "name:port",
+ * "[v6]", "[v6]:port") -> the name without brackets and the port, 0 when
+ * none was given. */
+static void entry_split(const char *e, const char **name, size_t *len, unsigned *port) {
+  const char *colon;
+  if (e[0] == '[') {
+    const char *close = strchr(e, ']');
+    *name = e + 1;
+    *len = close ? (size_t)(close - e - 1) : strlen(e + 1);
+    colon = close && close[1] == ':' ? close + 1 : NULL;
+  } else {
+    colon = strchr(e, ':');
+    *name = e;
+    *len = colon ? (size_t)(colon - e) : strlen(e);
+  }
+  *port = colon ? (unsigned)strtoul(colon + 1, NULL, 10) : 0;
+}
+
+/* A name without a port is intercepted on these (plain: an http:// proxy
+ * request rather than a CONNECT). */
+#define PROXY_TLS_PORT 443u
+#define PROXY_PLAIN_PORT 80u
+
+/* entries_overlap: 1 when a CONNECT (or plain request) exists that both
+ * entries would take, *port its port: the same name with the same port, or
+ * no port beside 443 or 80. */
+static int entries_overlap(const char *a, const char *b, unsigned *port) {
+  const char *an, *bn;
+  size_t al, bl;
+  unsigned ap, bp;
+  entry_split(a, &an, &al, &ap);
+  entry_split(b, &bn, &bl, &bp);
+  if (al != bl || strncasecmp(an, bn, al) != 0)
+    return 0;
+  if (ap == bp)
+    *port = ap ? ap : PROXY_TLS_PORT;
+  else if (ap == 0 && (bp == PROXY_TLS_PORT || bp == PROXY_PLAIN_PORT))
+    *port = bp;
+  else if (bp == 0 && (ap == PROXY_TLS_PORT || ap == PROXY_PLAIN_PORT))
+    *port = ap;
+  else
+    return 0;
+  return 1;
+}
+
+/* Docker Hub's names beyond its host: clients log in at auth.docker.io and
+ * pull from registry-1.docker.io whatever the mirror calls the upstream. */
+static int is_hub_implied(const char *host, size_t len) {
+  return config__is_docker_hub(host, len) ||
+         (len == 14 && strncasecmp(host, "auth.docker.io", 14) == 0);
+}
+
+/* alias_clash: what upstream j (host, hub names, aliases up to n_aliases)
+ * has that overlaps alias a of upstream i; writes the message into why.
+ * An upstream's own hub names are no clash: listing them is harmless. */
+static int alias_clash(const struct config *cfg, size_t i, const char *a, size_t j,
+                       size_t n_aliases, char *why, size_t whylen) {
+  const struct config_upstream *o = &cfg->upstreams[j];
+  unsigned port;
+  if (entries_overlap(a, o->host, &port)) {
+    if (strcasecmp(a, o->host) == 0)
+      snprintf(why, whylen, "alias %s is already upstreams[%zu].host", a, j);
+    else
+      snprintf(why, whylen, "alias %s overlaps upstreams[%zu].host (%s) on port %u", a, j,
+               o->host, port);
+    return 1;
+  }
+  const char *an;
+  size_t al;
+  unsigned ap;
+  entry_split(a, &an, &al, &ap);
+  if (j != i && config__is_docker_hub(o->host, strlen(o->host)) &&
+      is_hub_implied(an, al) &&
+      (ap == 0 || ap == PROXY_TLS_PORT || ap == PROXY_PLAIN_PORT)) {
+    snprintf(why, whylen,
+             "alias %s is already upstreams[%zu] (%s): Docker Hub "
+             "answers to it",
+             a, j, o->host);
+    return 1;
+  }
+  for (size_t m = 0; m < n_aliases; m++) {
+    if (!entries_overlap(a, o->aliases[m], &port))
+      continue;
+    if (strcmp(a, o->aliases[m]) == 0)
+      snprintf(why, whylen, "alias %s is already upstreams[%zu].aliases[%zu]", a, j, m);
+    else
+      snprintf(why, whylen,
+               "alias %s overlaps upstreams[%zu].aliases[%zu] (%s) on port %u", a, j, m,
+               o->aliases[m], port);
+    return 1;
+  }
+  return 0;
+}
+
+/* check_aliases: every name the proxy listener intercepts belongs to one
+ * upstream, else which one serves a CONNECT would depend on list order.
+ * The alias is blamed (the host is the upstream's identity), and of two
+ * aliases the later one. */
+static int check_aliases(struct walk *w, const struct config__node *const *vals) {
+  const struct config *cfg = w->cfg;
+  const struct config__node *item = vals[TOP_UPSTREAMS]->child;
+  char why[768];
+  for (size_t i = 0; i < cfg->n_upstreams; i++, item = item ? item->next : NULL) {
+    const struct config_upstream *u = &cfg->upstreams[i];
+    const struct config__node *an = map_get(item, "aliases");
+    const struct config__node *at = an ? an->child : NULL;
+    for (size_t k = 0; k < u->n_aliases; k++, at = at ? at->next : NULL) {
+      int clash = 0;
+      for (size_t j = 0; j < cfg->n_upstreams && !clash; j++) {
+        /* aliases: those of earlier upstreams, and this one's before k */
+        size_t n = j < i ? cfg->upstreams[j].n_aliases : j == i ? k : 0;
+        clash = alias_clash(cfg, i, u->aliases[k], j, n, why, sizeof why);
+      }
+      if (!clash)
+        continue;
+      snprintf(w->path, sizeof w->path, "upstreams[%zu].aliases[%zu]", i, k);
+      return fail(w, at ? at : an, "%s", why);
+    }
+  }
+  return 0;
+}
+
 static int top_check(struct walk *w, const struct config__node *map,
                      const struct config__node *const *vals, void *base) {
   struct config *cfg = base;
@@ -1919,10 +2398,14 @@ static int top_check(struct walk *w, const struct config__node *map,
     return fail(w, map_get(item, "private"),
                 "private: true needs auth.htpasswd (nobody could pull it)");
   }
-  int rc = check_listeners(w, vals);
+  int rc = check_aliases(w, vals);
+  if (rc == 0)
+    rc = check_listeners(w, vals);
   /* last: the only checks that read files (and the slowest) */
   for (size_t i = 0; rc == 0 && i < w->n_tls; i++)
     rc = tls_check_files(w, &w->tls[i]);
+  if (rc == 0)
+    rc = proxy_check_ca(w);
   return rc;
 }
 
@@ -1955,6 +2438,8 @@ void config_init(struct config *cfg) {
   cfg->cluster.probe_interval_ms = 1000;
   cfg->cluster.probe_timeout_ms = 500;
   cfg->cluster.push_pull_interval_ms = 30000;
+  cfg->proxy.tunnel_others = 1;
+  cfg->proxy.leaf_ttl_ms = 24 * HOUR_MS;
 }
 
 static void cluster_free(struct config_cluster *c) {
@@ -1972,6 +2457,19 @@ static void cluster_free(struct config_cluster *c) {
   memset(c, 0, sizeof *c);
 }
 
+static void proxy_free(struct config_proxy *p) {
+  free(p->listen);
+  free(p->ca_cert);
+  free(p->ca_key);
+  free(p->tunnel_allow);
+  for (size_t i = 0; i < p->n_hosts; i++) {
+    free(p->hosts[i].name);
+    free(p->hosts[i].addr);
+  }
+  free(p->hosts);
+  memset(p, 0, sizeof *p);
+}
+
 void config_free(struct config *cfg) {
   if (cfg == NULL)
     return;
@@ -1987,6 +2485,7 @@ void config_free(struct config *cfg) {
   free(cfg->allow);
   free(cfg->auth_htpasswd);
   tls_free(cfg->tls);
+  proxy_free(&cfg->proxy);
   memset(cfg, 0, sizeof *cfg);
 }
 
@@ -2125,6 +2624,57 @@ config_upstream_find(const struct config *cfg, const char *host, size_t len) {
       return &cfg->upstreams[i];
   }
   return NULL;
+}
+
+/* entry_matches: entry (a host or alias in normal form) takes (name, len)
+ * on port, a missing port meaning dflt. */
+static int entry_matches(const char *entry, const char *name, size_t len, unsigned port,
+                         unsigned dflt) {
+  const char *en;
+  size_t el;
+  unsigned ep;
+  entry_split(entry, &en, &el, &ep);
+  return el == len && strncasecmp(en, name, len) == 0 && port == (ep ? ep : dflt);
+}
+
+int config_upstream_proxy_match(const struct config *cfg, const char *host, size_t len,
+                                unsigned port, int plain) {
+  char v6[INET6_ADDRSTRLEN];
+  unsigned char bin[16];
+  /* no name is longer than 253 bytes, nor a bracketed IPv6 literal */
+  if (cfg == NULL || host == NULL || len == 0 || len > 255 || port == 0 || port > 65535)
+    return -1;
+  if (len > 2 && host[0] == '[' && host[len - 1] == ']') {
+    host++;
+    len -= 2;
+  }
+  if (memchr(host, ':', len) != NULL) {
+    /* IPv6: aliases hold the inet_ntop spelling, so compare in that one */
+    char buf[INET6_ADDRSTRLEN];
+    if (len >= sizeof buf)
+      return -1;
+    memcpy(buf, host, len);
+    buf[len] = '\0';
+    if (inet_pton(AF_INET6, buf, bin) != 1 ||
+        inet_ntop(AF_INET6, bin, v6, sizeof v6) == NULL)
+      return -1;
+    host = v6;
+    len = strlen(v6);
+  }
+  unsigned dflt = plain ? PROXY_PLAIN_PORT : PROXY_TLS_PORT;
+  int hub_name = port == dflt && is_hub_implied(host, len);
+  for (size_t i = 0; i < cfg->n_upstreams; i++) {
+    const struct config_upstream *u = &cfg->upstreams[i];
+    if (u->host == NULL)
+      continue;
+    if (entry_matches(u->host, host, len, port, dflt) ||
+        (hub_name && config__is_docker_hub(u->host, strlen(u->host))))
+      return (int)i;
+    for (size_t k = 0; k < u->n_aliases; k++)
+      if (entry_matches(u->aliases[k], host, len, port, dflt))
+        return (int)i;
+  }
+  return -1;
 }
 
 const struct config_upstream *

@@ -18,6 +18,9 @@ struct sockaddr;
 #define CONFIG_MAX_UPSTREAMS 64
 /* `allow:` entries; a list longer than this wants a firewall, not a config */
 #define CONFIG_MAX_ALLOW 1024
+/* `aliases:` of one upstream, and `proxy.hosts:` entries */
+#define CONFIG_MAX_ALIASES 32
+#define CONFIG_MAX_PROXY_HOSTS 1024
 /* Configuration files (and strings) larger than this are refused. */
 #define CONFIG_MAX_FILE_SIZE (1024 * 1024)
 /* A load reports up to this many errors, one per line; an err buffer of
@@ -70,6 +73,12 @@ struct config_upstream {
                        under repositories the upstream confirmed */
   struct config_tls *tls; /* `tls:` of its own listener, NULL = the top-level
                              one (which may be NULL too: plain HTTP) */
+  /* `aliases:`: more host names (host or host:port) the proxy listener
+   * intercepts for this upstream, e.g. a registry's auth or CDN hosts. For
+   * Docker Hub, registry-1.docker.io, index.docker.io and auth.docker.io are
+   * implied (config_upstream_proxy_match). Owned, lower case. */
+  char **aliases;
+  size_t n_aliases;
 };
 
 struct config_storage {
@@ -128,6 +137,31 @@ struct config_cluster {
   unsigned replica_queue;    /* 1024: replica fills waiting */
 };
 
+/* `proxy.hosts:` entry: the proxy's own name resolution (like /etc/hosts)
+ * for tunnel targets. */
+struct config_proxy_host {
+  char *name; /* lower case host name */
+  char *addr; /* numeric IPv4 or IPv6 address */
+};
+
+/* The `proxy:` section (docs/proxy.md): an HTTP proxy listener that
+ * terminates TLS for configured upstream hosts with leaf certificates
+ * signed by `ca:` and serves them from the cache; other CONNECT targets are
+ * tunnelled (or refused). listen is NULL without the section. */
+struct config_proxy {
+  char *listen;             /* "host:port", NULL: no proxy listener */
+  char *ca_cert;            /* PEM CA certificate (CA:TRUE) */
+  char *ca_key;             /* its private key */
+  int tunnel_others;        /* 1 (default): CONNECT to other hosts is tunnelled */
+  /* tunnel targets inside these networks are allowed even though they are
+   * loopback or link-local (refused by default) */
+  struct config_cidr *tunnel_allow;
+  size_t n_tunnel_allow;
+  struct config_proxy_host *hosts; /* n_hosts entries, owned */
+  size_t n_hosts;
+  uint64_t leaf_ttl_ms;     /* leaf certificate lifetime (default 24 h) */
+};
+
 struct config {
   char *path;   /* file it was read from, or NULL for the built-in default */
   char *listen; /* main listener "host:port" (default "127.0.0.1:5000") */
@@ -151,6 +185,7 @@ struct config {
   int allow_set;
   char *auth_htpasswd;     /* `auth: {htpasswd: FILE}`, or NULL */
   struct config_tls *tls;  /* `tls:` of the client listeners, or NULL */
+  struct config_proxy proxy;
 };
 
 /* config_init fills every default, with no upstreams and cluster.name
@@ -194,6 +229,16 @@ const struct config_upstream *config_upstream_find(const struct config *cfg,
                                                    const char *host,
                                                    size_t len);
 const struct config_upstream *config_upstream_default(const struct config *cfg);
+
+/* config_upstream_proxy_match: the index of the upstream the proxy listener
+ * intercepts `host` (len bytes, any case, no port; an IPv6 literal with or
+ * without brackets) on `port` for: its host or one of its aliases, where a
+ * name without a port means 443, or 80 for a plain http:// proxy request
+ * (`plain` = 1), and "name:5000" means port 5000 only; Docker Hub also
+ * answers to registry-1.docker.io, index.docker.io, docker.io and
+ * auth.docker.io. -1 when none. */
+int config_upstream_proxy_match(const struct config *cfg, const char *host, size_t len,
+                                unsigned port, int plain);
 
 /* config_parse_cidr: "10.0.0.0/8", "::1", "fd00::/8", "192.168.1.7" ->
  * *out. Host bits set under the prefix ("10.0.0.1/8") are an error, so a

@@ -4,8 +4,9 @@
  *                   the one-line error format every message goes through.
  *   config_value.c  pure string parsers: sizes, durations, numbers,
  *                   booleans, listen addresses, registry hosts, URLs,
- *                   gossip addresses, join seeds, base64.
- *   config_cidr.c   `allow:` entries: CIDR parsing and address matching.
+ *                   proxy aliases, gossip addresses, join seeds, base64.
+ *   config_cidr.c   `allow:` (and proxy.tunnel_allow) entries: CIDR parsing
+ *                   and address matching.
  *   config_file.c   reading a file whole, bounded (config, htpasswd).
  *   htpasswd.c      the `auth.htpasswd` file (its own header, htpasswd.h,
  *                   since the node reloads it too).
@@ -106,6 +107,16 @@ int config__parse_ip_port(const char *s, unsigned min_port,
  * fits any valid seed. */
 int config__parse_seed(const char *s, char *out, size_t outlen,
                        const char **why);
+/* config__check_dns_name: letters, digits, dots and dashes, labels 1..63
+ * bytes not starting or ending with a dash, 1..253 bytes in all. */
+int config__check_dns_name(const char *s, size_t len);
+/* config__parse_alias: an `aliases:` entry "host", "host:port", "[v6]" or
+ * "[v6]:port", host a DNS name or an IP address. Writes its normal form
+ * into out: lower case, IPv6 in brackets in inet_ntop form, ":port" only
+ * when one was given (a name without one means 443, or 80 for plain
+ * http://). outlen CONFIG__ALIAS_MAX fits any valid entry. */
+#define CONFIG__ALIAS_MAX 272
+int config__parse_alias(const char *s, char *out, size_t outlen, const char **why);
 /* config__check_member_name: 1..max bytes of printable ASCII, no spaces. */
 int config__check_member_name(const char *s, size_t len, size_t max,
                               const char **why);

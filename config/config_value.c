@@ -2,13 +2,14 @@
  *
  * Pure functions from a NUL-terminated string to a value: sizes ("20GiB"),
  * durations ("500ms"), numbers, booleans, listen addresses, registry host
- * names, upstream URLs, and for `cluster:` numeric gossip addresses, join
- * seeds, member names and base64 keys. Each walks the string with a cursor and refuses
- * anything it does not fully understand, overflow included, and none of
- * them knows about YAML: config.c turns a refusal into a message with a
- * file position. Sizes and durations share one "number with a unit" parser
- * that does its arithmetic in 128 bits, so "1.5G" is exact and any result
- * that does not fit 64 bits is reported rather than wrapped.
+ * names, upstream URLs, proxy aliases, and for `cluster:` numeric gossip
+ * addresses, join seeds, member names and base64 keys. Each walks the
+ * string with a cursor and refuses anything it does not fully understand,
+ * overflow included, and none of them knows about YAML: config.c turns a
+ * refusal into a message with a file position. Sizes and durations share
+ * one "number with a unit" parser that does its arithmetic in 128 bits, so
+ * "1.5G" is exact and any result that does not fit 64 bits is reported
+ * rather than wrapped.
  */
 #include "config.h"
 #include "config_internal.h"
@@ -403,6 +404,73 @@ int config__parse_seed(const char *s, char *out, size_t outlen,
   snprintf(out + hlen, outlen - hlen, ":%u", p);
   for (size_t i = 0; i < hlen; i++)
     out[i] = (char)tolower((unsigned char)out[i]);
+  return 0;
+}
+
+int config__check_dns_name(const char *s, size_t len) {
+  return check_dns_name(s, len);
+}
+
+int config__parse_alias(const char *s, char *out, size_t outlen, const char **why) {
+  char host[260]; /* a 253-byte name, or "[" v6 "]" */
+  const char *port = NULL;
+  unsigned p = 0;
+  if (strstr(s, "://") != NULL) {
+    *why = "expected host or host:port, not a URL";
+    return RM_EPARSE;
+  }
+  if (s[0] == '[') {
+    struct config__addr a;
+    const char *close = strchr(s, ']');
+    if (close == NULL || (close[1] != '\0' && close[1] != ':')) {
+      *why = "expected [v6] or [v6]:port";
+      return RM_EPARSE;
+    }
+    if (parse_v6_bracket(s, close, &a) != 0) {
+      *why = "invalid IPv6 address";
+      return RM_EPARSE;
+    }
+    /* one spelling per address, so duplicates are found and a CONNECT
+     * to [FD00:0::1] matches an alias written [fd00::1] */
+    snprintf(host, sizeof host, "[%s]", a.host);
+    port = close[1] == ':' ? close + 2 : NULL;
+  } else {
+    const char *colon = strchr(s, ':');
+    if (colon != NULL && strchr(colon + 1, ':') != NULL) {
+      *why = "IPv6 addresses need brackets, as in [fd00::7]:5000";
+      return RM_EPARSE;
+    }
+    size_t hlen = colon ? (size_t)(colon - s) : strlen(s);
+    if (hlen == 0) {
+      *why = "missing host";
+      return RM_EPARSE;
+    }
+    if (hlen >= sizeof host || check_dns_name(s, hlen) != 0) {
+      *why = "invalid host (letters, digits, dots and dashes, or an IP "
+             "address)";
+      return RM_EPARSE;
+    }
+    memcpy(host, s, hlen);
+    host[hlen] = '\0';
+    unsigned char bin[4];
+    if (strspn(host, "0123456789.") == hlen && inet_pton(AF_INET, host, bin) != 1) {
+      *why = "invalid IPv4 address";
+      return RM_EPARSE;
+    }
+    for (char *h = host; *h; h++)
+      *h = (char)tolower((unsigned char)*h);
+    port = colon ? colon + 1 : NULL;
+  }
+  if (port != NULL && parse_port(port, strlen(port), &p) != 0) {
+    *why = "port must be a number from 1 to 65535";
+    return RM_EPARSE;
+  }
+  int n = port != NULL ? snprintf(out, outlen, "%s:%u", host, p)
+                       : snprintf(out, outlen, "%s", host);
+  if (n < 0 || (size_t)n >= outlen) {
+    *why = "too long";
+    return RM_EPARSE;
+  }
   return 0;
 }
 

@@ -18,11 +18,16 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
 #include <openssl/sha.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #define ACCESS_WATCH_MS 2000
 #define ACCESS_CACHE 1024
@@ -73,6 +78,7 @@ struct access {
   int job_changed, job_rc;
   struct htpasswd job_pw;
   char job_err[512];
+  uint8_t token_key[32]; /* node tokens: random at start */
 };
 
 static void access_maybe_free(struct access *a) {
@@ -190,6 +196,11 @@ int access_new(struct access **out, uv_loop_t *loop, const struct config *cfg) {
     return UV_ENOMEM;
   a->loop = loop;
   a->cfg = cfg;
+  if (RAND_bytes(a->token_key, sizeof a->token_key) != 1) {
+    LOG_E("auth: no randomness for the token key");
+    free(a);
+    return RM_ETLS;
+  }
   if (cfg->auth_htpasswd && !(a->path = strdup(cfg->auth_htpasswd))) {
     free(a);
     return UV_ENOMEM;
@@ -289,6 +300,88 @@ int access_parse_basic(const char *v, char *cred, size_t cap, size_t *len,
   return 0;
 }
 
+/* token_mac: hex HMAC of the token's first len bytes into out (65). */
+static int token_mac(const struct access *a, const char *tok, size_t len, char out[65]) {
+  uint8_t mac[32];
+  unsigned ml = 0;
+  if (!HMAC(EVP_sha256(), a->token_key, sizeof a->token_key, (const unsigned char *)tok, len,
+            mac, &ml) ||
+      ml != sizeof mac)
+    return RM_ETLS;
+  static const char hx[] = "0123456789abcdef";
+  for (unsigned i = 0; i < ml; i++) {
+    out[2 * i] = hx[mac[i] >> 4];
+    out[2 * i + 1] = hx[mac[i] & 15];
+  }
+  out[64] = '\0';
+  return 0;
+}
+
+int access_token_issue(const struct access *a, const char *user, int64_t now_s,
+                       int64_t ttl_s, char *out, size_t cap) {
+  size_t ul = strlen(user);
+  if (ul > 63)
+    return UV_EINVAL;
+  if (cap < ACCESS_TOKEN_MAX)
+    return UV_ENOBUFS;
+  static const char hx[] = "0123456789abcdef";
+  char *p = out + 4;
+  memcpy(out, "rm1.", 4);
+  for (size_t i = 0; i < ul; i++) {
+    *p++ = hx[(unsigned char)user[i] >> 4];
+    *p++ = hx[(unsigned char)user[i] & 15];
+  }
+  p += snprintf(p, 24, ".%" PRId64, now_s + ttl_s);
+  char mac[65];
+  if (token_mac(a, out, (size_t)(p - out), mac) < 0)
+    return RM_ETLS;
+  snprintf(p, cap - (size_t)(p - out), ".%s", mac);
+  return 0;
+}
+
+static int hexval(char c) {
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  return -1;
+}
+
+int access_token_verify(const struct access *a, const char *tok, int64_t now_s, char *user,
+                        size_t cap) {
+  if (cap < 64 || strncmp(tok, "rm1.", 4) != 0)
+    return RM_EPARSE;
+  const char *h = tok + 4, *d1 = strchr(h, '.');
+  if (!d1 || (d1 - h) % 2 || d1 - h > 126)
+    return RM_EPARSE;
+  const char *e = d1 + 1, *d2 = strchr(e, '.');
+  if (!d2 || d2 == e || d2 - e > 18)
+    return RM_EPARSE;
+  int64_t exp = 0;
+  for (const char *q = e; q < d2; q++) {
+    if (*q < '0' || *q > '9')
+      return RM_EPARSE;
+    exp = exp * 10 + (*q - '0');
+  }
+  if (strlen(d2 + 1) != 64)
+    return RM_EPARSE;
+  size_t n = (size_t)(d1 - h) / 2;
+  for (size_t i = 0; i < n; i++) {
+    int hi = hexval(h[2 * i]), lo = hexval(h[2 * i + 1]);
+    if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
+      return RM_EPARSE;
+    user[i] = (char)(hi << 4 | lo);
+  }
+  user[n] = '\0';
+  char mac[65];
+  if (token_mac(a, tok, (size_t)(d2 - tok), mac) < 0 ||
+      CRYPTO_memcmp(mac, d2 + 1, 64) != 0 || exp < now_s) {
+    user[0] = '\0';
+    return UV_EACCES;
+  }
+  return 0;
+}
+
 enum access_verdict access_check(struct access *a, const char *authorization,
                                  access_cb cb, void *ud, char *user,
                                  size_t cap) {
@@ -296,6 +389,19 @@ enum access_verdict access_check(struct access *a, const char *authorization,
   size_t len, colon;
   if (user && cap)
     user[0] = '\0';
+  if (a->have_pw && authorization && strncasecmp(authorization, "Bearer ", 7) == 0) {
+    /* a token of ours: signed, unexpired, and its user still in the file */
+    char tu[64];
+    const char *t = authorization + 7;
+    while (*t == ' ')
+      t++;
+    if (access_token_verify(a, t, (int64_t)time(NULL), tu, sizeof tu) != 0 || !tu[0] ||
+        !htpasswd_lookup(&a->pw, tu, strlen(tu)))
+      return ACCESS_DENIED;
+    if (user && cap)
+      snprintf(user, cap, "%s", tu);
+    return ACCESS_OK;
+  }
   if (!a->have_pw || access_parse_basic(authorization, cred, sizeof cred, &len,
                                         &colon) != 0)
     return ACCESS_DENIED;

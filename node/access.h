@@ -52,6 +52,23 @@ enum access_verdict access_check(struct access *a, const char *authorization,
 int access_parse_basic(const char *v, char *cred, size_t cap, size_t *len,
                        size_t *colon);
 
+/* Node tokens: what the proxy's token endpoint hands a client that logged
+ * in (docs/proxy.md), "rm1.<hex user>.<expiry>.<hex HMAC-SHA256>" under a
+ * key made at start, so a token is good on this node only and until it
+ * restarts. access_check takes "Bearer <token>" as well as Basic. */
+#define ACCESS_TOKEN_MAX 256
+#define ACCESS_TOKEN_TTL_S 900
+/* access_token_issue writes a token for user (may be "": anonymous, for a
+ * node without auth) valid until now_s + ttl_s. 0, UV_EINVAL (user longer
+ * than 63 bytes) or UV_ENOBUFS (cap < ACCESS_TOKEN_MAX). */
+int access_token_issue(const struct access *a, const char *user, int64_t now_s,
+                       int64_t ttl_s, char *out, size_t cap);
+/* access_token_verify: 0 when tok is a token of this node not expired at
+ * now_s (user gets its user, cap >= 64), RM_EPARSE when malformed, UV_EACCES
+ * when forged or expired. */
+int access_token_verify(const struct access *a, const char *tok, int64_t now_s, char *user,
+                        size_t cap);
+
 /* Reload the htpasswd file now (SIGHUP). */
 void access_reload(struct access *a);
 /* access_set_htpasswd: read users from another file from now on (a reload

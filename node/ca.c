@@ -6,7 +6,9 @@
  * node's NAME.key and NAME.crt beside them. Certificates are built with the
  * same extension syntax openssl.cnf uses (X509V3_EXT_conf_nid), except the
  * subjectAltNames, which are built one GENERAL_NAME at a time so that no
- * name needs quoting.
+ * name needs quoting. ca_cert_sign, which builds them all from a profile,
+ * is also how the proxy mints its leaves (leafcert.c), so there is one
+ * place that knows what a regmesh certificate holds.
  *
  * Every file is written to a temporary in its directory, fsynced, then
  * given its name with link(2), which fails when the name exists: an
@@ -28,6 +30,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -43,6 +46,7 @@
  * accepts a certificate issued a minute ago */
 #define CA_BACKDATE_SEC 3600
 #define CA_CURVE "P-256"
+#define CA_CN_MAX 64 /* ub-common-name (RFC 5280) */
 
 static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
   va_list ap;
@@ -185,10 +189,28 @@ static int write_pair(const char *dir, const char *base, EVP_PKEY *key, X509 *x,
 
 /* ---- certificates ---- */
 
-/* cert_new starts a v3 certificate for key: a random 128-bit serial,
- * subject CN=cn, valid from an hour ago for days, issued by issuer (NULL:
- * by itself). The caller adds the extensions and signs. */
-static X509 *cert_new(EVP_PKEY *key, const char *cn, int days, X509 *issuer) {
+/* The extensions of each profile, in the syntax of openssl.cnf. */
+static const struct {
+  const char *bc, *ku, *eku;
+} profiles[] = {
+    /* pathlen:0: the CA signs node certificates, never another CA */
+    [CA_PROFILE_ROOT] = {"critical,CA:TRUE,pathlen:0", "critical,keyCertSign,cRLSign",
+                         NULL},
+    /* One certificate serves both ends of a peer connection, hence both
+     * purposes. digitalSignature is all an EC key does in TLS:
+     * keyEncipherment is for RSA key transport (RFC 5480 leaves it out) */
+    [CA_PROFILE_PEER] = {"CA:FALSE", "critical,digitalSignature",
+                         "serverAuth,clientAuth"},
+    [CA_PROFILE_SERVER] = {"critical,CA:FALSE", "critical,digitalSignature",
+                           "serverAuth"},
+};
+
+/* cert_new starts a v3 certificate for key: a random 128-bit serial (from
+ * unsigned bytes, so positive), subject CN=cn (at most the 64 bytes X.520
+ * allows), valid from not_before to not_after, issued by issuer (NULL: by
+ * itself). The caller adds the extensions and signs. */
+static X509 *cert_new(EVP_PKEY *key, const char *cn, time_t not_before, time_t not_after,
+                      X509 *issuer) {
   unsigned char rnd[16];
   BIGNUM *bn = NULL;
   X509 *x = X509_new();
@@ -196,10 +218,11 @@ static X509 *cert_new(EVP_PKEY *key, const char *cn, int days, X509 *issuer) {
            RAND_bytes(rnd, sizeof rnd) == 1 &&
            (bn = BN_bin2bn(rnd, sizeof rnd, NULL)) != NULL &&
            BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) != NULL &&
-           X509_gmtime_adj(X509_getm_notBefore(x), -CA_BACKDATE_SEC) != NULL &&
-           X509_time_adj_ex(X509_getm_notAfter(x), days, 0, NULL) != NULL &&
+           ASN1_TIME_set(X509_getm_notBefore(x), not_before) != NULL &&
+           ASN1_TIME_set(X509_getm_notAfter(x), not_after) != NULL &&
            X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_UTF8,
-                                      (const unsigned char *)cn, -1, -1, 0) &&
+                                      (const unsigned char *)cn,
+                                      (int)strnlen(cn, CA_CN_MAX), -1, 0) &&
            X509_set_issuer_name(x, X509_get_subject_name(issuer ? issuer : x)) &&
            X509_set_pubkey(x, key);
   BN_free(bn);
@@ -228,16 +251,56 @@ static int san_push(GENERAL_NAMES *gens, int type, const char *value) {
   return 1;
 }
 
+/* cert_san adds the subjectAltNames one GENERAL_NAME at a time, so that no
+ * name needs quoting. An empty SAN is invalid DER: none means no extension. */
+static int cert_san(X509 *x, const struct ca_san *san, size_t n) {
+  if (n == 0)
+    return 1;
+  GENERAL_NAMES *gens = sk_GENERAL_NAME_new_null();
+  int ok = gens != NULL;
+  for (size_t i = 0; ok && i < n; i++)
+    ok = san_push(gens, san[i].type == CA_SAN_IP ? GEN_IPADD : GEN_DNS, san[i].value);
+  if (ok)
+    ok = X509_add1_ext_i2d(x, NID_subject_alt_name, gens, 0, X509V3_ADD_DEFAULT) == 1;
+  GENERAL_NAMES_free(gens);
+  return ok;
+}
+
+X509 *ca_cert_sign(const struct ca_cert_spec *spec, EVP_PKEY *key, X509 *issuer,
+                   EVP_PKEY *issuer_key) {
+  if ((unsigned)spec->profile >= sizeof profiles / sizeof profiles[0] ||
+      spec->cn == NULL || (spec->n_san > 0 && spec->san == NULL) ||
+      (issuer != NULL && issuer_key == NULL))
+    return NULL;
+  X509 *x = cert_new(key, spec->cn, spec->not_before, spec->not_after, issuer);
+  if (x == NULL)
+    return NULL;
+  X509V3_CTX ctx;
+  X509V3_set_ctx(&ctx, issuer ? issuer : x, x, NULL, NULL, 0);
+  X509V3_set_ctx_nodb(&ctx);
+  const char *eku = profiles[spec->profile].eku;
+  if (!cert_ext(x, &ctx, NID_basic_constraints, profiles[spec->profile].bc) ||
+      !cert_ext(x, &ctx, NID_key_usage, profiles[spec->profile].ku) ||
+      (eku && !cert_ext(x, &ctx, NID_ext_key_usage, eku)) ||
+      !cert_ext(x, &ctx, NID_subject_key_identifier, "hash") ||
+      (issuer && !cert_ext(x, &ctx, NID_authority_key_identifier, "keyid:always")) ||
+      !cert_san(x, spec->san, spec->n_san) ||
+      X509_sign(x, issuer ? issuer_key : key, EVP_sha256()) <= 0) {
+    X509_free(x);
+    return NULL;
+  }
+  return x;
+}
+
 #define IS_ALNUM(c)                                                                      \
   (((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z') || ((c) >= '0' && (c) <= '9'))
 
-/* dns_name_ok: labels of letters, digits and inner dashes, 1-63 each, 253
- * in all; with wildcard a leading "*." is allowed too. */
-static int dns_name_ok(const char *s, int wildcard) {
+int ca_dns_name_ok(const char *s, int wildcard) {
   size_t label = 0;
   if (wildcard && strncmp(s, "*.", 2) == 0)
     s += 2;
-  if (s[0] == '\0' || strlen(s) > 253)
+  /* strnlen: a name from the network need not be short */
+  if (s[0] == '\0' || strnlen(s, 254) > 253)
     return 0;
   for (const char *p = s;; p++) {
     if (*p == '.' || *p == '\0') {
@@ -254,35 +317,37 @@ static int dns_name_ok(const char *s, int wildcard) {
   }
 }
 
-/* name_san_type: the SAN NAME adds for itself, GEN_IPADD for an IPv4
- * literal or GEN_DNS for a DNS name, or 0 when it is neither or already
+/* name_san_type: the SAN NAME adds for itself, CA_SAN_IP for an IPv4
+ * literal or CA_SAN_DNS for a DNS name, or 0 when it is neither or already
  * listed (inet_pton accepts only the canonical dotted quad, so equal
  * addresses are equal strings). */
 static int name_san_type(const struct ca_issue_opts *o) {
   unsigned char a[4];
   int ip = inet_pton(AF_INET, o->name, a) == 1;
-  if (!ip && !dns_name_ok(o->name, 0))
+  if (!ip && !ca_dns_name_ok(o->name, 0))
     return 0;
   for (size_t i = 0; i < (ip ? o->n_ips : o->n_dns); i++)
     if (ip ? strcmp(o->ips[i], o->name) == 0 : strcasecmp(o->dns[i], o->name) == 0)
       return 0;
-  return ip ? GEN_IPADD : GEN_DNS;
+  return ip ? CA_SAN_IP : CA_SAN_DNS;
 }
 
-static int cert_san(X509 *x, const struct ca_issue_opts *o) {
-  GENERAL_NAMES *gens = sk_GENERAL_NAME_new_null();
-  int ok = gens != NULL, self = name_san_type(o);
-  for (size_t i = 0; ok && i < o->n_ips; i++)
-    ok = san_push(gens, GEN_IPADD, o->ips[i]);
-  for (size_t i = 0; ok && i < o->n_dns; i++)
-    ok = san_push(gens, GEN_DNS, o->dns[i]);
-  if (ok && self)
-    ok = san_push(gens, self, o->name);
-  /* an empty SAN is invalid DER; a NAME like "node_1" alone gets none */
-  if (ok && sk_GENERAL_NAME_num(gens) > 0)
-    ok = X509_add1_ext_i2d(x, NID_subject_alt_name, gens, 0, X509V3_ADD_DEFAULT) == 1;
-  GENERAL_NAMES_free(gens);
-  return ok;
+/* issue_sans lists o's subjectAltNames: the IPs, the DNS names, then NAME
+ * when it adds one. Returns the array (the caller frees it) or NULL. */
+static struct ca_san *issue_sans(const struct ca_issue_opts *o, size_t *n) {
+  struct ca_san *san = calloc(o->n_ips + o->n_dns + 1, sizeof *san);
+  int self = name_san_type(o);
+  *n = 0;
+  if (san == NULL)
+    return NULL;
+  for (size_t i = 0; i < o->n_ips; i++)
+    san[(*n)++] = (struct ca_san){CA_SAN_IP, o->ips[i]};
+  for (size_t i = 0; i < o->n_dns; i++)
+    san[(*n)++] = (struct ca_san){CA_SAN_DNS, o->dns[i]};
+  /* a NAME like "node_1" alone gets none */
+  if (self)
+    san[(*n)++] = (struct ca_san){(enum ca_san_type)self, o->name};
+  return san;
 }
 
 /* ---- commands ---- */
@@ -311,23 +376,17 @@ int ca_init(const char *dir, char *err, size_t errlen) {
     host[0] = '\0';
   /* a CN holds at most 64 characters */
   snprintf(cn, sizeof cn, "regmesh CA %.53s", host);
+  time_t now = time(NULL);
+  struct ca_cert_spec spec = {.profile = CA_PROFILE_ROOT,
+                              .cn = cn,
+                              .not_before = now - CA_BACKDATE_SEC,
+                              .not_after = now + (time_t)CA_DAYS * 86400};
   X509 *x = NULL;
-  X509V3_CTX ctx;
   EVP_PKEY *key = EVP_EC_gen(CA_CURVE);
-  if (key == NULL) {
+  if (key == NULL)
     r = ssl_fail(err, errlen, "generating the CA key");
-  } else if ((x = cert_new(key, cn, CA_DAYS, NULL)) == NULL) {
-    r = ssl_fail(err, errlen, "building the CA certificate");
-  } else {
-    X509V3_set_ctx(&ctx, x, x, NULL, NULL, 0);
-    X509V3_set_ctx_nodb(&ctx);
-    /* pathlen:0: the CA signs node certificates, never another CA */
-    if (!cert_ext(x, &ctx, NID_basic_constraints, "critical,CA:TRUE,pathlen:0") ||
-        !cert_ext(x, &ctx, NID_key_usage, "critical,keyCertSign,cRLSign") ||
-        !cert_ext(x, &ctx, NID_subject_key_identifier, "hash") ||
-        X509_sign(x, key, EVP_sha256()) <= 0)
-      r = ssl_fail(err, errlen, "signing the CA certificate");
-  }
+  else if ((x = ca_cert_sign(&spec, key, NULL, NULL)) == NULL)
+    r = ssl_fail(err, errlen, "signing the CA certificate");
   if (r == 0)
     r = write_pair(dir, "ca", key, x, 0, err, errlen);
   X509_free(x);
@@ -352,7 +411,7 @@ static int issue_check(const struct ca_issue_opts *o, char *err, size_t errlen) 
       return fail(err, errlen, RM_EPARSE, "--ip '%.80s' is not an IPv4 or IPv6 address",
                   o->ips[i]);
   for (size_t i = 0; i < o->n_dns; i++)
-    if (!dns_name_ok(o->dns[i], 1))
+    if (!ca_dns_name_ok(o->dns[i], 1))
       return fail(err, errlen, RM_EPARSE, "--dns '%.80s' is not a DNS name", o->dns[i]);
   if (o->days < 1 || o->days > CA_ISSUE_MAX_DAYS)
     return fail(err, errlen, UV_EINVAL, "--days %d: expected 1 to %d", o->days,
@@ -367,29 +426,42 @@ static int no_passphrase(char *buf, int size, int rwflag, void *u) {
   return -1;
 }
 
-/* ca_load reads dir's CA into *key and *cert, which the caller frees
- * (also on failure). */
+int ca_load_pem(const char *cert_file, const char *key_file, X509 **cert, EVP_PKEY **key,
+                char *err, size_t errlen) {
+  int r = 0;
+  *cert = NULL;
+  FILE *f = fopen(key_file, "re");
+  if (f == NULL)
+    return sys_fail(err, errlen, key_file, uv_translate_sys_error(errno));
+  *key = PEM_read_PrivateKey(f, NULL, no_passphrase, NULL);
+  fclose(f);
+  if (*key == NULL)
+    return ssl_fail(err, errlen, key_file);
+  if ((f = fopen(cert_file, "re")) == NULL) {
+    r = sys_fail(err, errlen, cert_file, uv_translate_sys_error(errno));
+  } else {
+    *cert = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    if (*cert == NULL)
+      r = ssl_fail(err, errlen, cert_file);
+  }
+  if (r != 0) {
+    EVP_PKEY_free(*key);
+    *key = NULL;
+  }
+  return r;
+}
+
+/* ca_load reads dir's CA into *key and *cert, which the caller frees. */
 static int ca_load(const char *dir, EVP_PKEY **key, X509 **cert, char *err,
                    size_t errlen) {
   char kpath[PATH_MAX], cpath[PATH_MAX];
   if (path_join(kpath, dir, "ca.key") != 0 || path_join(cpath, dir, "ca.crt") != 0)
     return fail(err, errlen, UV_ENAMETOOLONG, "%s: path too long", dir);
-  FILE *f = fopen(kpath, "re");
-  if (f == NULL)
-    return sys_fail(err, errlen, kpath, uv_translate_sys_error(errno));
-  *key = PEM_read_PrivateKey(f, NULL, no_passphrase, NULL);
-  fclose(f);
-  if (*key == NULL)
-    return ssl_fail(err, errlen, kpath);
-  if ((f = fopen(cpath, "re")) == NULL)
-    return sys_fail(err, errlen, cpath, uv_translate_sys_error(errno));
-  *cert = PEM_read_X509(f, NULL, NULL, NULL);
-  fclose(f);
-  if (*cert == NULL)
-    return ssl_fail(err, errlen, cpath);
-  if (X509_check_private_key(*cert, *key) != 1)
-    return ssl_fail(err, errlen, "ca.key does not belong to ca.crt");
-  return 0;
+  int r = ca_load_pem(cpath, kpath, cert, key, err, errlen);
+  if (r == 0 && X509_check_private_key(*cert, *key) != 1)
+    r = ssl_fail(err, errlen, "ca.key does not belong to ca.crt");
+  return r;
 }
 
 int ca_issue(const struct ca_issue_opts *o, char *err, size_t errlen) {
@@ -402,34 +474,28 @@ int ca_issue(const struct ca_issue_opts *o, char *err, size_t errlen) {
   if (!o->force && ((r = check_absent(o->dir, kname, err, errlen)) != 0 ||
                     (r = check_absent(o->dir, cname, err, errlen)) != 0))
     return r;
+  time_t now = time(NULL);
+  struct ca_cert_spec spec = {.profile = CA_PROFILE_PEER,
+                              .cn = o->name,
+                              .not_before = now - CA_BACKDATE_SEC,
+                              .not_after = now + (time_t)o->days * 86400};
+  struct ca_san *san = issue_sans(o, &spec.n_san);
+  spec.san = san;
   EVP_PKEY *cakey = NULL, *key = NULL;
   X509 *ca = NULL, *x = NULL;
-  X509V3_CTX ctx;
-  r = ca_load(o->dir, &cakey, &ca, err, errlen);
+  r = san ? ca_load(o->dir, &cakey, &ca, err, errlen)
+          : fail(err, errlen, UV_ENOMEM, "out of memory");
   if (r == 0 && (key = EVP_EC_gen(CA_CURVE)) == NULL)
     r = ssl_fail(err, errlen, "generating the key");
-  if (r == 0 && (x = cert_new(key, o->name, o->days, ca)) == NULL)
-    r = ssl_fail(err, errlen, "building the certificate");
-  if (r == 0) {
-    X509V3_set_ctx(&ctx, ca, x, NULL, NULL, 0);
-    X509V3_set_ctx_nodb(&ctx);
-    /* One certificate serves both ends of a peer connection, hence both
-     * purposes. digitalSignature is all an EC key does in TLS:
-     * keyEncipherment is for RSA key transport (RFC 5480 leaves it out) */
-    if (!cert_ext(x, &ctx, NID_basic_constraints, "CA:FALSE") ||
-        !cert_ext(x, &ctx, NID_key_usage, "critical,digitalSignature") ||
-        !cert_ext(x, &ctx, NID_ext_key_usage, "serverAuth,clientAuth") ||
-        !cert_ext(x, &ctx, NID_subject_key_identifier, "hash") ||
-        !cert_ext(x, &ctx, NID_authority_key_identifier, "keyid:always") ||
-        !cert_san(x, o) || X509_sign(x, cakey, EVP_sha256()) <= 0)
-      r = ssl_fail(err, errlen, "signing the certificate");
-  }
+  if (r == 0 && (x = ca_cert_sign(&spec, key, ca, cakey)) == NULL)
+    r = ssl_fail(err, errlen, "signing the certificate");
   if (r == 0)
     r = write_pair(o->dir, o->name, key, x, o->force, err, errlen);
   X509_free(x);
   X509_free(ca);
   EVP_PKEY_free(key);
   EVP_PKEY_free(cakey);
+  free(san);
   return r;
 }
 

@@ -11,6 +11,9 @@
 #define REGMESH_NODE_CA_H
 
 #include <stddef.h>
+#include <time.h>
+
+#include <openssl/types.h>
 
 #define CA_KEYGEN_LEN 45       /* base64 of 32 bytes, and the NUL */
 #define CA_ISSUE_DAYS 397      /* what browsers still accept, a habit worth keeping */
@@ -28,6 +31,54 @@ struct ca_issue_opts {
   int days;  /* 1 .. CA_ISSUE_MAX_DAYS */
   int force; /* replace an existing NAME.key and NAME.crt */
 };
+
+/* What a certificate is for: each profile is one fixed set of extensions. */
+enum ca_profile {
+  CA_PROFILE_ROOT = 0, /* the CA itself: CA:TRUE, pathlen:0, keyCertSign, cRLSign */
+  CA_PROFILE_PEER,     /* a node: TLS server and client, as peers use one for both */
+  CA_PROFILE_SERVER,   /* a TLS server only (the proxy's leaves), CA:FALSE critical */
+};
+
+enum ca_san_type { CA_SAN_DNS = 1, CA_SAN_IP = 2 };
+
+struct ca_san {
+  enum ca_san_type type;
+  const char *value; /* a DNS name (maybe "*."), or an IPv4 or IPv6 literal */
+};
+
+/* What ca_cert_sign puts in a certificate. The strings belong to the caller. */
+struct ca_cert_spec {
+  enum ca_profile profile;
+  const char *cn;           /* subject CN, non-empty; cut to its first 64 bytes */
+  const struct ca_san *san; /* subjectAltNames in this order (none: n_san 0) */
+  size_t n_san;
+  time_t not_before, not_after;
+};
+
+/* ca_cert_sign builds a v3 certificate for key's public half as spec says,
+ * with a random positive 128-bit serial, the profile's extensions and a
+ * subject key identifier (plus an authority one unless self-signed), and
+ * signs it with SHA-256 by issuer_key in the name of issuer's subject, or by
+ * key itself when issuer is NULL. Returns the certificate (the caller's:
+ * X509_free) or NULL with the reason on OpenSSL's error queue. Pure CPU: one
+ * signature, safe on the event loop; but OpenSSL 3.0 takes ~0.27 ms to
+ * encode a provider-made key, so a hot caller passes a legacy public copy
+ * of it (leafcert.c's pub_quick) as key. */
+X509 *ca_cert_sign(const struct ca_cert_spec *spec, EVP_PKEY *key, X509 *issuer,
+                   EVP_PKEY *issuer_key);
+
+/* ca_dns_name_ok: 1 when s is a DNS name a certificate may carry: labels of
+ * letters, digits and inner dashes, 1 to 63 each, 253 in all, no trailing
+ * dot; with wildcard a leading "*." is allowed too. 0 otherwise. */
+int ca_dns_name_ok(const char *s, int wildcard);
+
+/* ca_load_pem reads a PEM private key (unencrypted: never prompts) from
+ * key_file and the first PEM certificate of cert_file. Blocking file I/O.
+ * Returns 0 with *key and *cert the caller's, or RM_ETLS / UV_E* with a
+ * one-line reason naming the file in err and both left NULL. It does not
+ * check that they match: X509_check_private_key. */
+int ca_load_pem(const char *cert_file, const char *key_file, X509 **cert, EVP_PKEY **key,
+                char *err, size_t errlen);
 
 /* ca_keygen writes 32 random bytes, base64 with padding and a NUL, to out
  * (cap >= CA_KEYGEN_LEN): a value cluster.secret accepts as it is. Returns 0,

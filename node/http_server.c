@@ -226,6 +226,12 @@ struct http_conn {
 
   /* the request in service and its response */
   struct http_request req;
+  /* proxy listeners: the CONNECT this TLS connection was opened by, and
+   * an absolute-form request's authority (see http_request) */
+  char proxy_host[256];
+  char conn_user[64];
+  unsigned proxy_port;
+  char authority[264];
   unsigned has_req : 1, req_active : 1, resp_started : 1, resp_chunked : 1;
   unsigned resp_no_body : 1, close_notified : 1, broken : 1;
   unsigned resp_complete : 1; /* ended and flushed: else logged aborted=1 */
@@ -497,6 +503,12 @@ static void conn_retire(struct http_conn *c) {
     conn_escape(query, sizeof query, r->query, r->query_len);
   uint64_t now = uv_now(c->srv->loop);
   uint64_t ms = now > r->start_ms ? now - r->start_ms : 0;
+  /* through the proxy listener: which registry it was for */
+  char host[300] = "";
+  if (c->proxy_host[0])
+    snprintf(host, sizeof host, "%s:%u", c->proxy_host, c->proxy_port);
+  else if (c->authority[0])
+    conn_escape(host, sizeof host, c->authority, strlen(c->authority));
   if (log_get_format() == LOG_FORMAT_JSON) {
     struct log_field f[] = {
         {"id", NULL, (int64_t)r->id},
@@ -509,18 +521,20 @@ static void conn_retire(struct http_conn *c) {
         {"ms", NULL, (int64_t)ms},
         {"src", r->log_source ? r->log_source : "-", 0},
         {"aborted", NULL, c->resp_complete ? 0 : 1},
+        {"host", host, 0},
     };
-    log_event(lvl, "access", f, sizeof f / sizeof f[0]);
+    log_event(lvl, "access", f, sizeof f / sizeof f[0] - (host[0] ? 0 : 1));
     return;
   }
   /* a response cut short (client gone, handler abort, shutdown) must not
    * read as a plain success */
   log_msg(lvl,
         "access id=%" PRIu64 " remote=%s \"%s %s%s%s\" status=%d bytes=%" PRIu64
-        " ms=%" PRIu64 " src=%s%s",
+        " ms=%" PRIu64 " src=%s%s%s%s",
         r->id, c->remote, method, path, r->query ? "?" : "",
         r->query ? query : "", c->status, c->body_sent, ms,
-        r->log_source ? r->log_source : "-", c->resp_complete ? "" : " aborted=1");
+        r->log_source ? r->log_source : "-", c->resp_complete ? "" : " aborted=1",
+        host[0] ? " host=" : "", host);
 }
 
 /* ---- closing ---- */
@@ -1594,6 +1608,18 @@ static int conn_split_url(struct http_conn *c) {
   char *u = c->arena + c->url_off;
   char *end = u + c->url_len;
   char *path = NULL;
+  struct http_request *r = &c->req;
+  c->authority[0] = '\0';
+  if (c->method == HTTP_CONNECT) {
+    /* authority-form: the handler parses "host:port" (proxy_parse_target) */
+    if (c->url_len == 0 || memchr(u, '/', c->url_len))
+      return -1;
+    r->path = u;
+    r->path_len = c->url_len;
+    r->query = NULL;
+    r->query_len = 0;
+    return 0;
+  }
   if (c->url_len > 0 && u[0] == '/') {
     path = u;
   } else {
@@ -1602,11 +1628,14 @@ static int conn_split_url(struct http_conn *c) {
       s++;
     if (s == u || end - s < 3 || memcmp(s, "://", 3) != 0)
       return -1;
+    char *auth = s + 3;
     for (s += 3; s < end && *s != '/'; s++)
       if (*s == '?' || *s == '#')
         return -1;
-    if (s == end)
+    if (s == end || (size_t)(s - auth) >= sizeof c->authority)
       return -1;
+    memcpy(c->authority, auth, (size_t)(s - auth));
+    c->authority[s - auth] = '\0';
     path = s;
   }
   char *hash = memchr(path, '#', (size_t)(end - path));
@@ -1615,7 +1644,6 @@ static int conn_split_url(struct http_conn *c) {
     end = hash;
   }
   char *q = memchr(path, '?', (size_t)(end - path));
-  struct http_request *r = &c->req;
   r->path = path;
   if (q) {
     *q = '\0';
@@ -1650,6 +1678,10 @@ static void conn_dispatch(struct http_conn *c) {
   r->id = ++srv->next_req_id;
   r->log_source = NULL;
   r->handler_data = NULL;
+  r->proxy_host = c->proxy_host;
+  r->proxy_port = c->proxy_port;
+  r->conn_user = c->conn_user;
+  r->authority = c->authority;
   if (srv->closing)
     c->keep_alive = 0;
   c->has_req = 1;
@@ -1874,23 +1906,30 @@ static void conn_tls_input(struct http_conn *c) {
     conn_close(c, UV_ENOMEM);
 }
 
+/* conn_tls_feed hands ciphertext to OpenSSL; 0, or -1 when the
+ * connection was answered or closed instead. */
+static int conn_tls_feed(struct http_conn *c, const char *data, size_t n) {
+  if (!c->tls_seen) {
+    c->tls_seen = 1;
+    if ((unsigned char)data[0] != 0x16) {
+      conn_tls_plain_reject(c);
+      return -1;
+    }
+  }
+  if (n > INT_MAX || BIO_write(c->rbio, data, (int)n) != (int)n) {
+    conn_close(c, UV_ENOMEM);
+    return -1;
+  }
+  return 0;
+}
+
 static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   struct http_conn *c = s->data;
   if (nread == 0)
     return;
   if (c->ssl && nread > 0) {
-    if (!c->tls_seen) {
-      c->tls_seen = 1;
-      if ((unsigned char)buf->base[0] != 0x16) {
-        conn_tls_plain_reject(c);
-        return;
-      }
-    }
-    if (BIO_write(c->rbio, buf->base, (int)nread) != (int)nread) {
-      conn_close(c, UV_ENOMEM);
-      return;
-    }
-    conn_tls_input(c);
+    if (conn_tls_feed(c, buf->base, (size_t)nread) == 0)
+      conn_tls_input(c);
     return;
   }
   conn_input(c, nread);
@@ -2369,6 +2408,17 @@ int http_server_bound_port(struct http_server *srv, int listener_id) {
   return UV_ENOENT;
 }
 
+size_t http_server_bound_addrs(struct http_server *srv, struct sockaddr_storage *out,
+                               size_t cap) {
+  size_t n = 0;
+  for (struct http_listener *l = srv->listeners; l && n < cap; l = l->next) {
+    int len = sizeof out[n];
+    if (uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&out[n], &len) == 0)
+      n++;
+  }
+  return n;
+}
+
 static void server_close_listeners(struct http_server *srv) {
   struct http_listener *l = srv->listeners;
   srv->listeners = NULL;
@@ -2683,6 +2733,86 @@ void http_respond_end(struct http_request *req) {
     conn_retire(c);
   }
   conn_unref(c);
+}
+
+int http_respond_connect_tls(struct http_request *req, SSL_CTX *ctx, const char *host,
+                             unsigned port, const char *user) {
+  struct http_conn *c = conn_of(req);
+  size_t hl = host ? strlen(host) : 0;
+  if (!c->req_active || c->resp_started || c->method != HTTP_CONNECT || c->ssl || !ctx ||
+      hl == 0 || hl >= sizeof c->proxy_host)
+    return UV_EINVAL;
+  static const char line[] = "HTTP/1.1 200 Connection established\r\n\r\n";
+  int rc = c->state < CONN_CLOSING ? conn_write_copy(c, line, sizeof line - 1) : conn_err(c);
+  c->resp_started = 1;
+  c->status = 200;
+  c->resp_len = 0;
+  c->resp_no_body = 1;
+  if (rc == 0) {
+    /* the 200 is queued in the clear; everything after it is TLS */
+    rc = conn_tls_init(c, ctx);
+    c->tls_seen = 0;
+  }
+  if (rc == 0) {
+    memcpy(c->proxy_host, host, hl + 1);
+    c->proxy_port = port;
+    snprintf(c->conn_user, sizeof c->conn_user, "%s", user ? user : "");
+    /* bytes the client sent right behind the CONNECT are its handshake */
+    if (c->in_len > 0 && conn_tls_feed(c, c->in, c->in_len) < 0)
+      rc = conn_err(c);
+    c->in_len = 0;
+    c->keep_alive = 1;
+  }
+  if (rc < 0 && c->state < CONN_CLOSING) {
+    c->broken = 1;
+    conn_close(c, rc);
+  }
+  http_respond_end(req);
+  return rc;
+}
+
+int http_request_detach(struct http_request *req, int status, int *fd, char **extra,
+                        size_t *extra_len) {
+  struct http_conn *c = conn_of(req);
+  *fd = -1;
+  *extra = NULL;
+  *extra_len = 0;
+  if (!c->req_active || c->resp_started || c->ssl)
+    return UV_EINVAL;
+  int rc = c->state >= CONN_CLOSING ? conn_err(c) : 0;
+  uv_os_fd_t sock;
+  if (rc == 0 && c->n_writes > 0)
+    rc = UV_EBUSY; /* a 100-continue on its way: not ours to cut */
+  if (rc == 0)
+    rc = uv_fileno((uv_handle_t *)&c->tcp, &sock);
+  if (rc == 0 && c->in_len > 0) {
+    if (!(*extra = malloc(c->in_len)))
+      rc = UV_ENOMEM;
+    else {
+      memcpy(*extra, c->in, c->in_len);
+      *extra_len = c->in_len;
+    }
+  }
+  if (rc == 0 && (*fd = fcntl(sock, F_DUPFD_CLOEXEC, 0)) < 0)
+    rc = -errno;
+  if (rc < 0) {
+    free(*extra);
+    *extra = NULL;
+    *extra_len = 0;
+    http_respond_abort(req);
+    return rc;
+  }
+  /* the dup keeps the socket: closing our handle sends nothing */
+  c->status = status;
+  c->resp_started = 1;
+  c->resp_complete = 1;
+  c->req_active = 0;
+  c->keep_alive = 0;
+  c->in_len = 0;
+  conn_retire(c);
+  conn_close(c, 0);
+  conn_unref(c);
+  return 0;
 }
 
 void http_request_close_after(struct http_request *req) {

@@ -57,6 +57,17 @@ struct http_request {
    * access lines go out at debug level only */
   int log_quiet;
   void *handler_data;  /* free for the handler's use */
+  /* Proxy listeners (docs/proxy.md). A CONNECT request has method
+   * HTTP_CONNECT and its target ("host:port") as path. A request inside a
+   * tunnel the handler terminated with http_respond_connect_tls names the
+   * CONNECT's host (lower case, no port, no brackets) and port here, and
+   * the user the handler gave for the connection; an absolute-form request
+   * ("GET http://host/v2/ HTTP/1.1") has its authority ("host[:port]", as
+   * sent) in `authority`. All NUL-terminated, "" when not so. */
+  const char *proxy_host;
+  unsigned proxy_port;
+  const char *conn_user;
+  const char *authority;
 };
 
 /* Called once per request; must eventually lead to end or abort. */
@@ -114,6 +125,10 @@ int http_server_listen_tls(struct http_server *srv, const char *addr,
 /* http_server_bound_port returns the local port of the first listener
  * tagged listener_id (useful after binding port 0), or UV_ENOENT. */
 int http_server_bound_port(struct http_server *srv, int listener_id);
+/* http_server_bound_addrs writes the local address of every listener (at
+ * most cap) to out and returns how many it wrote. */
+size_t http_server_bound_addrs(struct http_server *srv, struct sockaddr_storage *out,
+                               size_t cap);
 /* http_server_close stops listening, closes every connection (in-service
  * requests get their close callback) and frees the server once all handles
  * are closed; cb (optional) is called then. The server also waits for the
@@ -188,6 +203,27 @@ void http_request_on_close(struct http_request *req, http_close_cb cb, void *ud)
 /* http_request_close_after: the connection closes once this response is
  * sent (a refused client is not kept alive). */
 void http_request_close_after(struct http_request *req);
+
+/* http_respond_connect_tls answers a CONNECT (`200 Connection
+ * established`) and makes the connection a TLS server with ctx (the caller
+ * keeps its reference; SSL_new takes one). The requests that follow inside
+ * carry host and port as proxy_host/proxy_port and user (may be NULL) as
+ * conn_user. req is finished when it returns. UV_EINVAL when req is not a
+ * CONNECT on a plain connection or a response was started, or host is
+ * longer than 255 bytes (then nothing was sent and req is still the
+ * caller's); other errors close the connection. */
+int http_respond_connect_tls(struct http_request *req, struct ssl_ctx_st *ctx,
+                             const char *host, unsigned port, const char *user);
+
+/* http_request_detach takes the client's socket out of the server, for a
+ * handler that relays a CONNECT tunnel itself: *fd is a dup the caller
+ * owns, and *extra (malloc'd, caller frees; NULL when none) the bytes the
+ * client sent after the request head. The request is access-logged with
+ * `status` (what the caller will answer) and finished; the server forgets
+ * the connection. UV_EINVAL when a response was started or the connection
+ * speaks TLS (req stays the caller's), else 0 or an error (req finished). */
+int http_request_detach(struct http_request *req, int status, int *fd, char **extra,
+                        size_t *extra_len);
 
 /* http_respond_simple: start + whole body + end. The request is always
  * finished when it returns (aborted if start or write failed); returns 0 or

@@ -11,6 +11,7 @@
 #include "egress.h"
 #include "fetch.h"
 #include "http_server.h"
+#include "proxy.h"
 #include "registry.h"
 #include "reload.h"
 #include "tags.h"
@@ -205,6 +206,11 @@ int node_start(struct node *n, uv_loop_t *loop, struct config *cfg) {
       (r = listen_one(n, cfg->cluster.peer_listen, NODE_LISTENER_PEER, "fleet peers",
                       n->tls_peer, cfg->cluster.secret_len == 0)) != 0)
     return r;
+  /* last, so the proxy knows every listener it must never tunnel to */
+  if (cfg->proxy.listen &&
+      ((r = listen_one(n, cfg->proxy.listen, NODE_LISTENER_PROXY, "proxy", NULL, 1)) != 0 ||
+       (r = proxy_new(&n->proxy, n)) != 0))
+    return r;
   for (size_t i = 0; i < cfg->n_upstreams; i++) {
     LOG_I("upstream %s -> %s%s", cfg->upstreams[i].host, cfg->upstreams[i].url,
           cfg->upstreams[i].is_default ? " (default)" : "");
@@ -323,6 +329,8 @@ void node_stop(struct node *n) {
   tls_source_close(n->tls_peer);
   for (size_t i = 0; n->tls_up && i < n->cfg->n_upstreams; i++)
     tls_source_close(n->tls_up[i]);
+  proxy_close(n->proxy);
+  n->proxy = NULL;
   access_close(n->access);
   tagcache_close(n->tags);
   registry_stop(n);

@@ -26,6 +26,7 @@ struct tls_source;
 struct strmap;
 struct rreq;
 struct egress;
+struct proxy;
 
 /* Listener ids handed to the HTTP server: >= 0 is an upstream's own port.
  * MAIN and the upstreams' ports are client listeners; PEER is
@@ -33,6 +34,7 @@ struct egress;
 #define NODE_LISTENER_MAIN (-1)
 #define NODE_LISTENER_ADMIN (-2)
 #define NODE_LISTENER_PEER (-3)
+#define NODE_LISTENER_PROXY (-4) /* proxy.listen: HTTPS_PROXY for clients */
 
 struct node {
   uv_loop_t *loop;
@@ -47,6 +49,7 @@ struct node {
   struct cluster *cluster;     /* NULL without a cluster: section */
   struct egress *peer_egress;  /* cluster.peer_egress, or NULL: unlimited */
   struct access *access;       /* allow list and client passwords */
+  struct proxy *proxy;         /* proxy.listen, or NULL */
   /* certificates: of the client listeners (`tls:`), of the peer listener
    * (cluster.tls), and of upstreams whose listener has its own `tls:`
    * (NULL entries share tls_main) */

@@ -25,6 +25,7 @@
 #include "metrics.h"
 #include "node.h"
 #include "peerauth.h"
+#include "proxy.h"
 #include "route.h"
 #include "tags.h"
 #include "upstream.h"
@@ -131,7 +132,10 @@ struct rreq {
   char plink[1024];
   char pfilters[128];
   char pretry[32];
-  int basic_challenge; /* 401s carry WWW-Authenticate: Basic */
+  int basic_challenge; /* 401s carry WWW-Authenticate: Basic ... */
+  int bearer_challenge; /* ... or Bearer, our token endpoint (proxy listener) */
+  int proxy_up;        /* proxy listener: the upstream it is for, or -1 */
+  int token_req;       /* proxy listener: GET /token, our token endpoint */
   json_t *tl_all; /* tags gathered over the upstream's pages */
   int tl_pages;
 
@@ -393,8 +397,15 @@ static void respond_error(struct rreq *r, int status, const char *code,
   json_decref(doc);
   if (status == 429 && r->pretry[0])
     hdr_add(r, "Retry-After", "%s", r->pretry);
-  if (status == 401 && r->basic_challenge)
+  if (status == 401 && r->bearer_challenge) {
+    /* the realm is the registry's own host: the client asks us (through the
+     * proxy again) for a token, never the real registry */
+    const struct http_request *q = r->req;
+    hdr_add(r, "WWW-Authenticate", "Bearer realm=\"%s://%s/token\",service=\"regmesh\"",
+            q->tls ? "https" : "http", q->proxy_host[0] ? q->proxy_host : q->authority);
+  } else if (status == 401 && r->basic_challenge) {
     hdr_add(r, "WWW-Authenticate", "Basic realm=\"regmesh\"");
+  }
   respond_body(r, status, "application/json", txt ? txt : "{}", txt ? strlen(txt) : 2);
   free(txt);
 }
@@ -1976,6 +1987,8 @@ static void deny(struct rreq *r, int status, const char *why, const char *msg) {
   if (status == 403)
     http_request_close_after(r->req);
   r->basic_challenge = status == 401 && strcmp(why, "auth") == 0;
+  r->bearer_challenge = r->basic_challenge && r->req->listener_id == NODE_LISTENER_PROXY &&
+                        !r->token_req;
   respond_error(r, status, status == 403 ? "DENIED" : "UNAUTHORIZED", msg);
 }
 
@@ -1998,6 +2011,37 @@ static int peer_notice(struct rreq *r) {
   return 1;
 }
 
+/* respond_token is the token endpoint of the registries the proxy
+ * intercepts (the realm of their Bearer challenges, and auth.docker.io's
+ * /token): a client that logged in (or anyone, without auth:) gets a token
+ * good on this node only; the upstream's own credentials stay here. */
+static void respond_token(struct rreq *r) {
+  char tok[ACCESS_TOKEN_MAX];
+  time_t now = time(NULL);
+  if (access_token_issue(r->n->access, r->user, (int64_t)now, ACCESS_TOKEN_TTL_S, tok,
+                         sizeof tok) < 0) {
+    respond_error(r, 500, "UNKNOWN", "cannot issue a token");
+    return;
+  }
+  struct tm tm;
+  char issued[32];
+  gmtime_r(&now, &tm);
+  strftime(issued, sizeof issued, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  json_t *doc = json_pack("{s:s,s:s,s:i,s:s}", "token", tok, "access_token", tok, "expires_in",
+                          ACCESS_TOKEN_TTL_S, "issued_at", issued);
+  char *txt = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+  json_decref(doc);
+  if (!txt) {
+    respond_error(r, 500, "UNKNOWN", "cannot issue a token");
+    return;
+  }
+  r->req->log_source = "token";
+  hdr_common(r);
+  hdr_add(r, "Cache-Control", "no-store");
+  respond_body(r, 200, "application/json", txt, strlen(txt));
+  free(txt);
+}
+
 /* dispatch serves a request that passed its listener's checks. */
 static void dispatch(struct rreq *r) {
   struct http_request *req = r->req;
@@ -2007,11 +2051,15 @@ static void dispatch(struct rreq *r) {
     return;
   }
   r->is_head = req->method == HTTP_HEAD;
+  if (r->token_req) {
+    respond_token(r);
+    return;
+  }
 
   enum route_error rerr;
   char msg[512];
-  int rc = route_request(n->cfg, req->listener_id, req->path, req->query, &r->rt,
-                         &rerr, msg, sizeof msg);
+  int lu = req->listener_id == NODE_LISTENER_PROXY ? r->proxy_up : req->listener_id;
+  int rc = route_request(n->cfg, lu, req->path, req->query, &r->rt, &rerr, msg, sizeof msg);
   if (rc) {
     /* errors for valid-looking API paths keep their route's label */
     if (rerr != ROUTE_ERR_NOT_FOUND)
@@ -2114,6 +2162,9 @@ static void on_auth_done(void *ud, enum access_verdict v) {
 
 void registry_handle(struct http_request *req, void *ud) {
   struct node *n = ud;
+  if (req->listener_id == NODE_LISTENER_PROXY && !req->proxy_host[0] && n->proxy &&
+      proxy_handle(n->proxy, req))
+    return;
   struct rreq *r = calloc(1, sizeof *r);
   if (!r) {
     http_respond_abort(req);
@@ -2121,6 +2172,7 @@ void registry_handle(struct http_request *req, void *ud) {
   }
   r->n = n;
   r->req = req;
+  r->proxy_up = -1;
   r->fd = -1;
   r->gate = UINT64_MAX;
   r->rt.kind = ROUTE_BASE;
@@ -2141,12 +2193,27 @@ void registry_handle(struct http_request *req, void *ud) {
                     "the admin listener serves /metrics, /healthz, /readyz, /cluster/, /cache/");
     return;
   }
-  /* with an admin listener, the public one serves none of it */
-  if (!n->cfg->admin_listen && handle_admin(r))
+  if (req->listener_id == NODE_LISTENER_PROXY) {
+    /* inside an intercepted CONNECT, or a plain http:// request for an
+     * upstream (proxy_handle sent everything else its own way) */
+    r->proxy_up = proxy_request_upstream(n, req);
+    if (r->proxy_up < 0) {
+      respond_error(r, 404, "NAME_UNKNOWN", "not a registry this node serves");
+      return;
+    }
+    r->token_req = strcmp(req->path, "/token") == 0;
+    if (req->conn_user[0]) {
+      /* the CONNECT carried a good Proxy-Authorization */
+      snprintf(r->user, sizeof r->user, "%s", req->conn_user);
+      r->authed = 1;
+    }
+  } else if (!n->cfg->admin_listen && handle_admin(r)) {
+    /* with an admin listener, the public one serves none of it */
     return;
+  }
   r->route_label = NULL;
   /* X-Regmesh-Hop means nothing here: only the peer listener serves peers */
-  if (access_auth_enabled(n->access)) {
+  if (access_auth_enabled(n->access) && !r->authed) {
     const struct http_header *h = http_request_header(req, "Authorization");
     enum access_verdict v = access_check(n->access, h ? h->value : NULL, on_auth_done, r,
                                          r->user, sizeof r->user);

@@ -10,9 +10,10 @@
  * and per upstream (matched by host) its url, credentials, TLS checks,
  * timeouts, retries, private and TTLs. What a running node cannot take
  * (listeners, storage.root, header limits, TLS file paths, the upstream
- * list, cluster, turning auth on or off) is named in a warning and waits
- * for a restart. The node's own struct config is kept true: applied fields
- * are swapped into it, so the new config's free releases the old values.
+ * list, cluster, proxy, upstream aliases, turning auth on or off) is named
+ * in a warning and waits for a restart. The node's own struct config is
+ * kept true: applied fields are swapped into it, so the new config's free
+ * releases the old values, and what waits keeps its running value.
  */
 #include "reload.h"
 
@@ -86,6 +87,32 @@ static int cluster_eq(const struct config_cluster *a, const struct config_cluste
   return 1;
 }
 
+static int aliases_eq(const struct config_upstream *a, const struct config_upstream *b) {
+  if (a->n_aliases != b->n_aliases)
+    return 0;
+  for (size_t i = 0; i < a->n_aliases; i++)
+    if (!str_eq(a->aliases[i], b->aliases[i]))
+      return 0;
+  return 1;
+}
+
+/* The proxy listener holds its CA, leaf cache and tunnel rules from start,
+ * so any change under proxy: waits for a restart. */
+static int proxy_eq(const struct config_proxy *a, const struct config_proxy *b) {
+  if (!str_eq(a->listen, b->listen) || !str_eq(a->ca_cert, b->ca_cert) ||
+      !str_eq(a->ca_key, b->ca_key) || a->tunnel_others != b->tunnel_others ||
+      a->leaf_ttl_ms != b->leaf_ttl_ms || a->n_tunnel_allow != b->n_tunnel_allow ||
+      (a->n_tunnel_allow && memcmp(a->tunnel_allow, b->tunnel_allow,
+                                   a->n_tunnel_allow * sizeof *a->tunnel_allow) != 0) ||
+      a->n_hosts != b->n_hosts)
+    return 0;
+  for (size_t i = 0; i < a->n_hosts; i++)
+    if (!str_eq(a->hosts[i].name, b->hosts[i].name) ||
+        !str_eq(a->hosts[i].addr, b->hosts[i].addr))
+      return 0;
+  return 1;
+}
+
 /* ---- the thread pool side ---- */
 
 static void reload_job(uv_work_t *w) {
@@ -115,6 +142,11 @@ static void apply_upstream(struct node *n, size_t i, struct config_upstream *nu,
   if (!str_eq(ou->listen, nu->listen) || ou->is_default != nu->is_default ||
       !tls_eq(ou->tls, nu->tls)) {
     snprintf(key, sizeof key, "upstreams[%s].listen/default/tls", ou->host);
+    key_add(restart, "%s", key);
+  }
+  /* n->cfg keeps the aliases the proxy listener started with */
+  if (!aliases_eq(ou, nu)) {
+    snprintf(key, sizeof key, "upstreams[%s].aliases", ou->host);
     key_add(restart, "%s", key);
   }
 #define UP_DIFF(cond, name)                                                                   \
@@ -279,6 +311,8 @@ static void reload_apply(struct node *n, struct config *c) {
     key_add(&restart, "%s", "tls (file names; the files themselves are reloaded)");
   if (!cluster_eq(&o->cluster, &c->cluster))
     key_add(&restart, "%s", "cluster");
+  if (!proxy_eq(&o->proxy, &c->proxy))
+    key_add(&restart, "%s", "proxy");
 
   LOG_I("SIGHUP: %s reloaded; %s%s", o->path, applied.n ? "applied: " : "no change applied",
         applied.s);

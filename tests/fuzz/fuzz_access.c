@@ -3,6 +3,8 @@
  *   0: an `allow:` entry (config_parse_cidr), matched against fixed peers
  *   1: an htpasswd file (htpasswd_parse), every user then looked up
  *   2: an Authorization header value (access_parse_basic)
+ *   3: a node token (access_token_verify), and one issued for the bytes as
+ *      a user name, which must verify back to it
  */
 #include "access.h"
 #include "config.h"
@@ -13,6 +15,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <uv.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -24,7 +27,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     return 0;
   memcpy(s, data + 1, size - 1);
   s[size - 1] = '\0'; /* these parsers take C strings */
-  switch (data[0] % 3) {
+  switch (data[0] % 4) {
   case 0: {
     struct config_cidr c;
     if (config_parse_cidr(s, &c) == 0) {
@@ -55,6 +58,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (access_parse_basic(s, cred, sizeof cred, &len, &colon) == 0 &&
         (len >= sizeof cred || colon == 0 || colon >= len || cred[colon] != ':' ||
          cred[len] != '\0'))
+      abort();
+    break;
+  }
+  case 3: {
+    static uv_loop_t loop;
+    static struct config cfg;
+    static struct access *a;
+    if (!a) {
+      uv_loop_init(&loop);
+      config_init(&cfg);
+      if (access_new(&a, &loop, &cfg) != 0)
+        abort();
+    }
+    char user[64], tok[ACCESS_TOKEN_MAX];
+    int rc = access_token_verify(a, s, 1000, user, sizeof user);
+    if (rc == 0 && strlen(user) > 63)
+      abort();
+    if (access_token_issue(a, s, 1000, 60, tok, sizeof tok) == 0 &&
+        (access_token_verify(a, tok, 1000, user, sizeof user) != 0 || strcmp(user, s) != 0 ||
+         access_token_verify(a, tok, 1061, user, sizeof user) != UV_EACCES))
       abort();
     break;
   }

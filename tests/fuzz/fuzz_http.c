@@ -3,18 +3,25 @@
  * machine and response paths (simple, chunked, file bodies) on one end of
  * a socketpair the server adopts. Requests, pipelining, bodies, limits and
  * early closes are all reachable; the server must neither crash nor keep
- * the connection forever once the client has hung up.
+ * the connection forever once the client has hung up. A CONNECT is
+ * answered as the proxy listener does: its TLS terminated with a leaf from
+ * a CA made at start (the bytes after it are then the handshake), or, for
+ * a target starting with "t", the socket taken out as for a tunnel.
  */
+#include "ca.h"
 #include "http_server.h"
+#include "leafcert.h"
 #include "log.h"
 
 #include <http_parser.h>
 
 #include <fcntl.h>
+#include <openssl/ssl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
@@ -44,8 +51,25 @@ static void chunk_sent(struct http_request *req, int status, void *ud) {
     http_respond_abort(req);
 }
 
+static SSL_CTX *leaf_ctx;
+
 static void handler(struct http_request *req, void *ud) {
   (void)ud;
+  if (req->method == HTTP_CONNECT) {
+    if (req->path[0] == 't') {
+      int fd;
+      char *extra;
+      size_t len;
+      if (http_request_detach(req, 200, &fd, &extra, &len) == 0) {
+        close(fd);
+        free(extra);
+      }
+      return;
+    }
+    if (http_respond_connect_tls(req, leaf_ctx, "fuzz.test", 443, "u") == UV_EINVAL)
+      http_respond_simple(req, 400, NULL, 0, NULL, 0);
+    return;
+  }
   if (strcmp(req->path, "/file") == 0) {
     int fd = open(file_path, O_RDONLY | O_CLOEXEC);
     if (fd < 0 || http_respond_start(req, 200, NULL, 0, FILE_LEN) != 0 ||
@@ -82,6 +106,23 @@ static void init(void) {
   if (write(fd, buf, sizeof buf) != (ssize_t)sizeof buf)
     abort();
   close(fd);
+  char dir[64] = "/tmp/fuzz_http_ca_XXXXXX", err[512], crt[96], key[96];
+  if (!mkdtemp(dir))
+    abort();
+  snprintf(dir + strlen(dir), sizeof dir - strlen(dir), "/ca");
+  snprintf(crt, sizeof crt, "%s/ca.crt", dir);
+  snprintf(key, sizeof key, "%s/ca.key", dir);
+  struct leafcert *lc;
+  if (ca_init(dir, err, sizeof err) != 0 ||
+      leafcert_new(&lc, crt, key, 3600 * 1000, err, sizeof err) != 0 ||
+      !(leaf_ctx = leafcert_ctx(lc, "fuzz.test", time(NULL))))
+    abort();
+  leafcert_free(lc); /* leaf_ctx holds its own reference */
+  unlink(crt);
+  unlink(key);
+  rmdir(dir);
+  dir[strlen(dir) - 3] = '\0';
+  rmdir(dir);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

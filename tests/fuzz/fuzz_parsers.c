@@ -13,6 +13,9 @@
  *   9: a query string, every parameter the node reads taken from it
  *  10: an X-Regmesh-Holders list, its names then noted in and picked from
  *      a holders table (the first two bytes are the clock)
+ *  11: a CONNECT target or a proxy request's authority (proxy_parse_target,
+ *      with and without a default port), an IP literal then checked
+ *      against the tunnel refusals, a name matched to the upstreams
  * Each checks what its result promises (bounds, NUL-terminated fields), so
  * a wrong answer is a crash too, not only a memory error.
  */
@@ -21,10 +24,12 @@
 #include "httpval.h"
 #include "manifest.h"
 #include "peerauth.h"
+#include "proxy.h"
 #include "reference.h"
 #include "route.h"
 #include "upstream_auth.h"
 
+#include <arpa/inet.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -183,6 +188,40 @@ static void one_holders(const char *s, const uint8_t *d, size_t n) {
     holders_forget(h, hex, names[1]);
 }
 
+static void one_target(const char *s, size_t n) {
+  static struct config cfg;
+  static int ready;
+  if (!ready) {
+    char err[CONFIG_ERR_LEN];
+    static const char y[] = "upstreams:\n"
+                            "  - {host: docker.io, url: 'https://registry-1.docker.io'}\n"
+                            "  - {host: ghcr.io, url: 'https://ghcr.io', aliases: ['pkg.example:8443']}\n";
+    if (config_load_string(&cfg, y, sizeof y - 1, "fuzz.yml", err, sizeof err) != 0)
+      abort();
+    ready = 1;
+  }
+  for (unsigned dflt = 0; dflt <= 80; dflt += 80) {
+    char host[256];
+    unsigned port = 0;
+    if (proxy_parse_target(s, n, dflt, host, sizeof host, &port) != 0)
+      continue;
+    size_t hl = strnlen(host, sizeof host);
+    CHECK(hl > 0 && hl <= PROXY_HOST_MAX && port >= 1 && port <= 65535);
+    CHECK(!strpbrk(host, "[]/ \t\r\n"));
+    struct sockaddr_storage ss = {0};
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, host, &s4->sin_addr) == 1)
+      ss.ss_family = AF_INET;
+    else if (inet_pton(AF_INET6, host, &s6->sin6_addr) == 1)
+      ss.ss_family = AF_INET6;
+    if (ss.ss_family)
+      (void)proxy_addr_refused((const struct sockaddr *)&ss);
+    int up = config_upstream_proxy_match(&cfg, host, hl, port, dflt != 0);
+    CHECK(up >= -1 && up < (int)cfg.n_upstreams);
+  }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < 1 || size > 65536)
     return 0;
@@ -193,7 +232,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     return 0;
   memcpy(s, d, n);
   s[n] = '\0'; /* most of these parsers take C strings, as the server hands them */
-  switch (data[0] % 11) {
+  switch (data[0] % 12) {
   case 0: one_route(s); break;
   case 1: one_range(d, n); break;
   case 2: {
@@ -232,6 +271,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   case 8: one_peerauth(s); break;
   case 9: one_query(s); break;
   case 10: one_holders(s, d, n); break;
+  case 11: one_target(s, n); break;
   }
   free(s);
   return 0;

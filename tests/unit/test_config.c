@@ -19,6 +19,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1476,6 +1477,10 @@ static int check_errors(const struct error_case *cases, size_t n) {
     assert_null(cfg.auth_htpasswd);
     assert_null(cfg.tls);
     assert_null(cfg.cluster.tls);
+    assert_null(cfg.proxy.listen);
+    assert_null(cfg.proxy.ca_cert);
+    assert_null(cfg.proxy.tunnel_allow);
+    assert_null(cfg.proxy.hosts);
     config_free(&cfg);
   }
   return failed;
@@ -1832,9 +1837,14 @@ static void test_peer_listen(void **state) {
 
 /* ---- tls: ---- */
 
+/* What make_pair puts in the certificate: nothing (a plain self-signed
+ * leaf, as tls: takes), basicConstraints CA:TRUE (a CA, as proxy.ca
+ * needs), or CA:TRUE with a keyUsage that cannot sign certificates. */
+enum cert_kind { CERT_LEAF, CERT_CA, CERT_CA_NO_CERTSIGN };
+
 /* make_pair writes a throwaway self-signed P-256 certificate and its key. */
-static void make_pair(const char *cert_path, const char *key_path,
-                      const char *cn) {
+static void make_pair(const char *cert_path, const char *key_path, const char *cn,
+                      enum cert_kind kind) {
   EVP_PKEY *pk = EVP_EC_gen("P-256");
   assert_non_null(pk);
   X509 *x = X509_new();
@@ -1848,6 +1858,21 @@ static void make_pair(const char *cert_path, const char *key_path,
   X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
                              (const unsigned char *)cn, -1, -1, 0);
   assert_int_equal(X509_set_issuer_name(x, name), 1);
+  if (kind != CERT_LEAF) {
+    BASIC_CONSTRAINTS *bc = BASIC_CONSTRAINTS_new();
+    assert_non_null(bc);
+    bc->ca = 1;
+    assert_int_equal(
+        X509_add1_ext_i2d(x, NID_basic_constraints, bc, 1, X509V3_ADD_DEFAULT), 1);
+    BASIC_CONSTRAINTS_free(bc);
+  }
+  if (kind == CERT_CA_NO_CERTSIGN) {
+    ASN1_BIT_STRING *ku = ASN1_BIT_STRING_new();
+    assert_non_null(ku);
+    assert_int_equal(ASN1_BIT_STRING_set_bit(ku, 0, 1), 1); /* digitalSignature */
+    assert_int_equal(X509_add1_ext_i2d(x, NID_key_usage, ku, 1, X509V3_ADD_DEFAULT), 1);
+    ASN1_BIT_STRING_free(ku);
+  }
   assert_true(X509_sign(x, pk, EVP_sha256()) > 0);
   FILE *f = fopen(cert_path, "wb");
   assert_non_null(f);
@@ -1874,8 +1899,8 @@ static void test_tls(void **state) {
   snprintf(crt2, sizeof crt2, "%s/other.crt", dir);
   snprintf(key2, sizeof key2, "%s/other.key", dir);
   snprintf(junk, sizeof junk, "%s/junk.pem", dir);
-  make_pair(crt, key, "node");
-  make_pair(crt2, key2, "other");
+  make_pair(crt, key, "node", CERT_LEAF);
+  make_pair(crt2, key2, "other", CERT_LEAF);
   write_file(junk, "-----BEGIN CERTIFICATE-----\nnot base64\n", 40);
 
   /* every block, relative paths resolved against the config's directory */
@@ -2036,6 +2061,463 @@ static void test_tls(void **state) {
   rmdir(dir);
 }
 
+/* ---- proxy: and aliases: ---- */
+
+/* A proxy section whose CA is never read: the error comes first. */
+#define PX UP "proxy:\n  listen: 127.0.0.1:3128\n  ca: {cert: /c, key: /k}\n"
+
+static void test_proxy(void **state) {
+  (void)state;
+  struct config cfg;
+  char dir[64], cfgpath[128], ca[128], cakey[128], leaf[128], leafkey[128], ca2[128],
+      ca2key[128], nosign[128], nosignkey[128], yaml[2048], err[1024], want[1024];
+  snprintf(dir, sizeof dir, "/tmp/test_config_proxy.XXXXXX");
+  assert_non_null(mkdtemp(dir));
+  snprintf(cfgpath, sizeof cfgpath, "%s/regmesh.yml", dir);
+  snprintf(ca, sizeof ca, "%s/ca.crt", dir);
+  snprintf(cakey, sizeof cakey, "%s/ca.key", dir);
+  snprintf(ca2, sizeof ca2, "%s/ca2.crt", dir);
+  snprintf(ca2key, sizeof ca2key, "%s/ca2.key", dir);
+  snprintf(leaf, sizeof leaf, "%s/leaf.crt", dir);
+  snprintf(leafkey, sizeof leafkey, "%s/leaf.key", dir);
+  snprintf(nosign, sizeof nosign, "%s/nosign.crt", dir);
+  snprintf(nosignkey, sizeof nosignkey, "%s/nosign.key", dir);
+  make_pair(ca, cakey, "proxy CA", CERT_CA);
+  make_pair(ca2, ca2key, "other CA", CERT_CA);
+  make_pair(leaf, leafkey, "leaf", CERT_LEAF);
+  make_pair(nosign, nosignkey, "no certsign", CERT_CA_NO_CERTSIGN);
+
+  /* every key; ca paths relative to the config's directory, like tls: */
+  snprintf(yaml, sizeof yaml,
+           "listen: 127.0.0.1:5000\n"
+           "upstreams:\n"
+           "  - host: docker.io\n"
+           "    url: https://registry-1.docker.io\n"
+           "    aliases: [registry-1.docker.io, auth.docker.io, "
+           "\"CDN.Example.com\", \"reg.local:5000\", \"[FD00:0::1]:5000\"]\n"
+           "  - host: ghcr.io\n"
+           "    url: https://ghcr.io\n"
+           "proxy:\n"
+           "  listen: 127.0.0.1:3128\n"
+           "  ca: {cert: ca.crt, key: %s}\n"
+           "  tunnel_others: false\n"
+           "  tunnel_allow: [127.0.0.0/8, \"::1\"]\n"
+           "  hosts: {Other.Test: 127.0.0.7, v6.test: \"fd00::7\"}\n"
+           "  leaf_ttl: 1h\n",
+           cakey);
+  write_file(cfgpath, yaml, strlen(yaml));
+  assert_int_equal(config_load_file(&cfg, cfgpath, err, sizeof err), 0);
+  assert_string_equal(err, "");
+  const struct config_proxy *p = &cfg.proxy;
+  assert_string_equal(p->listen, "127.0.0.1:3128");
+  assert_string_equal(p->ca_cert, ca);
+  assert_string_equal(p->ca_key, cakey);
+  assert_int_equal(p->tunnel_others, 0);
+  assert_int_equal(p->n_tunnel_allow, 2);
+  assert_int_equal(p->tunnel_allow[0].family, AF_INET);
+  assert_int_equal(p->tunnel_allow[0].prefix, 8);
+  assert_int_equal(p->tunnel_allow[1].family, AF_INET6);
+  assert_int_equal(p->tunnel_allow[1].prefix, 128);
+  assert_int_equal(p->n_hosts, 2);
+  assert_string_equal(p->hosts[0].name, "other.test");
+  assert_string_equal(p->hosts[0].addr, "127.0.0.7");
+  assert_string_equal(p->hosts[1].name, "v6.test");
+  assert_string_equal(p->hosts[1].addr, "fd00::7");
+  assert_int_equal(p->leaf_ttl_ms, 3600 * 1000);
+  const struct config_upstream *hub = &cfg.upstreams[0];
+  assert_int_equal(hub->n_aliases, 5);
+  assert_string_equal(hub->aliases[0], "registry-1.docker.io");
+  assert_string_equal(hub->aliases[1], "auth.docker.io");
+  assert_string_equal(hub->aliases[2], "cdn.example.com");
+  assert_string_equal(hub->aliases[3], "reg.local:5000");
+  assert_string_equal(hub->aliases[4], "[fd00::1]:5000");
+  assert_int_equal(cfg.upstreams[1].n_aliases, 0);
+  assert_null(cfg.upstreams[1].aliases);
+  config_free(&cfg);
+  assert_null(cfg.proxy.listen);
+
+  /* the defaults: with a section, and without one */
+  snprintf(yaml, sizeof yaml,
+           UP "proxy:\n  listen: \"[::1]:3128\"\n"
+              "  ca:\n    cert: %s\n    key: %s\n",
+           ca, cakey);
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), 0);
+  assert_string_equal(cfg.proxy.listen, "[::1]:3128");
+  assert_int_equal(cfg.proxy.tunnel_others, 1);
+  assert_int_equal(cfg.proxy.leaf_ttl_ms, 24 * 3600 * 1000);
+  assert_int_equal(cfg.proxy.n_tunnel_allow, 0);
+  assert_null(cfg.proxy.tunnel_allow);
+  assert_int_equal(cfg.proxy.n_hosts, 0);
+  assert_null(cfg.proxy.hosts);
+  config_free(&cfg);
+  /* empty lists are the defaults too; the bounds of leaf_ttl are in */
+  snprintf(yaml, sizeof yaml,
+           UP "proxy:\n  listen: 127.0.0.1:3128\n  ca: {cert: %s, key: %s}\n"
+              "  tunnel_allow: []\n  hosts: {}\n  leaf_ttl: 10m\n",
+           ca, cakey);
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), 0);
+  assert_int_equal(cfg.proxy.leaf_ttl_ms, 600 * 1000);
+  config_free(&cfg);
+  snprintf(yaml, sizeof yaml,
+           UP "proxy:\n  listen: 127.0.0.1:3128\n  ca: {cert: %s, key: %s}\n"
+              "  leaf_ttl: 9528h\n",
+           ca, cakey);
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), 0);
+  assert_int_equal(cfg.proxy.leaf_ttl_ms, UINT64_C(397) * 24 * 3600 * 1000);
+  config_free(&cfg);
+  assert_int_equal(load(&cfg, minimal_yaml, err, sizeof err), 0);
+  assert_null(cfg.proxy.listen);
+  assert_null(cfg.proxy.ca_cert);
+  assert_int_equal(cfg.proxy.tunnel_others, 1);
+  assert_int_equal(cfg.proxy.leaf_ttl_ms, 24 * 3600 * 1000);
+  config_free(&cfg);
+  config_init(&cfg);
+  assert_null(cfg.proxy.listen);
+  assert_int_equal(cfg.proxy.tunnel_others, 1);
+  assert_int_equal(cfg.proxy.leaf_ttl_ms, 24 * 3600 * 1000);
+  config_free(&cfg);
+  assert_int_equal(config_default_builtin(&cfg), 0);
+  assert_null(cfg.proxy.listen);
+  for (size_t i = 0; i < cfg.n_upstreams; i++)
+    assert_int_equal(cfg.upstreams[i].n_aliases, 0);
+  config_free(&cfg);
+
+  /* the CA: a leaf, a key of another CA, a CA that may not sign
+   * certificates, a missing file and garbage, each at its key */
+  snprintf(yaml, sizeof yaml,
+           UP "proxy:\n  listen: 127.0.0.1:3128\n"
+              "  ca: {cert: %s, key: %s}\n",
+           leaf, leafkey);
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
+  snprintf(want, sizeof want,
+           "t.yml:6:14: proxy.ca.cert: %s: not a CA certificate (no "
+           "basicConstraints CA:TRUE); make one with: regmesh ca init DIR",
+           leaf);
+  assert_string_equal(err, want);
+  config_free(&cfg);
+  snprintf(yaml, sizeof yaml,
+           UP "proxy:\n  listen: 127.0.0.1:3128\n"
+              "  ca:\n    cert: %s\n    key: %s\n",
+           ca, ca2key);
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
+  snprintf(want, sizeof want,
+           "t.yml:8:10: proxy.ca.key: %s: the key does not match the "
+           "certificate %s",
+           ca2key, ca);
+  assert_string_equal(err, want);
+  config_free(&cfg);
+  snprintf(yaml, sizeof yaml,
+           UP "proxy:\n  listen: 127.0.0.1:3128\n"
+              "  ca:\n    cert: %s\n    key: %s\n",
+           nosign, nosignkey);
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
+  snprintf(want, sizeof want,
+           "t.yml:7:11: proxy.ca.cert: %s: the CA certificate's keyUsage "
+           "lacks keyCertSign",
+           nosign);
+  assert_string_equal(err, want);
+  config_free(&cfg);
+  snprintf(yaml, sizeof yaml,
+           UP "proxy:\n  listen: 127.0.0.1:3128\n"
+              "  ca:\n    cert: %s\n    key: %s/none.key\n",
+           ca, dir);
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
+  snprintf(want, sizeof want,
+           "t.yml:8:10: proxy.ca.key: cannot read \"%s/none.key\": No such "
+           "file or directory",
+           dir);
+  assert_string_equal(err, want);
+  config_free(&cfg);
+  snprintf(yaml, sizeof yaml,
+           UP "proxy:\n  listen: 127.0.0.1:3128\n"
+              "  ca:\n    cert: %s\n    key: %s\n",
+           cakey, cakey);
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
+  snprintf(want, sizeof want,
+           "t.yml:7:11: proxy.ca.cert: %s: no usable PEM certificate (", cakey);
+  if (strncmp(err, want, strlen(want)) != 0)
+    fail_msg("got: %s\nwant: %s...", err, want);
+  config_free(&cfg);
+
+  /* an encrypted key is refused, not prompted for */
+  char enckey[128];
+  snprintf(enckey, sizeof enckey, "%s/enc.key", dir);
+  FILE *f = fopen(cakey, "rb");
+  assert_non_null(f);
+  EVP_PKEY *pk = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+  fclose(f);
+  assert_non_null(pk);
+  f = fopen(enckey, "wb");
+  assert_non_null(f);
+  assert_int_equal(PEM_write_PrivateKey(f, pk, EVP_aes_256_cbc(), (unsigned char *)"pass",
+                                        4, NULL, NULL),
+                   1);
+  fclose(f);
+  EVP_PKEY_free(pk);
+  snprintf(yaml, sizeof yaml,
+           UP "proxy:\n  listen: 127.0.0.1:3128\n"
+              "  ca:\n    cert: %s\n    key: %s\n",
+           ca, enckey);
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
+  snprintf(want, sizeof want,
+           "t.yml:8:10: proxy.ca.key: %s: the key is encrypted; give it "
+           "unencrypted (the node starts unattended)",
+           enckey);
+  assert_string_equal(err, want);
+  config_free(&cfg);
+  unlink(enckey);
+
+  static const struct error_case cases[] = {
+      /* the section's own keys */
+      {UP "proxy:\n  ca: {cert: /c, key: /k}\n",
+       "t.yml:5:3: proxy.listen: required key is missing"},
+      {UP "proxy:\n  listen: 127.0.0.1:3128\n",
+       "t.yml:5:3: proxy.ca: required key is missing"},
+      {UP "proxy:\n", "t.yml:4:7: proxy.listen: required key is missing\n"
+                      "t.yml:4:7: proxy.ca: required key is missing"},
+      {UP "proxy:\n  listen: 127.0.0.1:3128\n  ca: {cert: /c}\n",
+       "t.yml:6:7: proxy.ca.key: required key is missing"},
+      {UP "proxy:\n  listen: 127.0.0.1:3128\n  ca: /c\n",
+       "t.yml:6:7: proxy.ca: expected a mapping, got a scalar"},
+      {UP "proxy:\n  listen: 3128\n  ca: {cert: /c, key: /k}\n",
+       "t.yml:5:11: proxy.listen: invalid address \"3128\": expected "
+       "host:port or [v6]:port"},
+      {PX "  tunel_others: false\n",
+       "t.yml:7:3: proxy.tunel_others: unknown key (did you mean "
+       "tunnel_others?)"},
+      {PX "  tunnel_others: sometimes\n",
+       "t.yml:7:18: proxy.tunnel_others: expected true or false, got "
+       "\"sometimes\""},
+      {PX "  ca: {cert: /c, key: /k, chain: /x}\n",
+       "t.yml:7:3: proxy.ca: duplicate key (first at 6:3)"},
+      {UP "proxy:\n  listen: 127.0.0.1:3128\n  ca: {cert: /c, key: /k, chain: /x}\n",
+       "t.yml:6:27: proxy.ca.chain: unknown key"},
+      /* tunnel_allow: allow:'s rules */
+      {PX "  tunnel_allow: [127.0.0.0/8, 10.0.0.1/8]\n",
+       "t.yml:7:31: proxy.tunnel_allow[1]: invalid network \"10.0.0.1/8\": "
+       "host bits are set below the prefix; did you mean 10.0.0.0/8?"},
+      {PX "  tunnel_allow: [localhost]\n",
+       "t.yml:7:18: proxy.tunnel_allow[0]: invalid network \"localhost\": "
+       "expected an IPv4 or IPv6 address, optionally with /prefix"},
+      {PX "  tunnel_allow: 127.0.0.0/8\n",
+       "t.yml:7:17: proxy.tunnel_allow: expected a sequence of networks "
+       "(\"10.0.0.0/8\", \"::1\"), got a scalar"},
+      /* hosts: names and numeric addresses */
+      {PX "  hosts: {bad_name.test: 127.0.0.7}\n",
+       "t.yml:7:11: proxy.hosts: invalid host name \"bad_name.test\" "
+       "(letters, digits, dots and dashes)"},
+      {PX "  hosts: {10.0.0.1: 127.0.0.7}\n",
+       "t.yml:7:11: proxy.hosts: \"10.0.0.1\" is an address; hosts: maps "
+       "names to addresses"},
+      {PX "  hosts: {a.test: 127.0.0.256}\n",
+       "t.yml:7:19: proxy.hosts.a.test: invalid address \"127.0.0.256\": "
+       "expected a numeric IPv4 or IPv6 address"},
+      {PX "  hosts: {a.test: example.com}\n",
+       "t.yml:7:19: proxy.hosts.a.test: invalid address \"example.com\": "
+       "expected a numeric IPv4 or IPv6 address"},
+      {PX "  hosts: {a.test: \"[::1]\"}\n",
+       "t.yml:7:19: proxy.hosts.a.test: invalid address \"[::1]\": an IPv6 "
+       "address goes without brackets here"},
+      {PX "  hosts: {a.test: [127.0.0.1]}\n",
+       "t.yml:7:19: proxy.hosts.a.test: expected a scalar, got a sequence"},
+      {PX "  hosts:\n    a.test: 127.0.0.1\n    A.Test: 127.0.0.2\n",
+       "t.yml:9:5: proxy.hosts: duplicate host name a.test (first at 8:5)"},
+      {PX "  hosts: [a.test]\n",
+       "t.yml:7:10: proxy.hosts: expected a mapping of host name: address, "
+       "got a sequence"},
+      /* leaf_ttl: 10m .. 397 days */
+      {PX "  leaf_ttl: 5m\n",
+       "t.yml:7:13: proxy.leaf_ttl: must be from 10m to 397 days (9528h), "
+       "got \"5m\""},
+      {PX "  leaf_ttl: 9529h\n",
+       "t.yml:7:13: proxy.leaf_ttl: must be from 10m to 397 days (9528h), "
+       "got \"9529h\""},
+      {PX "  leaf_ttl: 30d\n",
+       "t.yml:7:13: proxy.leaf_ttl: invalid duration \"30d\" (examples: "
+       "500ms, 10s, 5m, 1h)"},
+      /* the proxy listener collides like any other */
+      {"listen: 127.0.0.1:3128\n" PX,
+       "t.yml:6:11: proxy.listen: address 127.0.0.1:3128 is already used by "
+       "listen"},
+      {"admin_listen: 0.0.0.0:3128\n" PX,
+       "t.yml:6:11: proxy.listen: address 127.0.0.1:3128 overlaps "
+       "admin_listen (0.0.0.0:3128) on port 3128"},
+      {UP "    listen: 127.0.0.1:3128\n"
+          "proxy:\n  listen: 127.0.0.1:3128\n  ca: {cert: /c, key: /k}\n",
+       "t.yml:6:11: proxy.listen: address 127.0.0.1:3128 is already used by "
+       "upstreams[0].listen"},
+      {PX "cluster:\n  bind: 127.0.0.1:3127\n",
+       "t.yml:5:11: proxy.listen: address 127.0.0.1:3128 is already used by "
+       "cluster.peer_listen (default)"},
+      {"proxy:\n  listen: 127.0.0.1:7946\n  ca: {cert: /c, key: /k}\n" UP "cluster:\n",
+       "t.yml:2:11: proxy.listen: address 127.0.0.1:7946 overlaps "
+       "cluster.bind (default) (0.0.0.0:7946) on port 7946"},
+      /* aliases: the form */
+      {UP "    aliases: [\"https://cdn.example.com\"]\n",
+       "t.yml:4:15: upstreams[0].aliases[0]: invalid alias "
+       "\"https://cdn.example.com\": expected host or host:port, not a URL"},
+      {UP "    aliases: [\"cdn.example.com:0\"]\n",
+       "t.yml:4:15: upstreams[0].aliases[0]: invalid alias "
+       "\"cdn.example.com:0\": port must be a number from 1 to 65535"},
+      {UP "    aliases: [\"cdn.example.com:65536\"]\n",
+       "t.yml:4:15: upstreams[0].aliases[0]: invalid alias "
+       "\"cdn.example.com:65536\": port must be a number from 1 to 65535"},
+      {UP "    aliases: [ok.test, \"fd00::1\"]\n",
+       "t.yml:4:24: upstreams[0].aliases[1]: invalid alias \"fd00::1\": IPv6 "
+       "addresses need brackets, as in [fd00::7]:5000"},
+      {UP "    aliases: [cdn_1.example.com]\n",
+       "t.yml:4:15: upstreams[0].aliases[0]: invalid alias "
+       "\"cdn_1.example.com\": invalid host (letters, digits, dots and "
+       "dashes, or an IP address)"},
+      {UP "    aliases: [10.0.0.300]\n",
+       "t.yml:4:15: upstreams[0].aliases[0]: invalid alias \"10.0.0.300\": "
+       "invalid IPv4 address"},
+      {UP "    aliases: cdn.example.com\n",
+       "t.yml:4:14: upstreams[0].aliases: expected a sequence of host or "
+       "host:port, got a scalar"},
+      {UP "    aliases: [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, b0, b1, b2, "
+          "b3, b4, b5, b6, b7, b8, b9, c0, c1, c2, c3, c4, c5, c6, c7, c8, "
+          "c9, d0, d1, d2]\n",
+       "t.yml:4:14: upstreams[0].aliases: too many aliases (33, at most 32)"},
+      /* aliases: one upstream per name */
+      {UP "    aliases: [cdn.test, CDN.test]\n",
+       "t.yml:4:25: upstreams[0].aliases[1]: alias cdn.test is already "
+       "upstreams[0].aliases[0]"},
+      {UP "    aliases: [cdn.test]\n"
+          "  - host: ghcr.io\n    url: https://ghcr.io\n"
+          "    aliases: [\"cdn.test:443\"]\n",
+       "t.yml:7:15: upstreams[1].aliases[0]: alias cdn.test:443 overlaps "
+       "upstreams[0].aliases[0] (cdn.test) on port 443"},
+      {UP "    aliases: [GHCR.io]\n"
+          "  - host: ghcr.io\n    url: https://ghcr.io\n",
+       "t.yml:4:15: upstreams[0].aliases[0]: alias ghcr.io is already "
+       "upstreams[1].host"},
+      {UP "    aliases: [\"docker.io:80\"]\n",
+       "t.yml:4:15: upstreams[0].aliases[0]: alias docker.io:80 overlaps "
+       "upstreams[0].host (docker.io) on port 80"},
+      {UP "  - host: reg.local:5000\n    url: https://reg.local:5000\n"
+          "  - host: ghcr.io\n    url: https://ghcr.io\n"
+          "    aliases: [\"reg.local:5000\"]\n",
+       "t.yml:8:15: upstreams[2].aliases[0]: alias reg.local:5000 is already "
+       "upstreams[1].host"},
+      {UP "  - host: ghcr.io\n    url: https://ghcr.io\n"
+          "    aliases: [auth.docker.io]\n",
+       "t.yml:6:15: upstreams[1].aliases[0]: alias auth.docker.io is already "
+       "upstreams[0] (docker.io): Docker Hub answers to it"},
+      {"upstreams:\n  - host: ghcr.io\n    url: https://ghcr.io\n"
+       "    aliases: [index.docker.io]\n"
+       "  - host: registry-1.docker.io\n    url: https://r.io\n",
+       "t.yml:4:15: upstreams[0].aliases[0]: alias index.docker.io is "
+       "already upstreams[1] (registry-1.docker.io): Docker Hub answers to "
+       "it"},
+  };
+  assert_int_equal(check_errors(cases, sizeof cases / sizeof cases[0]), 0);
+
+  /* not a clash: another port, a Hub name on the Hub, no Hub at all */
+  assert_int_equal(load(&cfg,
+                        UP "    aliases: [index.docker.io, auth.docker.io, "
+                           "\"cdn.test:8443\"]\n"
+                           "  - host: ghcr.io\n    url: https://ghcr.io\n"
+                           "    aliases: [cdn.test, \"auth.docker.io:8443\"]\n",
+                        err, sizeof err),
+                   0);
+  config_free(&cfg);
+  assert_int_equal(load(&cfg,
+                        "upstreams:\n  - host: ghcr.io\n    url: https://ghcr.io\n"
+                        "    aliases: [auth.docker.io]\n",
+                        err, sizeof err),
+                   0);
+  config_free(&cfg);
+
+  unlink(ca);
+  unlink(cakey);
+  unlink(ca2);
+  unlink(ca2key);
+  unlink(leaf);
+  unlink(leafkey);
+  unlink(nosign);
+  unlink(nosignkey);
+  unlink(cfgpath);
+  rmdir(dir);
+}
+
+static void test_proxy_match(void **state) {
+  (void)state;
+  struct config cfg;
+  char err[512];
+  assert_int_equal(load(&cfg,
+                        "upstreams:\n"
+                        "  - host: ghcr.io\n    url: https://ghcr.io\n"
+                        "    aliases: [pkg-containers.githubusercontent.com]\n"
+                        "  - host: docker.io\n    url: https://registry-1.docker.io\n"
+                        "    aliases: [production.cloudflare.docker.com]\n"
+                        "  - host: registry.example.com:8443\n"
+                        "    url: https://registry.example.com:8443\n"
+                        "    aliases: [\"reg.local:5000\", 10.0.0.9, "
+                        "\"[fd00::1]:5000\", \"[fd00::2]\"]\n",
+                        err, sizeof err),
+                   0);
+#define M(h, port, plain) config_upstream_proxy_match(&cfg, h, strlen(h), port, plain)
+  /* a host on 443, any case; not on other ports */
+  assert_int_equal(M("ghcr.io", 443, 0), 0);
+  assert_int_equal(M("GHCR.IO", 443, 0), 0);
+  assert_int_equal(M("ghcr.io", 8443, 0), -1);
+  assert_int_equal(M("ghcr.io", 80, 0), -1);
+  assert_int_equal(M("pkg-containers.githubusercontent.com", 443, 0), 0);
+  /* a plain http:// request: 80 instead of 443 */
+  assert_int_equal(M("ghcr.io", 80, 1), 0);
+  assert_int_equal(M("ghcr.io", 443, 1), -1);
+  assert_int_equal(M("registry-1.docker.io", 80, 1), 1);
+  /* Docker Hub's implied names */
+  assert_int_equal(M("docker.io", 443, 0), 1);
+  assert_int_equal(M("registry-1.docker.io", 443, 0), 1);
+  assert_int_equal(M("Index.Docker.IO", 443, 0), 1);
+  assert_int_equal(M("auth.docker.io", 443, 0), 1);
+  assert_int_equal(M("auth.docker.io", 5000, 0), -1);
+  assert_int_equal(M("production.cloudflare.docker.com", 443, 0), 1);
+  assert_int_equal(M("hub.docker.com", 443, 0), -1);
+  /* with a port: that port only, plain or not */
+  assert_int_equal(M("registry.example.com", 8443, 0), 2);
+  assert_int_equal(M("registry.example.com", 443, 0), -1);
+  assert_int_equal(M("reg.local", 5000, 0), 2);
+  assert_int_equal(M("REG.local", 5000, 1), 2);
+  assert_int_equal(M("reg.local", 443, 0), -1);
+  assert_int_equal(M("reg.local", 80, 1), -1);
+  /* IP literals, IPv6 in any spelling, with or without brackets */
+  assert_int_equal(M("10.0.0.9", 443, 0), 2);
+  assert_int_equal(M("10.0.0.90", 443, 0), -1);
+  assert_int_equal(M("fd00::1", 5000, 0), 2);
+  assert_int_equal(M("[FD00:0:0::1]", 5000, 0), 2);
+  assert_int_equal(M("[fd00::2]", 443, 0), 2);
+  assert_int_equal(M("fd00::2", 5000, 0), -1);
+  assert_int_equal(M("fd00::zz", 443, 0), -1);
+  /* no match, and bounds */
+  assert_int_equal(M("quay.io", 443, 0), -1);
+  assert_int_equal(M("ghcr.io.evil", 443, 0), -1);
+  assert_int_equal(M("", 443, 0), -1);
+  assert_int_equal(M("[]", 443, 0), -1);
+  assert_int_equal(M("ghcr.io", 0, 0), -1);
+  assert_int_equal(M("ghcr.io", 65536 + 443, 0), -1);
+  assert_int_equal(config_upstream_proxy_match(&cfg, NULL, 0, 443, 0), -1);
+  assert_int_equal(config_upstream_proxy_match(NULL, "ghcr.io", 7, 443, 0), -1);
+  /* only len bytes count */
+  assert_int_equal(config_upstream_proxy_match(&cfg, "ghcr.io:443", 7, 443, 0), 0);
+  assert_int_equal(config_upstream_proxy_match(&cfg, "ghcr.i", 6, 443, 0), -1);
+  char nul[] = "ghcr.io\0x";
+  assert_int_equal(config_upstream_proxy_match(&cfg, nul, 9, 443, 0), -1);
+  char big[300];
+  memset(big, 'a', sizeof big);
+  assert_int_equal(config_upstream_proxy_match(&cfg, big, sizeof big, 443, 0), -1);
+#undef M
+  config_free(&cfg);
+
+  /* the built-in configuration intercepts Docker Hub, ghcr.io and quay.io */
+  assert_int_equal(config_default_builtin(&cfg), 0);
+  assert_int_equal(config_upstream_proxy_match(&cfg, "auth.docker.io", 14, 443, 0), 0);
+  assert_int_equal(config_upstream_proxy_match(&cfg, "quay.io", 7, 443, 0), 2);
+  config_free(&cfg);
+}
+
 /* ---- robustness: nothing may crash, leak, or fail without a message ---- */
 
 static int n_clean_ok, n_clean_err;
@@ -2142,6 +2624,23 @@ static void test_mutations(void **state) {
     }
     expect_clean(buf, len);
   }
+  /* the proxy's keys and aliases too (its CA does not exist: a mutation
+   * that still parses fails at the file, or earlier) */
+  static const char proxy_yaml[] =
+      "upstreams:\n  - host: docker.io\n    url: https://r.io\n"
+      "    aliases: [auth.docker.io, \"cdn.test:8443\", \"[fd00::1]\"]\n"
+      "proxy:\n  listen: 127.0.0.1:3128\n  ca: {cert: /nonexistent/c, key: /k}\n"
+      "  tunnel_allow: [127.0.0.0/8]\n  hosts: {a.test: 10.0.0.1}\n"
+      "  leaf_ttl: 1h\n";
+  size_t plen = strlen(proxy_yaml);
+  for (int round = 0; round < 1000; round++) {
+    char pbuf[sizeof proxy_yaml];
+    memcpy(pbuf, proxy_yaml, plen);
+    int edits = 1 + rand() % 3;
+    for (int e = 0; e < edits; e++)
+      pbuf[(size_t)rand() % plen] = alphabet[(size_t)rand() % (sizeof alphabet - 1)];
+    expect_clean(pbuf, plen);
+  }
   for (int round = 0; round < 500; round++) {
     size_t n = (size_t)rand() % 64;
     for (size_t i = 0; i < n; i++)
@@ -2183,6 +2682,8 @@ int main(void) {
       cmocka_unit_test(test_auth),
       cmocka_unit_test(test_peer_listen),
       cmocka_unit_test(test_tls),
+      cmocka_unit_test(test_proxy),
+      cmocka_unit_test(test_proxy_match),
       cmocka_unit_test(test_nasty_inputs),
       cmocka_unit_test(test_mutations),
   };

@@ -118,7 +118,7 @@ class Skopeo:
             f.write('unqualified-search-registries = []\nshort-name-mode = "disabled"\n')
         self._n = 0
 
-    def _run(self, args, timeout=300, check=True):
+    def _run(self, args, timeout=300, check=True, env_extra=None):
         self._n += 1
         scratch = tempfile.mkdtemp(prefix="skopeo-%d-" % self._n, dir=self.dir)
         try:
@@ -126,6 +126,7 @@ class Skopeo:
             os.makedirs(home)
             env = no_egress_env({"HOME": home, "XDG_RUNTIME_DIR": home,
                                  "CONTAINERS_REGISTRIES_CONF": self.registries_conf})
+            env.update(env_extra or {})
             tmp = os.path.join(scratch, "tmp")
             os.makedirs(tmp)
             # skopeo 1.9 reads CONTAINERS_REGISTRIES_CONF for nothing; its
@@ -138,11 +139,12 @@ class Skopeo:
             shutil.rmtree(scratch, ignore_errors=True)
 
     def copy(self, src_ref, dest_dir, all_images=False, src_creds=None, timeout=300,
-             check=True, tls_verify=False, cert_dir=None):
+             check=True, tls_verify=False, cert_dir=None, env_extra=None):
         """skopeo copy docker://<src_ref> dir:<dest_dir>. Returns CopyResult
         (or the CompletedProcess if check=False and it failed).
         tls_verify: --src-tls-verify (default false); cert_dir:
-        --src-cert-dir (a directory of *.crt CAs, containers-certs.d(5))."""
+        --src-cert-dir (a directory of *.crt CAs, containers-certs.d(5));
+        env_extra: environment on top of the no-egress one (HTTPS_PROXY)."""
         if os.path.exists(dest_dir):
             shutil.rmtree(dest_dir)
         os.makedirs(os.path.dirname(dest_dir), exist_ok=True)
@@ -155,7 +157,7 @@ class Skopeo:
         if src_creds:
             args += ["--src-creds", src_creds]
         args += ["docker://" + src_ref, "dir:" + dest_dir]
-        cp = self._run(args, timeout=timeout, check=check)
+        cp = self._run(args, timeout=timeout, check=check, env_extra=env_extra)
         if cp.returncode != 0:
             return cp
         return CopyResult(dest_dir)
@@ -288,7 +290,7 @@ class Dockerd:
     using a private containerd, with `registry-mirrors`."""
 
     def __init__(self, workdir, containerd, mirrors, namespace, certs_d=None, ns=None,
-                 no_proxy=()):
+                 no_proxy=(), env_extra=None):
         """certs_d: a directory laid out like /etc/docker/certs.d
         (<host:port>/ca.crt, client.cert, client.key) that dockerd sees at
         that path in its own mount namespace, live (a symlink in an overlay
@@ -296,8 +298,10 @@ class Dockerd:
         run dockerd in (dockerd treats 127.0.0.0/8 as an insecure registry:
         no verification and certs.d unread there). no_proxy: addresses
         dockerd may reach without the dead proxy (Go proxies all but
-        loopback)."""
+        loopback). env_extra: environment on top of that (HTTPS_PROXY,
+        SSL_CERT_FILE for the proxy mode)."""
         self.dir = workdir
+        self.env_extra = dict(env_extra or {})
         self.certs_d = certs_d
         self.ns = ns
         self.no_proxy = list(no_proxy)
@@ -332,6 +336,7 @@ class Dockerd:
         env = no_egress_env({"HOME": self.dir})
         if self.no_proxy:
             env["NO_PROXY"] = env["no_proxy"] = ",".join(self.no_proxy)
+        env.update(self.env_extra)
         # dockerd creates /run/docker/plugins whatever its exec-root: give it
         # a private /run (and /var/lib, to be safe) in its own mount namespace.
         scratch = os.path.join(self.dir, "ns")
@@ -436,13 +441,14 @@ class Podman:
         with open(self.policy, "w") as f:
             json.dump({"default": [{"type": "insecureAcceptAnything"}]}, f)
 
-    def run(self, args, timeout=240, check=True):
+    def run(self, args, timeout=240, check=True, env_extra=None):
         env = no_egress_env({
             "HOME": self.home, "XDG_RUNTIME_DIR": self.home,
             "CONTAINERS_CONF": self.containers_conf,
             "CONTAINERS_REGISTRIES_CONF": self.registries_conf,
             "CONTAINERS_STORAGE_CONF": os.path.join(self.dir, "storage.conf"),
         })
+        env.update(env_extra or {})
         if not os.path.exists(env["CONTAINERS_STORAGE_CONF"]):
             with open(env["CONTAINERS_STORAGE_CONF"], "w") as f:
                 f.write('[storage]\ndriver = "vfs"\nrunroot = "%s"\ngraphroot = "%s"\n'
@@ -457,7 +463,8 @@ class Podman:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def pull(self, ref, tls_verify=None, timeout=240, check=True, cert_dir=None):
+    def pull(self, ref, tls_verify=None, timeout=240, check=True, cert_dir=None,
+             env_extra=None):
         """cert_dir: --cert-dir (a directory of *.crt CAs, used for every
         registry and mirror of this pull)."""
         args = ["pull"]
@@ -466,7 +473,7 @@ class Podman:
         if cert_dir:
             args += ["--cert-dir", cert_dir]
         args += ["--signature-policy", self.policy, ref]
-        return self.run(args, timeout=timeout, check=check)
+        return self.run(args, timeout=timeout, check=check, env_extra=env_extra)
 
     def image_digest(self, ref):
         cp = self.run(["image", "inspect", "--format", "{{.Digest}}", ref], timeout=60)
