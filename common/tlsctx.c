@@ -72,6 +72,15 @@ static int tlsctx_server_base(SSL_CTX **out, int min_version, char *err,
   }
   SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
                                SSL_OP_CIPHER_SERVER_PREFERENCE);
+  /* AES-128-GCM first (OpenSSL's default puts AES-256 first): the clients'
+   * own first choice, and the bulk of a pull is their decryption, which
+   * costs a quarter less (docs/decisions.md) */
+  if (!SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
+                                     "TLS_CHACHA20_POLY1305_SHA256")) {
+    int rc = tlsctx_fail(err, errlen, "cannot set the TLS 1.3 ciphersuites", NULL);
+    SSL_CTX_free(ctx);
+    return rc;
+  }
   /* idle keep-alive connections give their record buffers back */
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
