@@ -88,6 +88,16 @@ def connect(port, target, headers=(), timeout=10):
         head += b
     text = head.decode("latin-1")
     status = int(text.split(" ", 2)[1]) if text.startswith("HTTP/") else 0
+    # a refusal's body, which may come in its own segment
+    hl = text.lower()
+    if status != 200 and "content-length:" in hl:
+        n = int(hl.split("content-length:", 1)[1].split("\r\n", 1)[0])
+        while len(head) - head.index(b"\r\n\r\n") - 4 < n:
+            b = s.recv(4096)
+            if not b:
+                break
+            head += b
+        text = head.decode("latin-1")
     return status, text, s
 
 
