@@ -48,7 +48,7 @@
 #define CA_CURVE "P-256"
 #define CA_CN_MAX 64 /* ub-common-name (RFC 5280) */
 
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
+int ca_fail(char *err, size_t errlen, int code, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(err, errlen, fmt, ap);
@@ -56,19 +56,17 @@ static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
   return code;
 }
 
-/* ssl_fail reports what failed with OpenSSL's first queued reason, the
- * one closest to the cause. */
-static int ssl_fail(char *err, size_t errlen, const char *what) {
+int ca_ssl_fail(char *err, size_t errlen, const char *what) {
   char reason[256] = "unknown OpenSSL error";
   unsigned long e = ERR_get_error();
   if (e)
     ERR_error_string_n(e, reason, sizeof reason);
   ERR_clear_error();
-  return fail(err, errlen, RM_ETLS, "%s: %s", what, reason);
+  return ca_fail(err, errlen, RM_ETLS, "%s: %s", what, reason);
 }
 
 static int sys_fail(char *err, size_t errlen, const char *path, int code) {
-  return fail(err, errlen, code, "%s: %s", path, uv_strerror(code));
+  return ca_fail(err, errlen, code, "%s: %s", path, uv_strerror(code));
 }
 
 static int path_join(char *out, const char *dir, const char *name) {
@@ -110,7 +108,7 @@ static int file_put(const char *dir, const char *name, const char *data, size_t 
   char path[PATH_MAX], tmp[PATH_MAX];
   int n = snprintf(tmp, sizeof tmp, "%s/.%s.XXXXXX", dir, name);
   if (path_join(path, dir, name) != 0 || n < 0 || (size_t)n >= sizeof tmp)
-    return fail(err, errlen, UV_ENAMETOOLONG, "%s: path too long", dir);
+    return ca_fail(err, errlen, UV_ENAMETOOLONG, "%s: path too long", dir);
   int fd = mkstemp(tmp);
   if (fd < 0)
     return sys_fail(err, errlen, tmp, uv_translate_sys_error(errno));
@@ -128,7 +126,7 @@ static int file_put(const char *dir, const char *name, const char *data, size_t 
   if (r == 0)
     r = dir_sync(dir);
   if (r == UV_EEXIST)
-    return fail(err, errlen, r, "%s already exists; not overwriting it", path);
+    return ca_fail(err, errlen, r, "%s already exists; not overwriting it", path);
   return r ? sys_fail(err, errlen, path, r) : 0;
 }
 
@@ -138,9 +136,9 @@ static int check_absent(const char *dir, const char *name, char *err, size_t err
   char path[PATH_MAX];
   struct stat st;
   if (path_join(path, dir, name) != 0)
-    return fail(err, errlen, UV_ENAMETOOLONG, "%s: path too long", dir);
+    return ca_fail(err, errlen, UV_ENAMETOOLONG, "%s: path too long", dir);
   if (lstat(path, &st) == 0)
-    return fail(err, errlen, UV_EEXIST, "%s already exists; not overwriting it", path);
+    return ca_fail(err, errlen, UV_EEXIST, "%s already exists; not overwriting it", path);
   if (errno != ENOENT)
     return sys_fail(err, errlen, path, uv_translate_sys_error(errno));
   return 0;
@@ -172,7 +170,7 @@ static int write_pair(const char *dir, const char *base, EVP_PKEY *key, X509 *x,
   if (kb == NULL || cb == NULL ||
       !PEM_write_bio_PrivateKey(kb, key, NULL, NULL, 0, NULL, NULL) ||
       !PEM_write_bio_X509(cb, x)) {
-    r = ssl_fail(err, errlen, "encoding PEM");
+    r = ca_ssl_fail(err, errlen, "encoding PEM");
   } else {
     char *kp, *cp;
     long kl = BIO_get_mem_data(kb, &kp), cl = BIO_get_mem_data(cb, &cp);
@@ -384,9 +382,9 @@ int ca_init(const char *dir, char *err, size_t errlen) {
   X509 *x = NULL;
   EVP_PKEY *key = EVP_EC_gen(CA_CURVE);
   if (key == NULL)
-    r = ssl_fail(err, errlen, "generating the CA key");
+    r = ca_ssl_fail(err, errlen, "generating the CA key");
   else if ((x = ca_cert_sign(&spec, key, NULL, NULL)) == NULL)
-    r = ssl_fail(err, errlen, "signing the CA certificate");
+    r = ca_ssl_fail(err, errlen, "signing the CA certificate");
   if (r == 0)
     r = write_pair(dir, "ca", key, x, 0, err, errlen);
   X509_free(x);
@@ -400,21 +398,21 @@ static int issue_check(const struct ca_issue_opts *o, char *err, size_t errlen) 
   unsigned char a[16];
   size_t n = strlen(o->name);
   if (n == 0 || n > CA_NAME_MAX || o->name[0] == '.' || strspn(o->name, name_chars) != n)
-    return fail(err, errlen, RM_EPARSE,
+    return ca_fail(err, errlen, RM_EPARSE,
                 "invalid NAME '%.80s': 1 to %d of A-Z a-z 0-9 . _ -, not starting "
                 "with a dot",
                 o->name, CA_NAME_MAX);
   if (strcmp(o->name, "ca") == 0)
-    return fail(err, errlen, RM_EPARSE, "NAME 'ca' is taken by the CA's own files");
+    return ca_fail(err, errlen, RM_EPARSE, "NAME 'ca' is taken by the CA's own files");
   for (size_t i = 0; i < o->n_ips; i++)
     if (inet_pton(AF_INET, o->ips[i], a) != 1 && inet_pton(AF_INET6, o->ips[i], a) != 1)
-      return fail(err, errlen, RM_EPARSE, "--ip '%.80s' is not an IPv4 or IPv6 address",
+      return ca_fail(err, errlen, RM_EPARSE, "--ip '%.80s' is not an IPv4 or IPv6 address",
                   o->ips[i]);
   for (size_t i = 0; i < o->n_dns; i++)
     if (!ca_dns_name_ok(o->dns[i], 1))
-      return fail(err, errlen, RM_EPARSE, "--dns '%.80s' is not a DNS name", o->dns[i]);
+      return ca_fail(err, errlen, RM_EPARSE, "--dns '%.80s' is not a DNS name", o->dns[i]);
   if (o->days < 1 || o->days > CA_ISSUE_MAX_DAYS)
-    return fail(err, errlen, UV_EINVAL, "--days %d: expected 1 to %d", o->days,
+    return ca_fail(err, errlen, UV_EINVAL, "--days %d: expected 1 to %d", o->days,
                 CA_ISSUE_MAX_DAYS);
   return 0;
 }
@@ -436,14 +434,14 @@ int ca_load_pem(const char *cert_file, const char *key_file, X509 **cert, EVP_PK
   *key = PEM_read_PrivateKey(f, NULL, no_passphrase, NULL);
   fclose(f);
   if (*key == NULL)
-    return ssl_fail(err, errlen, key_file);
+    return ca_ssl_fail(err, errlen, key_file);
   if ((f = fopen(cert_file, "re")) == NULL) {
     r = sys_fail(err, errlen, cert_file, uv_translate_sys_error(errno));
   } else {
     *cert = PEM_read_X509(f, NULL, NULL, NULL);
     fclose(f);
     if (*cert == NULL)
-      r = ssl_fail(err, errlen, cert_file);
+      r = ca_ssl_fail(err, errlen, cert_file);
   }
   if (r != 0) {
     EVP_PKEY_free(*key);
@@ -457,10 +455,10 @@ static int ca_load(const char *dir, EVP_PKEY **key, X509 **cert, char *err,
                    size_t errlen) {
   char kpath[PATH_MAX], cpath[PATH_MAX];
   if (path_join(kpath, dir, "ca.key") != 0 || path_join(cpath, dir, "ca.crt") != 0)
-    return fail(err, errlen, UV_ENAMETOOLONG, "%s: path too long", dir);
+    return ca_fail(err, errlen, UV_ENAMETOOLONG, "%s: path too long", dir);
   int r = ca_load_pem(cpath, kpath, cert, key, err, errlen);
   if (r == 0 && X509_check_private_key(*cert, *key) != 1)
-    r = ssl_fail(err, errlen, "ca.key does not belong to ca.crt");
+    r = ca_ssl_fail(err, errlen, "ca.key does not belong to ca.crt");
   return r;
 }
 
@@ -484,11 +482,11 @@ int ca_issue(const struct ca_issue_opts *o, char *err, size_t errlen) {
   EVP_PKEY *cakey = NULL, *key = NULL;
   X509 *ca = NULL, *x = NULL;
   r = san ? ca_load(o->dir, &cakey, &ca, err, errlen)
-          : fail(err, errlen, UV_ENOMEM, "out of memory");
+          : ca_fail(err, errlen, UV_ENOMEM, "out of memory");
   if (r == 0 && (key = EVP_EC_gen(CA_CURVE)) == NULL)
-    r = ssl_fail(err, errlen, "generating the key");
+    r = ca_ssl_fail(err, errlen, "generating the key");
   if (r == 0 && (x = ca_cert_sign(&spec, key, ca, cakey)) == NULL)
-    r = ssl_fail(err, errlen, "signing the certificate");
+    r = ca_ssl_fail(err, errlen, "signing the certificate");
   if (r == 0)
     r = write_pair(o->dir, o->name, key, x, o->force, err, errlen);
   X509_free(x);

@@ -80,6 +80,13 @@ int ca_dns_name_ok(const char *s, int wildcard);
 int ca_load_pem(const char *cert_file, const char *key_file, X509 **cert, EVP_PKEY **key,
                 char *err, size_t errlen);
 
+/* ca_fail writes the message into err and returns code; ca_ssl_fail writes
+ * "what: <OpenSSL's first queued reason>" (the one closest to the cause),
+ * clears the queue and returns RM_ETLS. For ca.c and leafcert.c. */
+int ca_fail(char *err, size_t errlen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+int ca_ssl_fail(char *err, size_t errlen, const char *what);
+
 /* ca_keygen writes 32 random bytes, base64 with padding and a NUL, to out
  * (cap >= CA_KEYGEN_LEN): a value cluster.secret accepts as it is. Returns 0,
  * UV_EINVAL (cap too small) or RM_ETLS (no randomness; on OpenSSL's queue). */

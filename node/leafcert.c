@@ -22,7 +22,6 @@
 #include "ca.h"
 
 #include <arpa/inet.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,26 +60,6 @@ struct leafcert {
   struct leafcert_stats st;
   int capped_logged;
 };
-
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-  return code;
-}
-
-/* ssl_fail: what failed, with OpenSSL's first queued reason. */
-static int ssl_fail(char *err, size_t errlen, const char *what) {
-  char reason[256] = "unknown OpenSSL error";
-  unsigned long e = ERR_get_error();
-  if (e)
-    ERR_error_string_n(e, reason, sizeof reason);
-  ERR_clear_error();
-  return fail(err, errlen, RM_ETLS, "%s: %s", what, reason);
-}
 
 /* host_canon writes host's canonical form to out (LEAF_HOST_MAX + 1 bytes),
  * so that one host has one cache entry whatever its spelling. Returns
@@ -147,7 +126,7 @@ static int leaf_mint(struct leafcert *lc, const char *host, int type, time_t now
                      SSL_CTX **out, time_t *not_before, time_t *not_after, char *err,
                      size_t errlen) {
   if (now >= lc->ca_not_after)
-    return fail(err, errlen, RM_ETLS, "the proxy CA certificate has expired");
+    return ca_fail(err, errlen, RM_ETLS, "the proxy CA certificate has expired");
   struct ca_san san = {(enum ca_san_type)type, host};
   struct ca_cert_spec spec = {.profile = CA_PROFILE_SERVER,
                               .cn = host, /* cut to 64: the SAN has all of it */
@@ -166,7 +145,7 @@ static int leaf_mint(struct leafcert *lc, const char *host, int type, time_t now
   ERR_clear_error();
   X509 *x = ca_cert_sign(&spec, lc->pub ? lc->pub : lc->key, lc->ca, lc->ca_key);
   if (x == NULL)
-    return ssl_fail(err, errlen, "signing the leaf");
+    return ca_ssl_fail(err, errlen, "signing the leaf");
   int r = tlsctx_server_new_mem(out, x, lc->key, TLSCTX_MIN_TLS12, err, errlen);
   X509_free(x); /* the context holds its own reference */
   *not_before = spec.not_before;
@@ -215,13 +194,13 @@ static void leaf_evict(struct leafcert *lc, struct leaf *l) {
 int leafcert_new(struct leafcert **out, const char *ca_cert_file, const char *ca_key_file,
                  uint64_t ttl_ms, char *err, size_t errlen) {
   if (ca_cert_file == NULL || ca_key_file == NULL)
-    return fail(err, errlen, UV_EINVAL, "the proxy CA needs both cert and key");
+    return ca_fail(err, errlen, UV_EINVAL, "the proxy CA needs both cert and key");
   if (ttl_ms < LEAF_TTL_MIN_MS || ttl_ms > LEAF_TTL_MAX_MS)
-    return fail(err, errlen, UV_EINVAL, "leaf lifetime %llu ms: expected 1 s to %d days",
+    return ca_fail(err, errlen, UV_EINVAL, "leaf lifetime %llu ms: expected 1 s to %d days",
                 (unsigned long long)ttl_ms, CA_ISSUE_MAX_DAYS);
   struct leafcert *lc = calloc(1, sizeof *lc);
   if (lc == NULL)
-    return fail(err, errlen, UV_ENOMEM, "out of memory");
+    return ca_fail(err, errlen, UV_ENOMEM, "out of memory");
   strmap_init(&lc->by_host);
   lc->ttl = (time_t)(ttl_ms / 1000);
   int r = ca_load_pem(ca_cert_file, ca_key_file, &lc->ca, &lc->ca_key, err, errlen);
@@ -233,21 +212,21 @@ int leafcert_new(struct leafcert **out, const char *ca_cert_file, const char *ca
     char what[64 + 2 * 256];
     snprintf(what, sizeof what, "%.256s does not belong to %.256s", ca_key_file,
              ca_cert_file);
-    r = ssl_fail(err, errlen, what);
+    r = ca_ssl_fail(err, errlen, what);
   } else if ((flags & EXFLAG_INVALID) || !(flags & EXFLAG_CA)) {
     /* clients refuse a leaf whose issuer is not a CA; say so at start */
-    r = fail(err, errlen, RM_ETLS,
+    r = ca_fail(err, errlen, RM_ETLS,
              "%s: not a CA certificate (needs basicConstraints CA:TRUE)", ca_cert_file);
   } else if ((flags & EXFLAG_KUSAGE) &&
              !(X509_get_key_usage(lc->ca) & KU_KEY_CERT_SIGN)) {
-    r = fail(err, errlen, RM_ETLS, "%s: its keyUsage does not allow signing certificates",
+    r = ca_fail(err, errlen, RM_ETLS, "%s: its keyUsage does not allow signing certificates",
              ca_cert_file);
   } else if (!asn1_time_t(X509_get0_notAfter(lc->ca), &lc->ca_not_after)) {
-    r = ssl_fail(err, errlen, "reading the proxy CA's notAfter");
+    r = ca_ssl_fail(err, errlen, "reading the proxy CA's notAfter");
   } else if (lc->ca_not_after <= time(NULL)) {
-    r = fail(err, errlen, RM_ETLS, "%s: the CA certificate has expired", ca_cert_file);
+    r = ca_fail(err, errlen, RM_ETLS, "%s: the CA certificate has expired", ca_cert_file);
   } else if ((lc->key = EVP_EC_gen("P-256")) == NULL) {
-    r = ssl_fail(err, errlen, "generating the leaf key");
+    r = ca_ssl_fail(err, errlen, "generating the leaf key");
   } else {
     if ((lc->pub = pub_quick(lc->key)) == NULL) /* correct, only slower */
       LOG_W("leafcert: no quick public key; each leaf costs 0.3 ms more");

@@ -558,6 +558,19 @@ int proxy_new(struct proxy **out, struct node *n) {
   metrics_describe("regmesh_proxy_connects_total", METRIC_COUNTER,
                    "CONNECT requests on the proxy listener by what became of them: intercept "
                    "(a configured registry, served from the cache), tunnel, refused, failed.");
+  metrics_describe("regmesh_proxy_leaf_certs_total", METRIC_COUNTER,
+                   "Leaf certificates for intercepted hosts: minted (first use and renewals), "
+                   "cached (a connection served from the cache), failed.");
+  metrics_describe("regmesh_proxy_leaf_certs_cached", METRIC_GAUGE,
+                   "Leaf certificates in the cache.");
+  metrics_describe("regmesh_proxy_tunnels_open", METRIC_GAUGE,
+                   "CONNECT tunnels connecting or relaying.");
+  metrics_describe("regmesh_proxy_tunnels_total", METRIC_COUNTER,
+                   "CONNECT tunnels by result: relayed, or failed (no address of the target "
+                   "answered).");
+  metrics_describe("regmesh_proxy_tunnel_bytes_total", METRIC_COUNTER,
+                   "Bytes relayed through tunnels: out (client to target), in.");
+  proxy_update_metrics(p);
   static const char *const actions[] = {"intercept", "tunnel", "refused", "failed"};
   for (size_t i = 0; i < 4; i++) {
     char labels[48];
@@ -566,6 +579,22 @@ int proxy_new(struct proxy **out, struct node *n) {
   }
   *out = p;
   return 0;
+}
+
+void proxy_update_metrics(const struct proxy *p) {
+  struct leafcert_stats ls;
+  struct tunnel_stats ts;
+  leafcert_get_stats(p->lc, &ls);
+  tunnels_get_stats(p->tunnels, &ts);
+  metrics_set("regmesh_proxy_leaf_certs_total", "result=\"minted\"", (int64_t)ls.minted);
+  metrics_set("regmesh_proxy_leaf_certs_total", "result=\"cached\"", (int64_t)ls.hits);
+  metrics_set("regmesh_proxy_leaf_certs_total", "result=\"failed\"", (int64_t)ls.failed);
+  metrics_set("regmesh_proxy_leaf_certs_cached", "", (int64_t)ls.cached);
+  metrics_set("regmesh_proxy_tunnels_open", "", (int64_t)ts.open);
+  metrics_set("regmesh_proxy_tunnels_total", "result=\"relayed\"", (int64_t)ts.opened);
+  metrics_set("regmesh_proxy_tunnels_total", "result=\"failed\"", (int64_t)ts.failed);
+  metrics_set("regmesh_proxy_tunnel_bytes_total", "direction=\"out\"", (int64_t)ts.bytes_out);
+  metrics_set("regmesh_proxy_tunnel_bytes_total", "direction=\"in\"", (int64_t)ts.bytes_in);
 }
 
 void proxy_close(struct proxy *p) {

@@ -34,6 +34,8 @@ int proxy_handle(struct proxy *p, struct http_request *req);
 /* proxy_request_upstream: the upstream a request on the proxy listener is
  * for (inside an intercepted tunnel, or absolute-form), or -1. */
 int proxy_request_upstream(const struct node *n, const struct http_request *req);
+/* proxy_update_metrics sets the leaf and tunnel figures (a scrape). */
+void proxy_update_metrics(const struct proxy *p);
 /* proxy_close cuts the tunnels and frees p once they are gone. */
 void proxy_close(struct proxy *p);
 

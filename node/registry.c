@@ -1725,6 +1725,8 @@ static void update_gauges(struct node *n) {
               (int64_t)hs.tls_file_bytes);
   metrics_set("regmesh_tls_body_bytes_total", "path=\"ktls\"", 0);
   metrics_set("regmesh_http_file_reads_offloop_total", "", (int64_t)hs.file_reads_offloop);
+  if (n->proxy)
+    proxy_update_metrics(n->proxy);
   for (size_t i = 0; i < n->cfg->n_upstreams; i++) {
     struct upstream_ratelimit rl;
     upstream_get_ratelimit(n->ups[i], &rl);

@@ -165,6 +165,8 @@ def test_dockerd_pulls_through_the_proxy(make_proxy_node, containerd, test_dir, 
         hub_lines = access_for(pn.node, mark, "registry-1.docker.io:443")
         assert any(a["path"] == "/v2/library/alpine/manifests/3.19" for a in hub_lines), hub_lines
         assert pn.node.metric_sum("regmesh_proxy_connects_total", action="intercept") >= 2
+        # one leaf per host, minted once
+        assert pn.node.metric_sum("regmesh_proxy_leaf_certs_total", result="minted") == 2
 
         # a second dockerd, CA in certs.d/ghcr.test/regmesh-proxy-ca.crt (client-config's
         # placement): every blob from the node's cache
@@ -255,6 +257,8 @@ def test_other_hosts_are_tunnelled_byte_for_byte(make_proxy_node, other_server):
     assert cp.returncode == 0, cp.stderr
     assert hashlib.sha256(cp.stdout).digest() == hashlib.sha256(payload).digest()
     assert pn.node.metric_sum("regmesh_proxy_connects_total", action="tunnel") == 1
+    assert pn.node.metric_sum("regmesh_proxy_tunnel_bytes_total", direction="in") > len(payload)
+    assert pn.node.metric_sum("regmesh_proxy_tunnels_total", result="relayed") == 1
     # the proxy's own listeners are never a tunnel's target, allowed or not
     for p in (pn.node.port, pn.port):
         st, head, s = connect(pn.port, "%s:%d" % (util.LOCALHOST, p))
