@@ -14,6 +14,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 import uuid
 
 import pytest
@@ -73,9 +74,10 @@ def make_proxy_node(make_node, hub, ghcr, proxy_ca):
     return make
 
 
-def connect(port, target, headers=(), timeout=10):
-    """A raw CONNECT: (status, head text, socket)."""
-    s = socket.create_connection((util.LOCALHOST, port), timeout=timeout)
+def connect(port, target, headers=(), timeout=10, source=None):
+    """A raw CONNECT (from source, an address on lo): (status, head text, socket)."""
+    s = socket.create_connection((util.LOCALHOST, port), timeout=timeout,
+                                 source_address=(source, 0) if source else None)
     req = "CONNECT %s HTTP/1.1\r\nHost: %s\r\n" % (target, target)
     for k, v in headers:
         req += "%s: %s\r\n" % (k, v)
@@ -352,3 +354,36 @@ def test_auth_token_flow_and_proxy_login(make_proxy_node, test_dir, abc, skopeo,
     cp = curl(["--proxytunnel", "--proxy", pn.url, "--proxy-user",
                "%s:%s" % (TEST_USER, TEST_PASSWORD), "http://other.test:%d/x" % port])
     assert cp.returncode == 0 and cp.stdout == payload, cp.stderr
+
+
+def test_allow_list_and_shutdown_with_a_tunnel_open(make_proxy_node, other_server):
+    """Outside `allow:` the proxy answers nothing; a tunnel still open at
+    SIGTERM is cut, not waited for."""
+    port, payload = other_server
+    closed = make_proxy_node(extra_yaml="allow: [%s/32]\n" % util.LOCALHOST)
+    st, head, s = connect(closed.port, "%s:443" % GHCR_HOST, source="127.0.0.2")
+    s.close()
+    assert st == 403 and "may not use this node" in head, head
+    assert closed.node.metric_sum("regmesh_denied_total", why="allow") >= 1
+
+    pn = make_proxy_node("  hosts: {other.test: %s}\n  tunnel_allow: [127.0.0.0/8]\n"
+                         % util.LOCALHOST)
+    st, head, s = connect(pn.port, "other.test:%d" % port)
+    try:
+        assert st == 200, head
+        s.sendall(b"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n")
+        got = b""
+        while len(got) < 1000:
+            got += s.recv(65536)
+        assert got.startswith(b"HTTP/1.0 200") or got.startswith(b"HTTP/1.1 200"), got[:40]
+        t0 = time.monotonic()
+        pn.node.stop()
+        assert not pn.node.alive()
+        assert time.monotonic() - t0 < 5, "the open tunnel held the shutdown"
+        s.settimeout(5)
+        while True:  # the rest of the body, then the cut
+            b = s.recv(65536)
+            if not b:
+                break
+    finally:
+        s.close()
