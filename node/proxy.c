@@ -243,27 +243,26 @@ static int addr_is_wildcard(const struct sockaddr *sa) {
   return l && memcmp(x, zero, (size_t)l) == 0;
 }
 
-/* is_own: sa is one of the node's own listeners (a loop). */
+/* is_own: a connection to sa would reach one of the node's own listeners
+ * (a loop). 0.0.0.0 and :: reach the local host; a wildcard listener also
+ * answers on loopback and every address of this machine. */
 static int is_own(const struct proxy *p, const struct sockaddr *sa) {
   uint8_t x[16];
   unsigned port;
   if (!addr_parts(sa, x, &port))
     return 0;
+  const char *kind = proxy_addr_refused(sa);
+  int local = kind && (strcmp(kind, "loopback") == 0 || strcmp(kind, "an unspecified address") == 0);
+  for (int k = 0; !local && k < p->n_ifs; k++)
+    local = addr_eq((const struct sockaddr *)&p->ifs[k].address, sa);
   for (size_t i = 0; i < p->n_own; i++) {
     const struct sockaddr *o = (const struct sockaddr *)&p->own[i];
     uint8_t y[16];
     unsigned oport;
     if (!addr_parts(o, y, &oport) || oport != port)
       continue;
-    if (addr_eq(o, sa))
+    if (addr_eq(o, sa) || addr_is_wildcard(sa) || (addr_is_wildcard(o) && local))
       return 1;
-    if (!addr_is_wildcard(o))
-      continue;
-    if (proxy_addr_refused(sa) && strcmp(proxy_addr_refused(sa), "loopback") == 0)
-      return 1;
-    for (int k = 0; k < p->n_ifs; k++)
-      if (addr_eq((const struct sockaddr *)&p->ifs[k].address, sa))
-        return 1;
   }
   return 0;
 }

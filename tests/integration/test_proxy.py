@@ -261,11 +261,14 @@ def test_other_hosts_are_tunnelled_byte_for_byte(make_proxy_node, other_server):
     assert pn.node.metric_sum("regmesh_proxy_connects_total", action="tunnel") == 1
     assert pn.node.metric_sum("regmesh_proxy_tunnel_bytes_total", direction="in") > len(payload)
     assert pn.node.metric_sum("regmesh_proxy_tunnels_total", result="relayed") == 1
-    # the proxy's own listeners are never a tunnel's target, allowed or not
-    for p in (pn.node.port, pn.port):
-        st, head, s = connect(pn.port, "%s:%d" % (util.LOCALHOST, p))
-        s.close()
-        assert st == 403 and "own listeners" in head, head
+    # the proxy's own listeners are never a tunnel's target, allowed or not,
+    # however they are named
+    pn2 = make_proxy_node("  tunnel_allow: [0.0.0.0/0, '::/0']\n")
+    for p in (pn2.node.port, pn2.port):
+        for host in (util.LOCALHOST, "0.0.0.0", "[::ffff:%s]" % util.LOCALHOST):
+            st, head, s = connect(pn2.port, "%s:%d" % (host, p))
+            s.close()
+            assert st == 403 and "own listeners" in head, (host, head)
 
 
 def test_tunnels_refused(make_proxy_node, other_server):
