@@ -611,47 +611,70 @@ static int set_peer_url(struct walk *w, const struct config__node *v,
   return str_set(field, s, (size_t)len) ? fail_nomem(w) : 0;
 }
 
-/* set_join fills cluster.join item by item; n_join counts the stored ones
- * so config_free is right at any point of failure. A null `join:` is an
- * empty list, like a section with every entry commented out. */
-static int set_join(struct walk *w, const struct config__node *v, void *field,
-                    const struct key_spec *k) {
-  struct config_cluster *c =
-      (struct config_cluster *)((char *)field -
-                                offsetof(struct config_cluster, join));
+/* string_list: how set_string_list names and parses one kind of list */
+struct string_list {
+  const char *expected;   /* "expected a sequence of <expected>" */
+  const char *one, *many; /* "invalid <one> ...", "too many <many> ..." */
+  int (*parse)(const char *s, char *out, size_t outlen, const char **why);
+};
+
+static const struct string_list seed_list = {"host:port", "seed", "seeds",
+                                             config__parse_seed};
+static const struct string_list alias_list = {"host or host:port", "alias",
+                                              "aliases", config__parse_alias};
+
+_Static_assert(CONFIG__ALIAS_MAX <= CONFIG__SEED_MAX,
+               "set_string_list's buffer holds an alias");
+
+/* set_string_list fills *list item by item with what kind->parse writes
+ * for each; *n counts the stored ones so config_free is right at any point
+ * of failure. A null value is an empty list, like a section with every
+ * entry commented out. */
+static int set_string_list(struct walk *w, const struct config__node *v,
+                           const struct key_spec *k, const struct string_list *kind,
+                           char ***list, size_t *n) {
   int rc;
   if ((rc = check_plain(w, v)) != 0)
     return rc;
   if (v->kind == CONFIG__SCALAR && v->is_null)
     return 0;
   if (v->kind != CONFIG__SEQUENCE)
-    return fail(w, v, "expected a sequence of host:port, got %s",
+    return fail(w, v, "expected a sequence of %s, got %s", kind->expected,
                 kind_name(v));
   if (v->n_children > k->max)
-    return fail(w, v, "too many seeds (%zu, at most %llu)", v->n_children,
+    return fail(w, v, "too many %s (%zu, at most %llu)", kind->many, v->n_children,
                 (unsigned long long)k->max);
   if (v->n_children == 0)
     return 0;
-  c->join = calloc(v->n_children, sizeof *c->join);
-  if (c->join == NULL)
+  *list = calloc(v->n_children, sizeof **list);
+  if (*list == NULL)
     return fail_nomem(w);
   size_t i = 0;
   for (const struct config__node *item = v->child; item;
        item = item->next, i++) {
     const char *s, *why = NULL;
-    char seed[272], q[CONFIG__QUOTE_MAX];
+    char out[CONFIG__SEED_MAX], q[CONFIG__QUOTE_MAX];
     size_t old = path_push_index(w, i);
     rc = scalar_text(w, item, &s);
-    if (rc == 0 && config__parse_seed(s, seed, sizeof seed, &why) != 0)
-      rc = fail(w, item, "invalid seed \"%s\": %s", Q(q, s), why);
+    if (rc == 0 && kind->parse(s, out, sizeof out, &why) != 0)
+      rc = fail(w, item, "invalid %s \"%s\": %s", kind->one, Q(q, s), why);
     path_pop(w, old);
     if (rc != 0)
       return rc;
-    if ((c->join[i] = strdup(seed)) == NULL)
+    if (((*list)[i] = strdup(out)) == NULL)
       return fail_nomem(w);
-    c->n_join = i + 1;
+    *n = i + 1;
   }
   return 0;
+}
+
+/* set_join fills cluster.join, seeds in "host:port" form. */
+static int set_join(struct walk *w, const struct config__node *v, void *field,
+                    const struct key_spec *k) {
+  struct config_cluster *c =
+      (struct config_cluster *)((char *)field -
+                                offsetof(struct config_cluster, join));
+  return set_string_list(w, v, k, &seed_list, &c->join, &c->n_join);
 }
 
 /* secret and secret_file are only checked for shape here: cluster_check
@@ -1278,45 +1301,15 @@ static int set_password_file(struct walk *w, const struct config__node *v, void 
   return rc;
 }
 
-/* set_aliases fills the upstream's aliases item by item, in normal form
- * (config__parse_alias); n_aliases counts the stored ones. Whether another
- * upstream answers to one is top_check's to say, once all are read. */
+/* set_aliases fills the upstream's aliases in normal form
+ * (config__parse_alias). Whether another upstream answers to one is
+ * top_check's to say, once all are read. */
 static int set_aliases(struct walk *w, const struct config__node *v, void *field,
                        const struct key_spec *k) {
   struct config_upstream *u =
       (struct config_upstream *)((char *)field -
                                  offsetof(struct config_upstream, aliases));
-  int rc;
-  if ((rc = check_plain(w, v)) != 0)
-    return rc;
-  if (v->kind == CONFIG__SCALAR && v->is_null)
-    return 0;
-  if (v->kind != CONFIG__SEQUENCE)
-    return fail(w, v, "expected a sequence of host or host:port, got %s", kind_name(v));
-  if (v->n_children > k->max)
-    return fail(w, v, "too many aliases (%zu, at most %llu)", v->n_children,
-                (unsigned long long)k->max);
-  if (v->n_children == 0)
-    return 0;
-  u->aliases = calloc(v->n_children, sizeof *u->aliases);
-  if (u->aliases == NULL)
-    return fail_nomem(w);
-  size_t i = 0;
-  for (const struct config__node *item = v->child; item; item = item->next, i++) {
-    const char *s, *why = NULL;
-    char alias[CONFIG__ALIAS_MAX], q[CONFIG__QUOTE_MAX];
-    size_t old = path_push_index(w, i);
-    rc = scalar_text(w, item, &s);
-    if (rc == 0 && config__parse_alias(s, alias, sizeof alias, &why) != 0)
-      rc = fail(w, item, "invalid alias \"%s\": %s", Q(q, s), why);
-    path_pop(w, old);
-    if (rc != 0)
-      return rc;
-    if ((u->aliases[i] = strdup(alias)) == NULL)
-      return fail_nomem(w);
-    u->n_aliases = i + 1;
-  }
-  return 0;
+  return set_string_list(w, v, k, &alias_list, &u->aliases, &u->n_aliases);
 }
 
 /* indexed by the enum above, which upstream_check relies on */

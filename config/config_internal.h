@@ -103,8 +103,9 @@ int config__parse_ip_port(const char *s, unsigned min_port,
                           struct config__addr *out, const char **why);
 /* config__parse_seed: a join seed "host", "host:port", "[v6]" or
  * "[v6]:port", host a DNS name or an IP address. Writes "host:port" (port
- * CONFIG_CLUSTER_PORT when omitted, host in lower case) into out; outlen 272
- * fits any valid seed. */
+ * CONFIG_CLUSTER_PORT when omitted, host in lower case) into out; outlen
+ * CONFIG__SEED_MAX fits any valid seed. */
+#define CONFIG__SEED_MAX 272
 int config__parse_seed(const char *s, char *out, size_t outlen,
                        const char **why);
 /* config__check_dns_name: letters, digits, dots and dashes, labels 1..63

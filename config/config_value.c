@@ -337,23 +337,35 @@ int config__parse_ip_port(const char *s, unsigned min_port,
   return 0;
 }
 
-int config__parse_seed(const char *s, char *out, size_t outlen,
-                       const char **why) {
-  const char *host = s, *port = NULL;
+/* host_port: a "host", "host:port", "[v6]" or "[v6]:port" as
+ * parse_host_port split it. host points into the string, brackets
+ * included; port is 0 when none was given. */
+struct host_port {
+  const char *host;
   size_t hlen;
-  unsigned p = CONFIG_CLUSTER_PORT;
+  struct config__addr v6; /* host in inet_ntop form, when bracketed */
+  unsigned port;
+};
+
+/* parse_host_port checks the grammar join seeds and proxy aliases share:
+ * host a DNS name or an IP address, IPv6 in brackets (else
+ * unbracketed_why, whose example names the caller's port). */
+static int parse_host_port(const char *s, const char *unbracketed_why,
+                           struct host_port *out, const char **why) {
+  const char *port = NULL;
+  memset(out, 0, sizeof *out);
+  out->host = s;
   if (s[0] == '[') {
-    struct config__addr a;
     const char *close = strchr(s, ']');
     if (close == NULL || (close[1] != '\0' && close[1] != ':')) {
       *why = "expected [v6] or [v6]:port";
       return RM_EPARSE;
     }
-    if (parse_v6_bracket(s, close, &a) != 0) {
+    if (parse_v6_bracket(s, close, &out->v6) != 0) {
       *why = "invalid IPv6 address";
       return RM_EPARSE;
     }
-    hlen = (size_t)(close - s) + 1;
+    out->hlen = (size_t)(close - s) + 1;
     port = close[1] == ':' ? close + 2 : NULL;
   } else {
     const char *colon = strchr(s, ':');
@@ -362,47 +374,58 @@ int config__parse_seed(const char *s, char *out, size_t outlen,
       return RM_EPARSE;
     }
     if (colon != NULL && strchr(colon + 1, ':') != NULL) {
-      *why = "IPv6 addresses need brackets, as in [fd00::7]:7946";
+      *why = unbracketed_why;
       return RM_EPARSE;
     }
-    hlen = colon ? (size_t)(colon - s) : strlen(s);
+    out->hlen = colon ? (size_t)(colon - s) : strlen(s);
     port = colon ? colon + 1 : NULL;
-    if (hlen == 0) {
+    if (out->hlen == 0) {
       *why = "missing host";
       return RM_EPARSE;
     }
-    if (check_dns_name(s, hlen) != 0) {
+    if (check_dns_name(s, out->hlen) != 0) {
       *why = "invalid host (letters, digits, dots and dashes, or an IP "
              "address)";
       return RM_EPARSE;
     }
-    if (strspn(s, "0123456789.") >= hlen) {
+    /* digits and dots pass for a name: they must be an IPv4 address */
+    if (strspn(s, "0123456789.") >= out->hlen) {
       char v4[16];
       unsigned char bin[4];
-      if (hlen >= sizeof v4) {
+      if (out->hlen >= sizeof v4) {
         *why = "invalid IPv4 address";
         return RM_EPARSE;
       }
-      memcpy(v4, s, hlen);
-      v4[hlen] = '\0';
+      memcpy(v4, s, out->hlen);
+      v4[out->hlen] = '\0';
       if (inet_pton(AF_INET, v4, bin) != 1) {
         *why = "invalid IPv4 address";
         return RM_EPARSE;
       }
     }
   }
-  if (port != NULL && parse_port(port, strlen(port), &p) != 0) {
+  if (port != NULL && parse_port(port, strlen(port), &out->port) != 0) {
     *why = "port must be a number from 1 to 65535";
     return RM_EPARSE;
   }
+  return 0;
+}
+
+int config__parse_seed(const char *s, char *out, size_t outlen,
+                       const char **why) {
+  struct host_port hp;
+  if (parse_host_port(s, "IPv6 addresses need brackets, as in [fd00::7]:7946",
+                      &hp, why) != 0)
+    return RM_EPARSE;
   /* "[" + 45 + "]" or a 253-byte name, ":" and 5 digits */
-  if (hlen + 7 > outlen) {
+  if (hp.hlen + 7 > outlen) {
     *why = "too long";
     return RM_EPARSE;
   }
-  memcpy(out, host, hlen);
-  snprintf(out + hlen, outlen - hlen, ":%u", p);
-  for (size_t i = 0; i < hlen; i++)
+  memcpy(out, hp.host, hp.hlen);
+  snprintf(out + hp.hlen, outlen - hp.hlen, ":%u",
+           hp.port ? hp.port : CONFIG_CLUSTER_PORT);
+  for (size_t i = 0; i < hp.hlen; i++)
     out[i] = (char)tolower((unsigned char)out[i]);
   return 0;
 }
@@ -413,59 +436,27 @@ int config__check_dns_name(const char *s, size_t len) {
 
 int config__parse_alias(const char *s, char *out, size_t outlen, const char **why) {
   char host[260]; /* a 253-byte name, or "[" v6 "]" */
-  const char *port = NULL;
-  unsigned p = 0;
+  struct host_port hp;
+  /* before the brackets, unlike a seed: "[v6]://" is a URL here too */
   if (strstr(s, "://") != NULL) {
     *why = "expected host or host:port, not a URL";
     return RM_EPARSE;
   }
+  if (parse_host_port(s, "IPv6 addresses need brackets, as in [fd00::7]:5000",
+                      &hp, why) != 0)
+    return RM_EPARSE;
   if (s[0] == '[') {
-    struct config__addr a;
-    const char *close = strchr(s, ']');
-    if (close == NULL || (close[1] != '\0' && close[1] != ':')) {
-      *why = "expected [v6] or [v6]:port";
-      return RM_EPARSE;
-    }
-    if (parse_v6_bracket(s, close, &a) != 0) {
-      *why = "invalid IPv6 address";
-      return RM_EPARSE;
-    }
     /* one spelling per address, so duplicates are found and a CONNECT
      * to [FD00:0::1] matches an alias written [fd00::1] */
-    snprintf(host, sizeof host, "[%s]", a.host);
-    port = close[1] == ':' ? close + 2 : NULL;
+    snprintf(host, sizeof host, "[%s]", hp.v6.host);
   } else {
-    const char *colon = strchr(s, ':');
-    if (colon != NULL && strchr(colon + 1, ':') != NULL) {
-      *why = "IPv6 addresses need brackets, as in [fd00::7]:5000";
-      return RM_EPARSE;
-    }
-    size_t hlen = colon ? (size_t)(colon - s) : strlen(s);
-    if (hlen == 0) {
-      *why = "missing host";
-      return RM_EPARSE;
-    }
-    if (hlen >= sizeof host || check_dns_name(s, hlen) != 0) {
-      *why = "invalid host (letters, digits, dots and dashes, or an IP "
-             "address)";
-      return RM_EPARSE;
-    }
-    memcpy(host, s, hlen);
-    host[hlen] = '\0';
-    unsigned char bin[4];
-    if (strspn(host, "0123456789.") == hlen && inet_pton(AF_INET, host, bin) != 1) {
-      *why = "invalid IPv4 address";
-      return RM_EPARSE;
-    }
+    /* check_dns_name held hlen to 253 */
+    memcpy(host, s, hp.hlen);
+    host[hp.hlen] = '\0';
     for (char *h = host; *h; h++)
       *h = (char)tolower((unsigned char)*h);
-    port = colon ? colon + 1 : NULL;
   }
-  if (port != NULL && parse_port(port, strlen(port), &p) != 0) {
-    *why = "port must be a number from 1 to 65535";
-    return RM_EPARSE;
-  }
-  int n = port != NULL ? snprintf(out, outlen, "%s:%u", host, p)
+  int n = hp.port != 0 ? snprintf(out, outlen, "%s:%u", host, hp.port)
                        : snprintf(out, outlen, "%s", host);
   if (n < 0 || (size_t)n >= outlen) {
     *why = "too long";

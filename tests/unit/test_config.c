@@ -1842,9 +1842,14 @@ static void test_peer_listen(void **state) {
  * needs), or CA:TRUE with a keyUsage that cannot sign certificates. */
 enum cert_kind { CERT_LEAF, CERT_CA, CERT_CA_NO_CERTSIGN };
 
-/* make_pair writes a throwaway self-signed P-256 certificate and its key. */
-static void make_pair(const char *cert_path, const char *key_path, const char *cn,
-                      enum cert_kind kind) {
+/* make_pair writes a throwaway self-signed P-256 certificate and its key
+ * to dir/<name>.crt and dir/<name>.key, and leaves their paths in
+ * cert_path and key_path (PAIR_PATH_MAX bytes each). */
+#define PAIR_PATH_MAX 128
+static void make_pair(const char *dir, const char *name, const char *cn,
+                      enum cert_kind kind, char *cert_path, char *key_path) {
+  snprintf(cert_path, PAIR_PATH_MAX, "%s/%s.crt", dir, name);
+  snprintf(key_path, PAIR_PATH_MAX, "%s/%s.key", dir, name);
   EVP_PKEY *pk = EVP_EC_gen("P-256");
   assert_non_null(pk);
   X509 *x = X509_new();
@@ -1854,10 +1859,10 @@ static void make_pair(const char *cert_path, const char *key_path, const char *c
   X509_gmtime_adj(X509_getm_notBefore(x), -60);
   X509_gmtime_adj(X509_getm_notAfter(x), 3600);
   assert_int_equal(X509_set_pubkey(x, pk), 1);
-  X509_NAME *name = X509_get_subject_name(x);
-  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+  X509_NAME *subject = X509_get_subject_name(x);
+  X509_NAME_add_entry_by_txt(subject, "CN", MBSTRING_ASC,
                              (const unsigned char *)cn, -1, -1, 0);
-  assert_int_equal(X509_set_issuer_name(x, name), 1);
+  assert_int_equal(X509_set_issuer_name(x, subject), 1);
   if (kind != CERT_LEAF) {
     BASIC_CONSTRAINTS *bc = BASIC_CONSTRAINTS_new();
     assert_non_null(bc);
@@ -1886,21 +1891,50 @@ static void make_pair(const char *cert_path, const char *key_path, const char *c
   EVP_PKEY_free(pk);
 }
 
+/* unlink_pair removes what make_pair wrote. */
+static void unlink_pair(const char *cert_path, const char *key_path) {
+  unlink(cert_path);
+  unlink(key_path);
+}
+
+/* load_file_ok writes yaml to path and loads it: no error, no message. */
+static void load_file_ok(struct config *cfg, const char *path, const char *yaml) {
+  char err[1024];
+  write_file(path, yaml, strlen(yaml));
+  assert_int_equal(config_load_file(cfg, path, err, sizeof err), 0);
+  assert_string_equal(err, "");
+}
+
+/* expect_error: yaml is refused with exactly want, as a check_errors case
+ * whose strings are made at run time. */
+static void expect_error(const char *yaml, const char *want) {
+  const struct error_case c = {yaml, want};
+  assert_int_equal(check_errors(&c, 1), 0);
+}
+
+/* expect_error_prefix: yaml is refused with a message that starts with
+ * want; the rest is OpenSSL's reason, which varies between versions. */
+static void expect_error_prefix(const char *yaml, const char *want) {
+  struct config cfg;
+  char err[1024];
+  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
+  if (strncmp(err, want, strlen(want)) != 0)
+    fail_msg("got: %s\nwant: %s...", err, want);
+  config_free(&cfg);
+}
+
 static void test_tls(void **state) {
   (void)state;
   struct config cfg;
-  char dir[64], cfgpath[128], crt[128], key[128], crt2[128], key2[128],
-      junk[128], yaml[2048], err[1024], want[1024];
+  char dir[64], cfgpath[128], crt[PAIR_PATH_MAX], key[PAIR_PATH_MAX],
+      crt2[PAIR_PATH_MAX], key2[PAIR_PATH_MAX], junk[128], yaml[2048], err[1024],
+      want[1024];
   snprintf(dir, sizeof dir, "/tmp/test_config_tls.XXXXXX");
   assert_non_null(mkdtemp(dir));
   snprintf(cfgpath, sizeof cfgpath, "%s/regmesh.yml", dir);
-  snprintf(crt, sizeof crt, "%s/node.crt", dir);
-  snprintf(key, sizeof key, "%s/node.key", dir);
-  snprintf(crt2, sizeof crt2, "%s/other.crt", dir);
-  snprintf(key2, sizeof key2, "%s/other.key", dir);
   snprintf(junk, sizeof junk, "%s/junk.pem", dir);
-  make_pair(crt, key, "node", CERT_LEAF);
-  make_pair(crt2, key2, "other", CERT_LEAF);
+  make_pair(dir, "node", "node", CERT_LEAF, crt, key);
+  make_pair(dir, "other", "other", CERT_LEAF, crt2, key2);
   write_file(junk, "-----BEGIN CERTIFICATE-----\nnot base64\n", 40);
 
   /* every block, relative paths resolved against the config's directory */
@@ -1926,9 +1960,7 @@ static void test_tls(void **state) {
            "    key: node.key\n"
            "    ca: other.crt\n",
            crt);
-  write_file(cfgpath, yaml, strlen(yaml));
-  assert_int_equal(config_load_file(&cfg, cfgpath, err, sizeof err), 0);
-  assert_string_equal(err, "");
+  load_file_ok(&cfg, cfgpath, yaml);
   assert_non_null(cfg.tls);
   assert_string_equal(cfg.tls->cert, crt);
   assert_string_equal(cfg.tls->key, key);
@@ -1968,35 +2000,27 @@ static void test_tls(void **state) {
 
   /* garbage for a certificate: at cert: */
   snprintf(yaml, sizeof yaml, UP "tls:\n  key: %s\n  cert: %s\n", key, junk);
-  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
   snprintf(want, sizeof want,
            "t.yml:6:9: tls.cert: %s: no usable PEM certificate (", junk);
-  if (strncmp(err, want, strlen(want)) != 0)
-    fail_msg("got: %s\nwant: %s...", err, want);
-  config_free(&cfg);
+  expect_error_prefix(yaml, want);
 
   /* a missing key file, a garbage CA: the key that names them */
   snprintf(yaml, sizeof yaml,
            UP "    listen: 127.0.0.1:5002\n    tls:\n      cert: %s\n"
               "      key: %s/none.key\n",
            crt, dir);
-  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
   snprintf(want, sizeof want,
            "t.yml:7:12: upstreams[0].tls.key: cannot read \"%s/none.key\": "
            "No such file or directory",
            dir);
-  assert_string_equal(err, want);
-  config_free(&cfg);
+  expect_error(yaml, want);
   snprintf(yaml, sizeof yaml,
            CL "  tls:\n    cert: %s\n    key: %s\n    ca: %s\n", crt, key,
            junk);
-  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
   snprintf(want, sizeof want,
            "t.yml:8:9: cluster.tls.ca: %s: no usable PEM CA certificate (",
            junk);
-  if (strncmp(err, want, strlen(want)) != 0)
-    fail_msg("got: %s\nwant: %s...", err, want);
-  config_free(&cfg);
+  expect_error_prefix(yaml, want);
 
   /* min_version 1.1 (and 1.0): refused before any file is read */
   snprintf(yaml, sizeof yaml,
@@ -2052,10 +2076,8 @@ static void test_tls(void **state) {
   };
   assert_int_equal(check_errors(cases, sizeof cases / sizeof cases[0]), 0);
 
-  unlink(crt);
-  unlink(key);
-  unlink(crt2);
-  unlink(key2);
+  unlink_pair(crt, key);
+  unlink_pair(crt2, key2);
   unlink(junk);
   unlink(cfgpath);
   rmdir(dir);
@@ -2069,23 +2091,17 @@ static void test_tls(void **state) {
 static void test_proxy(void **state) {
   (void)state;
   struct config cfg;
-  char dir[64], cfgpath[128], ca[128], cakey[128], leaf[128], leafkey[128], ca2[128],
-      ca2key[128], nosign[128], nosignkey[128], yaml[2048], err[1024], want[1024];
+  char dir[64], cfgpath[128], ca[PAIR_PATH_MAX], cakey[PAIR_PATH_MAX],
+      leaf[PAIR_PATH_MAX], leafkey[PAIR_PATH_MAX], ca2[PAIR_PATH_MAX],
+      ca2key[PAIR_PATH_MAX], nosign[PAIR_PATH_MAX], nosignkey[PAIR_PATH_MAX],
+      yaml[2048], err[1024], want[1024];
   snprintf(dir, sizeof dir, "/tmp/test_config_proxy.XXXXXX");
   assert_non_null(mkdtemp(dir));
   snprintf(cfgpath, sizeof cfgpath, "%s/regmesh.yml", dir);
-  snprintf(ca, sizeof ca, "%s/ca.crt", dir);
-  snprintf(cakey, sizeof cakey, "%s/ca.key", dir);
-  snprintf(ca2, sizeof ca2, "%s/ca2.crt", dir);
-  snprintf(ca2key, sizeof ca2key, "%s/ca2.key", dir);
-  snprintf(leaf, sizeof leaf, "%s/leaf.crt", dir);
-  snprintf(leafkey, sizeof leafkey, "%s/leaf.key", dir);
-  snprintf(nosign, sizeof nosign, "%s/nosign.crt", dir);
-  snprintf(nosignkey, sizeof nosignkey, "%s/nosign.key", dir);
-  make_pair(ca, cakey, "proxy CA", CERT_CA);
-  make_pair(ca2, ca2key, "other CA", CERT_CA);
-  make_pair(leaf, leafkey, "leaf", CERT_LEAF);
-  make_pair(nosign, nosignkey, "no certsign", CERT_CA_NO_CERTSIGN);
+  make_pair(dir, "ca", "proxy CA", CERT_CA, ca, cakey);
+  make_pair(dir, "ca2", "other CA", CERT_CA, ca2, ca2key);
+  make_pair(dir, "leaf", "leaf", CERT_LEAF, leaf, leafkey);
+  make_pair(dir, "nosign", "no certsign", CERT_CA_NO_CERTSIGN, nosign, nosignkey);
 
   /* every key; ca paths relative to the config's directory, like tls: */
   snprintf(yaml, sizeof yaml,
@@ -2105,9 +2121,7 @@ static void test_proxy(void **state) {
            "  hosts: {Other.Test: 127.0.0.7, v6.test: \"fd00::7\"}\n"
            "  leaf_ttl: 1h\n",
            cakey);
-  write_file(cfgpath, yaml, strlen(yaml));
-  assert_int_equal(config_load_file(&cfg, cfgpath, err, sizeof err), 0);
-  assert_string_equal(err, "");
+  load_file_ok(&cfg, cfgpath, yaml);
   const struct config_proxy *p = &cfg.proxy;
   assert_string_equal(p->listen, "127.0.0.1:3128");
   assert_string_equal(p->ca_cert, ca);
@@ -2188,56 +2202,45 @@ static void test_proxy(void **state) {
            UP "proxy:\n  listen: 127.0.0.1:3128\n"
               "  ca: {cert: %s, key: %s}\n",
            leaf, leafkey);
-  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
   snprintf(want, sizeof want,
            "t.yml:6:14: proxy.ca.cert: %s: not a CA certificate (no "
            "basicConstraints CA:TRUE); make one with: regmesh ca init DIR",
            leaf);
-  assert_string_equal(err, want);
-  config_free(&cfg);
+  expect_error(yaml, want);
   snprintf(yaml, sizeof yaml,
            UP "proxy:\n  listen: 127.0.0.1:3128\n"
               "  ca:\n    cert: %s\n    key: %s\n",
            ca, ca2key);
-  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
   snprintf(want, sizeof want,
            "t.yml:8:10: proxy.ca.key: %s: the key does not match the "
            "certificate %s",
            ca2key, ca);
-  assert_string_equal(err, want);
-  config_free(&cfg);
+  expect_error(yaml, want);
   snprintf(yaml, sizeof yaml,
            UP "proxy:\n  listen: 127.0.0.1:3128\n"
               "  ca:\n    cert: %s\n    key: %s\n",
            nosign, nosignkey);
-  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
   snprintf(want, sizeof want,
            "t.yml:7:11: proxy.ca.cert: %s: the CA certificate's keyUsage "
            "lacks keyCertSign",
            nosign);
-  assert_string_equal(err, want);
-  config_free(&cfg);
+  expect_error(yaml, want);
   snprintf(yaml, sizeof yaml,
            UP "proxy:\n  listen: 127.0.0.1:3128\n"
               "  ca:\n    cert: %s\n    key: %s/none.key\n",
            ca, dir);
-  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
   snprintf(want, sizeof want,
            "t.yml:8:10: proxy.ca.key: cannot read \"%s/none.key\": No such "
            "file or directory",
            dir);
-  assert_string_equal(err, want);
-  config_free(&cfg);
+  expect_error(yaml, want);
   snprintf(yaml, sizeof yaml,
            UP "proxy:\n  listen: 127.0.0.1:3128\n"
               "  ca:\n    cert: %s\n    key: %s\n",
            cakey, cakey);
-  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
   snprintf(want, sizeof want,
            "t.yml:7:11: proxy.ca.cert: %s: no usable PEM certificate (", cakey);
-  if (strncmp(err, want, strlen(want)) != 0)
-    fail_msg("got: %s\nwant: %s...", err, want);
-  config_free(&cfg);
+  expect_error_prefix(yaml, want);
 
   /* an encrypted key is refused, not prompted for */
   char enckey[128];
@@ -2258,13 +2261,11 @@ static void test_proxy(void **state) {
            UP "proxy:\n  listen: 127.0.0.1:3128\n"
               "  ca:\n    cert: %s\n    key: %s\n",
            ca, enckey);
-  assert_int_equal(load(&cfg, yaml, err, sizeof err), RM_ECONFIG);
   snprintf(want, sizeof want,
            "t.yml:8:10: proxy.ca.key: %s: the key is encrypted; give it "
            "unencrypted (the node starts unattended)",
            enckey);
-  assert_string_equal(err, want);
-  config_free(&cfg);
+  expect_error(yaml, want);
   unlink(enckey);
 
   static const struct error_case cases[] = {
@@ -2429,14 +2430,10 @@ static void test_proxy(void **state) {
                    0);
   config_free(&cfg);
 
-  unlink(ca);
-  unlink(cakey);
-  unlink(ca2);
-  unlink(ca2key);
-  unlink(leaf);
-  unlink(leafkey);
-  unlink(nosign);
-  unlink(nosignkey);
+  unlink_pair(ca, cakey);
+  unlink_pair(ca2, ca2key);
+  unlink_pair(leaf, leafkey);
+  unlink_pair(nosign, nosignkey);
   unlink(cfgpath);
   rmdir(dir);
 }
