@@ -159,12 +159,7 @@ def member_name(m):
     return str(m)
 
 
-def ratio(x, y):
-    return x / y if (x is not None and y) else None
-
-
-def rx(v, d=2):
-    return "-" if v is None else f"{v:.{d}f}x"
+ratio, rx = single.ratio, single.rx
 
 
 # --------------------------------------------------------------------------
@@ -325,21 +320,14 @@ class Throttle:
 # --------------------------------------------------------------------------
 # the run
 
-class Ctx:
+class Ctx(single.WorkDirs):
     """What run.py's pull helpers read from their cfg argument, plus our state."""
 
     def __init__(self, args, tmp):
         self.a = args
         self.tmp = tmp
         self.skopeo = shutil.which("skopeo") if not args.python_puller else None
-        self.home = os.path.join(tmp, "home")
-        self.pulls = os.path.join(tmp, "pulls")
-        self.skopeo_tmp = os.path.join(tmp, "skopeo-tmp")
-        self.registries_conf = os.path.join(tmp, "registries.conf")
-        for d in (self.home, self.pulls, self.skopeo_tmp):
-            os.makedirs(d)
-        with open(self.registries_conf, "w") as f:
-            f.write('unqualified-search-registries = []\n')
+        single.make_client_dirs(self, tmp)
         self.counter = 0
         self.errors = []
         self.notes = []
@@ -352,12 +340,6 @@ class Ctx:
         self.has_d = not args.no_distribution
         self.throttle = None    # part 1 with --upstream-mibps: the Throttle in front of the upstream
 
-    def _dir(self, tag):
-        self.counter += 1
-        d = os.path.join(self.tmp, f"{self.counter:03d}-{tag}")
-        os.makedirs(d)
-        return d
-
     def error(self, what, e):
         msg = f"{what}: {e}"
         self.errors.append(msg)
@@ -365,12 +347,8 @@ class Ctx:
 
     # -- upstream and content ---------------------------------------------
     def start_upstream(self):
-        d = self._dir("upstream")
-        port = free_port()
-        cfgp = os.path.join(d, "config.yml")
-        single.write_distribution_config(cfgp, port, os.path.join(d, "storage"))
-        self.upstream = single.Server("upstream", "direct", [single.DISTRIBUTION_BIN, "serve", cfgp],
-                                      port, d, single.registry_env()).start()
+        self.upstream = single.start_upstream_registry(self._dir("upstream"), free_port())
+        port = self.upstream.port
         self.alog = single.AccessLog(self.upstream.out_path)
         self.up_port = port  # where proxies and regmesh nodes fetch from (the Throttle's port in part 1)
         log(f"upstream docker-registry on 127.0.0.1:{port}")
@@ -379,19 +357,9 @@ class Ctx:
         total = self.a.size_mib * MiB
         up = single.Pusher(self.upstream.port)
         t0 = time.monotonic()
-        layers, diff_ids = [], []
-        for share in LAYER_SHARES:
-            blob, did = single.make_layer(max(4096, int(total * share / sum(LAYER_SHARES))))
-            up.blob(single.IMAGE_NAME, blob)
-            layers.append(blob)
-            diff_ids.append(did)
-        cfg = single.config_for(diff_ids)
-        up.blob(single.IMAGE_NAME, cfg)
-        man = single.manifest_for(cfg, layers)
-        self.image_digest = up.manifest(single.IMAGE_NAME, single.IMAGE_TAG, man)
-        self.blobs = [(single.sha(cfg), len(cfg))] + [(single.sha(b), len(b)) for b in layers]
+        self.image_digest, self.blobs = single.push_image(
+            up, [max(4096, int(total * share / sum(LAYER_SHARES))) for share in LAYER_SHARES])
         self.image_bytes = sum(n for _, n in self.blobs)
-        del layers
         up.close()
         log(f"pushed {single.IMAGE_NAME}:{single.IMAGE_TAG}: {len(LAYER_SHARES)} layers + config = "
             f"{self.image_bytes / MiB:.1f} MiB, {self.image_digest[:19]}, in {time.monotonic() - t0:.1f}s")
@@ -440,13 +408,7 @@ class Ctx:
             return
         srv.stop()
         if srv.kind == "regmesh":
-            try:
-                with open(srv.err_path, "rb") as f:
-                    for line in f.read().decode("utf-8", "replace").splitlines():
-                        if re.search(r"\b(error|fatal|crit|panic)\b", line, re.I):
-                            self.rm_log_errors.append(f"{srv.label}: {line.strip()}")
-            except OSError:
-                pass
+            self.rm_log_errors += [f"{srv.label}: {x}" for x in single.error_lines(srv.err_path)]
             if srv.proc.returncode not in (0, -signal.SIGTERM):
                 self.notes.append(f"regmesh ({srv.label}) exited with {srv.proc.returncode} when "
                                   "stopped with SIGTERM")
@@ -1320,10 +1282,6 @@ def report(ctx):
             del verdicts[marks[part][1]:ends[part][1]]
 
     head = ["metric", "regmesh", "distribution proxy", "direct/baseline", "ratio", "target"]
-    widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
-
-    def line(cells):
-        return " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
     client = "skopeo" if ctx.skopeo else "python puller (bench/run.py's)"
     out = ["", f"regmesh fleet bench: image {img / MiB:.1f} MiB in {len(ctx.blobs)} blobs, {N} nodes x "
                f"{C} clients, {a.reps} reps, client {client}, {os.cpu_count()} CPUs, load average at "
@@ -1333,8 +1291,7 @@ def report(ctx):
         out.append(f"part 1: the upstream behind one {a.upstream_mibps:g} MiB/s link (each direction, shared "
                    f"by every connection of every consumer; no added latency); {N * C} direct pulls not run; "
                    f"parts 2 and 3 unthrottled")
-    out += ["", line(head), "-+-".join("-" * w for w in widths)]
-    out += [line(x) for x in rows]
+    out += [""] + single.table(head, rows)
     out.append("")
     out += [f"{v}  {t}" for v, t in verdicts]
     for n_ in dict.fromkeys(ctx.notes):
@@ -1391,8 +1348,7 @@ def parse_args(argv):
         p.error("--upstream-mibps must be > 0")
     a.regmesh_missing = a.regmesh_desc = ""
     if a.regmesh_bin is None:
-        a.regmesh_bin = os.environ.get("REGMESH_BIN") or os.path.join(
-            os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "regmesh")
+        a.regmesh_bin = single.default_regmesh_bin()
     if not (os.path.isfile(a.regmesh_bin) and os.access(a.regmesh_bin, os.X_OK)):
         a.regmesh_missing, a.regmesh_bin = a.regmesh_bin, None
     return a
@@ -1421,31 +1377,15 @@ def main(argv):
             log("nothing to measure")
             return 2
 
-    signal.signal(signal.SIGINT, single.on_signal)
-    signal.signal(signal.SIGTERM, single.on_signal)
-    signal.signal(signal.SIGHUP, single.on_signal)
-    tmp = tempfile.mkdtemp(prefix="regmesh-fleet-")
-    mnt = None
-    rc = 0
-    t0 = time.monotonic()
-    try:
+    def body(tmp):
         netns = False
-        if os.environ.get(NS_MARK) == "1":
-            mnt = single.setup_mount_ns(tmp)
-            if not mnt:
-                log("warning: could not cover /var/lib/containers; skopeo may leave its cache there")
-            if os.environ.get("RMFLEET_NETNS") == "1":
-                if subprocess.run(["ip", "link", "set", "lo", "up"]).returncode != 0:
-                    raise BenchError("cannot bring lo up in the private network namespace")
-                netns = True
+        if os.environ.get(NS_MARK) == "1" and os.environ.get("RMFLEET_NETNS") == "1":
+            if subprocess.run(["ip", "link", "set", "lo", "up"]).returncode != 0:
+                raise BenchError("cannot bring lo up in the private network namespace")
+            netns = True
         if a.regmesh_bin:
-            src = a.regmesh_bin
-            a.regmesh_bin = os.path.join(tmp, "regmesh")
-            shutil.copy2(src, a.regmesh_bin)
+            a.regmesh_bin, a.regmesh_desc = single.copy_binary(a.regmesh_bin, tmp, "regmesh")
             os.chmod(a.regmesh_bin, 0o755)
-            with open(a.regmesh_bin, "rb") as f:
-                a.regmesh_desc = (f"{src} (mtime {time.strftime('%Y-%m-%d %H:%M', time.localtime(os.path.getmtime(src)))}"
-                                  f", sha256 {__import__('hashlib').sha256(f.read()).hexdigest()[:12]})")
         ctx = Ctx(a, tmp)
         ctx.netns = netns
         log(f"{'private mount+network namespace' if netns else 'no private network namespace'}; "
@@ -1461,23 +1401,8 @@ def main(argv):
         if "4" in a.parts:
             part_warm(ctx)
         report(ctx)
-        log(f"done in {time.monotonic() - t0:.0f}s")
-        rc = 2 if ctx.errors else 0
-    except KeyboardInterrupt:
-        log("interrupted; cleaning up")
-        rc = 130
-    except BenchError as e:
-        log(f"ERROR: {e}")
-        rc = 2
-    finally:
-        single.stop_all()
-        if mnt:
-            subprocess.run(["umount", "-l", mnt], stderr=subprocess.DEVNULL)
-        if a.keep_tmp:
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return rc
+        return 2 if ctx.errors else 0
+    return single.run_bench(body, "regmesh-fleet-", a.keep_tmp, mark=NS_MARK, say=log)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,6 @@ the PASS/FAIL lines say), 2 when something could not run, 130 on Ctrl-C.
 """
 
 import argparse
-import hashlib
 import http.client
 import json
 import os
@@ -150,21 +149,14 @@ def verify_dir(dest, want_digest, blobs):
     except OSError as e:
         bad.append(f"manifest.json: {e}")
     for digest, size in blobs.items():
-        p = os.path.join(dest, digest.split(":", 1)[1])
-        h, n = hashlib.sha256(), 0
         try:
-            with open(p, "rb") as f:
-                while True:
-                    chunk = f.read(MiB)
-                    if not chunk:
-                        break
-                    h.update(chunk)
-                    n += len(chunk)
+            with open(os.path.join(dest, digest.split(":", 1)[1]), "rb") as f:
+                got, n = rb.sha256_stream(f)
         except OSError as e:
             bad.append(f"{digest[:19]}: {e}")
             continue
-        if n != size or "sha256:" + h.hexdigest() != digest:
-            bad.append(f"{digest[:19]}: {n} bytes, sha256:{h.hexdigest()[:12]}")
+        if n != size or got != digest:
+            bad.append(f"{digest[:19]}: {n} bytes, {got[:19]}")
     return bad
 
 
@@ -187,7 +179,9 @@ def wait_ready(what, check, proc, timeout=20.0):
 # --------------------------------------------------------------------------
 # the run
 
-class ProxyBench:
+class ProxyBench(rb.WorkDirs):
+    width = 2
+
     def __init__(self, a, tmp):
         self.a, self.tmp = a, tmp
         self.errors, self.notes = [], []
@@ -197,64 +191,31 @@ class ProxyBench:
         self.load0 = rb.loadavg()
         self.skopeo = None if a.no_skopeo else shutil.which("skopeo")
         self.clients = (["skopeo"] if self.skopeo else []) + ["python"]
-        # what rb.skopeo_env reads
-        self.home = os.path.join(tmp, "home")
-        self.pulls = os.path.join(tmp, "pulls")
-        self.skopeo_tmp = os.path.join(tmp, "skopeo-tmp")
-        self.registries_conf = os.path.join(tmp, "registries.conf")
-        for d in (self.home, self.pulls, self.skopeo_tmp):
-            os.makedirs(d)
-        with open(self.registries_conf, "w") as f:
-            f.write("unqualified-search-registries = []\n")
-
-    def _dir(self, tag):
-        self.counter += 1
-        d = os.path.join(self.tmp, f"{self.counter:02d}-{tag}")
-        os.makedirs(d)
-        return d
+        rb.make_client_dirs(self, tmp)  # what rb.skopeo_env reads
 
     # -- upstream, image, certificates, node ----------------------------------
     def start_upstream(self):
-        d = self._dir("upstream")
-        port = rb.free_port()
-        cfg = os.path.join(d, "config.yml")
-        rb.write_distribution_config(cfg, port, os.path.join(d, "storage"))
-        self.upstream = rb.Server("upstream", "direct", [rb.DISTRIBUTION_BIN, "serve", cfg], port,
-                                  d, rb.registry_env()).start()
+        self.upstream = rb.start_upstream_registry(self._dir("upstream"))
         self.alog = rb.AccessLog(self.upstream.out_path)
-        log(f"upstream docker-registry on 127.0.0.1:{port}")
+        log(f"upstream docker-registry on 127.0.0.1:{self.upstream.port}")
 
     def push_image(self):
         """run.py's bench/app:v1: 24+16+10+6+4 MiB x scale, plus a config."""
         t0 = time.monotonic()
         up = rb.Pusher(self.upstream.port)
-        self.blobs, diff_ids, layers = {}, [], []
-        for m in (24, 16, 10, 6, 4):
-            blob, did = rb.make_layer(max(4096, int(m * MiB * self.a.scale)))
-            up.blob(NAME, blob)
-            self.blobs[rb.sha(blob)] = len(blob)
-            layers.append(blob)
-            diff_ids.append(did)
-        cfg = rb.config_for(diff_ids)
-        up.blob(NAME, cfg)
-        self.blobs[rb.sha(cfg)] = len(cfg)
-        self.digest = up.manifest(NAME, TAG, rb.manifest_for(cfg, layers))
+        self.digest, blobs = rb.push_image(
+            up, [max(4096, int(m * MiB * self.a.scale)) for m in (24, 16, 10, 6, 4)], NAME, TAG)
+        self.blobs = dict(blobs)
         up.close()
         self.image_bytes = sum(self.blobs.values())
         log(f"pushed {NAME}:{TAG} ({len(self.blobs)} blobs, {self.image_bytes / MiB:.1f} MiB, "
             f"{self.digest[:19]}) in {time.monotonic() - t0:.1f}s")
 
     def certificates(self):
-        ca = os.path.join(self._dir("pki"), "ca")
-        for argv in (["ca", "init", ca], ["ca", "issue", ca, "bench", "--ip", "127.0.0.1"]):
-            cp = subprocess.run([self.a.regmesh_bin] + argv, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
-            if cp.returncode != 0:
-                raise rb.BenchError(f"regmesh {' '.join(argv[:2])}: {cp.stderr.decode()[:300]}")
-        self.ca_crt, self.ca_key = os.path.join(ca, "ca.crt"), os.path.join(ca, "ca.key")
-        self.tls_crt, self.tls_key = os.path.join(ca, "bench.crt"), os.path.join(ca, "bench.key")
+        pki = self._dir("pki")
+        self.ca_crt, self.ca_key, self.tls_crt, self.tls_key = rb.make_certs(self.a.regmesh_bin, pki)
         # skopeo takes every *.crt of --src-cert-dir as a CA: the CA alone
-        self.certdir = os.path.join(os.path.dirname(ca), "certdir")
+        self.certdir = os.path.join(pki, "certdir")
         os.makedirs(self.certdir)
         shutil.copy(self.ca_crt, os.path.join(self.certdir, "ca.crt"))
         self.ssl_ctx = ssl.create_default_context(cafile=self.ca_crt)
@@ -437,14 +398,7 @@ class ProxyBench:
     def finish(self):
         self.hwm_mib = (self.node.hwm() or 0) / 1024.0
         self.node.stop()
-        self.node_errors = []
-        try:
-            with open(self.node.err_path, "rb") as f:
-                for line in f.read().decode("utf-8", "replace").splitlines():
-                    if re.search(r"\b(error|fatal|crit|panic)\b", line, re.I):
-                        self.node_errors.append(line.strip())
-        except OSError:
-            pass
+        self.node_errors = rb.error_lines(self.node.err_path)
         if self.node.proc.returncode not in (0, -signal.SIGTERM):
             self.notes.append(f"regmesh exited with {self.node.proc.returncode} on SIGTERM")
 
@@ -452,14 +406,10 @@ class ProxyBench:
     def report(self):
         a = self.a
 
+        ratio, rx = rb.ratio, rb.rx
+
         def st(metric, client, way):
             return rb.Stats(self.res.get((metric, client, way), []))
-
-        def ratio(x, y):
-            return None if x is None or not y else x / y
-
-        def rx(v):
-            return "-" if v is None else f"{v:.2f}x"
 
         def mean(metric, client, way):
             v = [x for x in self.res.get((metric, client, way), []) if x is not None]
@@ -520,10 +470,6 @@ class ProxyBench:
 
         head = ["metric (median [min-max])", "plain port", "proxy listener", "TLS port",
                 "proxy/plain", "tls/plain", "proxy/tls", "target"]
-        widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
-
-        def line(cells):
-            return " | ".join(str(c).ljust(wd) for c, wd in zip(cells, widths)).rstrip()
         out = ["", f"regmesh proxy bench: image {self.image_bytes / MiB:.1f} MiB in "
                    f"{len(self.blobs)} blobs, scale {a.scale}, {a.reps} rounds, clients "
                    f"{' + '.join(CLIENT_LABEL[c] for c in self.clients)}, {os.cpu_count()} CPUs, "
@@ -532,8 +478,7 @@ class ProxyBench:
                f"{self.hwm_mib:.1f} MiB",
                f"cache filled by one cold pull (upstream blob bytes {self.fill_ratio:.2f}x image), "
                f"then one discarded warm pull per client and way in",
-               "", line(head), "-+-".join("-" * wd for wd in widths)]
-        out += [line(x) for x in rows]
+               ""] + rb.table(head, rows)
         out.append("")
         out += [f"{v}  {t}" for v, t in verdicts]
         nproxy = sum(len(self.res.get(("wall", c, "proxy"), [])) for c in self.clients)
@@ -545,10 +490,7 @@ class ProxyBench:
         if self.node_errors:
             out.append(f"note: regmesh logged {len(self.node_errors)} error lines; first ones:")
             out += ["  " + e[:200] for e in self.node_errors[:5]]
-        if self.errors:
-            out.append("")
-            out.append("errors (measurements that could not run):")
-            out += ["  " + e.splitlines()[0][:300] for e in self.errors]
+        out += rb.errors_section(self.errors)
         print("\n".join(out), flush=True)
 
 
@@ -558,77 +500,33 @@ def parse_args(argv):
     p.add_argument("--reps", type=int, default=7, help="rounds of warm pulls (7)")
     p.add_argument("--scale", type=float, default=1.0, help="image size, 1.0 = ~60 MiB")
     p.add_argument("--no-skopeo", action="store_true", help="the Python puller only")
-    p.add_argument("--regmesh-bin", help="default: $REGMESH_BIN or <repo>/build/regmesh")
+    p.add_argument("--regmesh-bin", default=rb.default_regmesh_bin(),
+                   help="default: $REGMESH_BIN or <repo>/build/regmesh")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, configs)")
     a = p.parse_args(argv)
     if a.reps < 1:
         p.error("--reps must be at least 1")
-    if a.regmesh_bin is None:
-        a.regmesh_bin = os.environ.get("REGMESH_BIN") or os.path.join(
-            os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "regmesh")
     return a
 
 
 def main(argv):
     a = parse_args(argv)
-    if os.geteuid() == 0 and os.environ.get(rb.NS_MARK) != "1" and shutil.which("unshare"):
-        os.environ[rb.NS_MARK] = "1"
-        try:
-            os.execvp("unshare", ["unshare", "--mount", "--propagation", "private", "--",
-                                  sys.executable, os.path.abspath(__file__)] + argv)
-        except OSError as e:
-            log(f"unshare failed ({e}); running without a private mount namespace")
-    for tool, path in (("docker-registry", rb.DISTRIBUTION_BIN), ("regmesh", a.regmesh_bin)):
-        if not path or not os.access(path, os.X_OK):
-            log(f"{tool} not found at {path}; cannot run")
-            return 2
-    signal.signal(signal.SIGINT, rb.on_signal)  # also when started with SIGINT ignored (cmd &)
-    signal.signal(signal.SIGTERM, rb.on_signal)
-    signal.signal(signal.SIGHUP, rb.on_signal)
-    tmp = tempfile.mkdtemp(prefix="regmesh-proxy-bench-")
-    mnt = None
-    rc = 0
-    t0 = time.monotonic()
-    try:
-        if os.environ.get(rb.NS_MARK) == "1":
-            mnt = rb.setup_mount_ns(tmp)
-            if not mnt:
-                log("warning: could not cover /var/lib/containers; skopeo may leave its cache there")
-        # a private copy: a rebuild during the run must not mix two versions
-        src = a.regmesh_bin
-        a.regmesh_bin = os.path.join(tmp, "regmesh")
-        shutil.copy2(src, a.regmesh_bin)
-        with open(a.regmesh_bin, "rb") as f:
-            a.regmesh_desc = (f"{src} (mtime {time.strftime('%Y-%m-%d %H:%M', time.localtime(os.path.getmtime(src)))}"
-                              f", sha256 {hashlib.sha256(f.read()).hexdigest()[:12]})")
+    rb.reexec_in_mount_ns(os.path.abspath(__file__), argv)
+    if not rb.have_tools((("docker-registry", rb.DISTRIBUTION_BIN), ("regmesh", a.regmesh_bin))):
+        return 2
+
+    def body(tmp):
+        a.regmesh_bin, a.regmesh_desc = rb.copy_binary(a.regmesh_bin, tmp, "regmesh")
         b = ProxyBench(a, tmp)
         if not b.skopeo:
             log("skopeo not found (or --no-skopeo): the Python puller only")
-        b.start_upstream()
-        b.push_image()
-        b.certificates()
-        b.start_node()
-        b.fill()
-        b.rounds()
-        b.finish()
-        b.report()
-        log(f"done in {time.monotonic() - t0:.0f}s")
-        rc = 2 if b.errors else 0
-    except KeyboardInterrupt:
-        log("interrupted; cleaning up")
-        rc = 130
-    except (rb.BenchError, OSError, http.client.HTTPException) as e:
-        log(f"ERROR: {e}")
-        rc = 2
-    finally:
-        rb.stop_all()
-        if mnt:
-            subprocess.run(["umount", "-l", mnt], stderr=subprocess.DEVNULL)
-        if a.keep_tmp:
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return rc
+        for step in (b.start_upstream, b.push_image, b.certificates, b.start_node, b.fill, b.rounds,
+                     b.finish, b.report):
+            step()
+        return 2 if b.errors else 0
+    return rb.run_bench(body, "regmesh-proxy-bench-", a.keep_tmp,
+                        (rb.BenchError, subprocess.CalledProcessError, OSError,
+                         http.client.HTTPException))
 
 
 if __name__ == "__main__":

@@ -156,16 +156,22 @@ def http_get_status(port, path, timeout=2.0):
         c.close()
 
 
-def read_sha256(resp):
-    """Reads an http.client response to its end: (status, sha256 digest, size)."""
+def sha256_stream(f):
+    """Reads f (a file or an http.client response) to its end: (sha256 digest, size)."""
     h, n = hashlib.sha256(), 0
     while True:
-        chunk = resp.read(MiB)
+        chunk = f.read(MiB)
         if not chunk:
             break
         h.update(chunk)
         n += len(chunk)
-    return resp.status, "sha256:" + h.hexdigest(), n
+    return "sha256:" + h.hexdigest(), n
+
+
+def read_sha256(resp):
+    """Reads an http.client response to its end: (status, sha256 digest, size)."""
+    digest, n = sha256_stream(resp)
+    return resp.status, digest, n
 
 
 def get_blob_sha256(port, name, digest, timeout=300):
@@ -254,6 +260,16 @@ def write_distribution_config(path, port, root, remote=None, accesslog=True):
         lines += ["proxy:", f"  remoteurl: {remote}"]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def start_upstream_registry(d, port=None):
+    """The upstream: a docker-registry with its storage and access log in d, on
+    port (a free one by default); returns the started Server."""
+    port = port or free_port()
+    cfgp = os.path.join(d, "config.yml")
+    write_distribution_config(cfgp, port, os.path.join(d, "storage"))
+    return Server("upstream", "direct", [DISTRIBUTION_BIN, "serve", cfgp], port, d,
+                  registry_env()).start()
 
 
 class AccessLog:
@@ -353,6 +369,21 @@ def config_for(diff_ids):
     }).encode()
 
 
+def push_image(up, sizes, name=IMAGE_NAME, tag=IMAGE_TAG):
+    """Pushes with Pusher up an image of one make_layer per size, its config and
+    its manifest: (manifest digest, [(digest, size)] of the config, then the layers)."""
+    layers, diff_ids = [], []
+    for size in sizes:
+        blob, did = make_layer(size)
+        up.blob(name, blob)
+        layers.append(blob)
+        diff_ids.append(did)
+    cfg = config_for(diff_ids)
+    up.blob(name, cfg)
+    digest = up.manifest(name, tag, manifest_for(cfg, layers))
+    return digest, [(sha(cfg), len(cfg))] + [(sha(b), len(b)) for b in layers]
+
+
 class Pusher:
     """Pushes blobs and manifests to the upstream with the registry HTTP API."""
 
@@ -408,6 +439,19 @@ def skopeo_env(cfg):
                 "CONTAINERS_REGISTRIES_CONF": cfg.registries_conf,
                 "TMPDIR": cfg.skopeo_tmp})
     return env
+
+
+def make_client_dirs(cfg, tmp):
+    """What skopeo_env and pull_many read from cfg, made below tmp: a HOME, the
+    pulls' and skopeo's temp dirs and a registries.conf with no search registries."""
+    cfg.home = os.path.join(tmp, "home")
+    cfg.pulls = os.path.join(tmp, "pulls")
+    cfg.skopeo_tmp = os.path.join(tmp, "skopeo-tmp")
+    cfg.registries_conf = os.path.join(tmp, "registries.conf")
+    for d in (cfg.home, cfg.pulls, cfg.skopeo_tmp):
+        os.makedirs(d)
+    with open(cfg.registries_conf, "w") as f:
+        f.write('unqualified-search-registries = []\n')
 
 
 def pull_many(cfg, port, n, timeout=600.0):
@@ -658,7 +702,53 @@ class Stats:
                 f"{max(self.vals):.{digits}f}]")
 
 
-class Bench:
+class WorkDirs:
+    """Numbered work dirs below self.tmp: 001-upstream, 002-regmesh, ..."""
+    counter = 0
+    width = 3
+
+    def _dir(self, tag):
+        self.counter += 1
+        d = os.path.join(self.tmp, f"{self.counter:0{self.width}d}-{tag}")
+        os.makedirs(d)
+        return d
+
+
+def error_lines(path):
+    """The lines of a log file that speak of an error, stripped ([] without the file)."""
+    try:
+        with open(path, "rb") as f:
+            return [line.strip() for line in f.read().decode("utf-8", "replace").splitlines()
+                    if re.search(r"\b(error|fatal|crit|panic)\b", line, re.I)]
+    except OSError:
+        return []
+
+
+def ratio(x, y):
+    return x / y if (x is not None and y) else None
+
+
+def rx(v, d=2):
+    return "-" if v is None else f"{v:.{d}f}x"
+
+
+def table(head, rows):
+    """The report's table: the head, a rule, the rows; columns padded, joined by |."""
+    widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
+
+    def line(cells):
+        return " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return [line(head), "-+-".join("-" * w for w in widths)] + [line(x) for x in rows]
+
+
+def errors_section(errors, title="errors (measurements that could not run):"):
+    """The report's last lines: the first line of every error, under a title."""
+    if not errors:
+        return []
+    return ["", title] + ["  " + e.splitlines()[0][:300] for e in errors]
+
+
+class Bench(WorkDirs):
     def __init__(self, args, tmp):
         self.a = args
         self.tmp = tmp
@@ -671,14 +761,7 @@ class Bench:
         self.main = {}
         self.skopeo = shutil.which("skopeo") if not args.python_puller else None
         self.wrk = shutil.which("wrk")
-        self.home = os.path.join(tmp, "home")
-        self.pulls = os.path.join(tmp, "pulls")
-        self.skopeo_tmp = os.path.join(tmp, "skopeo-tmp")
-        self.registries_conf = os.path.join(tmp, "registries.conf")
-        for d in (self.home, self.pulls, self.skopeo_tmp):
-            os.makedirs(d)
-        with open(self.registries_conf, "w") as f:
-            f.write('unqualified-search-registries = []\n')
+        make_client_dirs(self, tmp)
         self.upstream = None
         self.load0 = loadavg()
         self.image_bytes = 0
@@ -690,21 +773,10 @@ class Bench:
             self.sides.append("regmesh")
 
     # -- servers -----------------------------------------------------------
-    def _dir(self, tag):
-        self.counter += 1
-        d = os.path.join(self.tmp, f"{self.counter:03d}-{tag}")
-        os.makedirs(d)
-        return d
-
     def start_upstream(self):
-        d = self._dir("upstream")
-        port = free_port()
-        cfgp = os.path.join(d, "config.yml")
-        write_distribution_config(cfgp, port, os.path.join(d, "storage"))
-        self.upstream = Server("upstream", "direct", [DISTRIBUTION_BIN, "serve", cfgp], port, d,
-                               registry_env()).start()
+        self.upstream = start_upstream_registry(self._dir("upstream"))
         self.alog = AccessLog(self.upstream.out_path)
-        log(f"upstream docker-registry on 127.0.0.1:{port}")
+        log(f"upstream docker-registry on 127.0.0.1:{self.upstream.port}")
 
     def start_proxy(self, side):
         d = self._dir(side)
@@ -728,13 +800,7 @@ class Bench:
     def stop_proxy(self, srv, what="cold"):
         srv.stop()
         if srv.kind == "regmesh":
-            try:
-                with open(srv.err_path, "rb") as f:
-                    for line in f.read().decode("utf-8", "replace").splitlines():
-                        if re.search(r"\b(error|fatal|crit|panic)\b", line, re.I):
-                            self.rm_log_errors.append(line.strip())
-            except OSError:
-                pass
+            self.rm_log_errors += error_lines(srv.err_path)
             if srv.proc.returncode not in (0, -signal.SIGTERM):
                 self.notes.append(f"regmesh ({what} instance) exited with {srv.proc.returncode} "
                                   "when stopped with SIGTERM")
@@ -762,18 +828,8 @@ class Bench:
         layer_mib = [24, 16, 10, 6, 4]
         up = Pusher(self.upstream.port)
         t0 = time.monotonic()
-        layers, diff_ids = [], []
-        for m in layer_mib:
-            blob, did = make_layer(max(4096, int(m * MiB * s)))
-            up.blob(IMAGE_NAME, blob)
-            layers.append(blob)
-            diff_ids.append(did)
-        cfg = config_for(diff_ids)
-        up.blob(IMAGE_NAME, cfg)
-        man = manifest_for(cfg, layers)
-        self.image_digest = up.manifest(IMAGE_NAME, IMAGE_TAG, man)
-        self.image_bytes = len(cfg) + sum(len(b) for b in layers)
-        del layers
+        self.image_digest, blobs = push_image(up, [max(4096, int(m * MiB * s)) for m in layer_mib])
+        self.image_bytes = sum(n for _, n in blobs)
         small = os.urandom(self.a.small_kib * 1024)
         big = os.urandom(int(self.a.big_mib * MiB))
         self.small_digest = up.blob(BLOBS_NAME, small)
@@ -954,12 +1010,6 @@ class Bench:
         def st(key, side):
             return r.get((key, side)) or Stats([])
 
-        def ratio(x, y):
-            return x / y if (x is not None and y) else None
-
-        def rx(v, d=2):
-            return "-" if v is None else f"{v:.{d}f}x"
-
         rows, verdicts = [], []
 
         def col(side, text):
@@ -1031,7 +1081,7 @@ class Bench:
         rows.append([f"HEAD manifests/<tag>, ms p50 [p99], n={a.head_n}", hfmt("regmesh", "head_tag"),
                      hfmt("distribution", "head_tag"), hfmt("direct", "head_tag") + " direct",
                      f"{rx(rt)} rm digest (dist {rx(dt, 1)} direct)", "<= 1.5x HEAD by digest"])
-        rows.append([f"HEAD manifests/<digest>, ms p50 [p99]", hfmt("regmesh", "head_dig"),
+        rows.append(["HEAD manifests/<digest>, ms p50 [p99]", hfmt("regmesh", "head_dig"),
                      hfmt("distribution", "head_dig"), hfmt("direct", "head_dig") + " direct",
                      f"{rx(ratio(p50('regmesh', 'head_dig'), p50('direct', 'head_dig')))} direct "
                      f"(dist {rx(ratio(p50('distribution', 'head_dig'), p50('direct', 'head_dig')))})",
@@ -1097,16 +1147,11 @@ class Bench:
                 f"distribution {'-' if hd is None else f'{mib(hd):.1f}'} MiB)")
 
         head = ["metric", "regmesh", "distribution proxy", "direct/baseline", "ratio", "target"]
-        widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
-
-        def line(cells):
-            return " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
         out = ["", f"regmesh bench: image {self.image_bytes / MiB:.1f} MiB in 6 blobs, scale "
                    f"{a.scale}, {a.reps} reps, client {'skopeo' if self.skopeo else 'python puller'}, "
                    f"{os.cpu_count()} CPUs, load average at start {self.load0}, at end {loadavg()}",
                f"regmesh: {a.regmesh_desc if a.regmesh_bin else 'not found: ' + a.regmesh_missing}",
-               "", line(head), "-+-".join("-" * w for w in widths)]
-        out += [line(x) for x in rows]
+               ""] + table(head, rows)
         out.append("")
         out += [f"{v}  {t}" for v, t in verdicts]
         for n_ in dict.fromkeys(self.notes):
@@ -1120,10 +1165,7 @@ class Bench:
                 if k not in seen:
                     seen.append(k)
             out += ["  " + k[:200] for k in seen[:5]]
-        if self.errors:
-            out.append("")
-            out.append("errors (measurements that could not run):")
-            out += ["  " + e.splitlines()[0][:300] for e in self.errors]
+        out += errors_section(self.errors)
         print("\n".join(out), flush=True)
 
 
@@ -1145,6 +1187,95 @@ def setup_mount_ns(tmp):
         if subprocess.run(c, stderr=subprocess.DEVNULL).returncode == 0:
             return mnt
     return None
+
+
+# --------------------------------------------------------------------------
+# what every bench script's main() does
+
+def default_regmesh_bin():
+    """$REGMESH_BIN or <repo>/build/regmesh."""
+    return os.environ.get("REGMESH_BIN") or os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "regmesh")
+
+
+def have_tools(tools):
+    """True when every (name, path) of tools is an executable; else logs the
+    first one missing."""
+    for tool, path in tools:
+        if not path or not os.access(path, os.X_OK):
+            log(f"{tool} not found; cannot run")
+            return False
+    return True
+
+
+def copy_binary(src, tmp, name):
+    """A private copy tmp/name of a binary (a rebuild during the run must not
+    mix two versions): (its path, what the report says of src: path, mtime,
+    sha256)."""
+    dest = os.path.join(tmp, name)
+    shutil.copy2(src, dest)
+    with open(dest, "rb") as f:
+        return dest, (f"{src} (mtime {time.strftime('%Y-%m-%d %H:%M', time.localtime(os.path.getmtime(src)))}"
+                      f", sha256 {hashlib.sha256(f.read()).hexdigest()[:12]})")
+
+
+def make_certs(regmesh_bin, pki):
+    """`regmesh ca init` a CA in pki/ca and `ca issue` it a certificate for
+    127.0.0.1: (ca.crt, ca.key, bench.crt, bench.key). Raises
+    subprocess.CalledProcessError (regmesh's stderr passes through)."""
+    ca = os.path.join(pki, "ca")
+    for argv in (["ca", "init", ca], ["ca", "issue", ca, "bench", "--ip", "127.0.0.1"]):
+        subprocess.run([regmesh_bin] + argv, check=True, stdout=subprocess.DEVNULL)
+    return tuple(os.path.join(ca, n) for n in ("ca.crt", "ca.key", "bench.crt", "bench.key"))
+
+
+def reexec_in_mount_ns(script, argv, mark=NS_MARK):
+    """As root, once (mark in the environment): re-execute script with argv
+    in a private mount namespace. Returns only where it does not."""
+    if os.geteuid() == 0 and os.environ.get(mark) != "1" and shutil.which("unshare"):
+        os.environ[mark] = "1"
+        try:
+            os.execvp("unshare", ["unshare", "--mount", "--propagation", "private", "--",
+                                  sys.executable, script] + argv)
+        except OSError as e:
+            log(f"unshare failed ({e}); running without a private mount namespace")
+
+
+def run_bench(body, prefix, keep_tmp, errors=(BenchError,), mark=NS_MARK, say=log):
+    """main()'s frame: SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt; a
+    temp dir (prefix); in the private mount namespace (mark set; None: never)
+    skopeo's cache dir covered; then body(tmp), which returns the exit status.
+    130 on Ctrl-C, 2 on one of `errors`; at the end every process stopped,
+    the mount and the temp dir (unless keep_tmp) removed."""
+    signal.signal(signal.SIGINT, on_signal)  # also when started with SIGINT ignored (cmd &)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    mnt = None
+    rc = 0
+    t0 = time.monotonic()
+    try:
+        if mark and os.environ.get(mark) == "1":
+            mnt = setup_mount_ns(tmp)
+            if not mnt:
+                say("warning: could not cover /var/lib/containers; skopeo may leave its cache there")
+        rc = body(tmp)
+        say(f"done in {time.monotonic() - t0:.0f}s")
+    except KeyboardInterrupt:
+        say("interrupted; cleaning up")
+        rc = 130
+    except errors as e:
+        say(f"ERROR: {e}")
+        rc = 2
+    finally:
+        stop_all()
+        if mnt:
+            subprocess.run(["umount", "-l", mnt], stderr=subprocess.DEVNULL)
+        if keep_tmp:
+            say(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return rc
 
 
 def parse_args(argv):
@@ -1177,8 +1308,7 @@ def parse_args(argv):
     a.wrk_big_args = (1, 2)
     a.regmesh_missing = a.regmesh_desc = ""
     if a.regmesh_bin is None:
-        a.regmesh_bin = os.environ.get("REGMESH_BIN") or os.path.join(
-            os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "regmesh")
+        a.regmesh_bin = default_regmesh_bin()
     if not (os.path.isfile(a.regmesh_bin) and os.access(a.regmesh_bin, os.X_OK)):
         a.regmesh_missing, a.regmesh_bin = a.regmesh_bin, None
     return a
@@ -1189,44 +1319,18 @@ def main(argv):
     if a._pull:
         python_pull(*a._pull)
         return 0
-    if os.geteuid() == 0 and os.environ.get(NS_MARK) != "1" and shutil.which("unshare"):
-        os.environ[NS_MARK] = "1"
-        script = os.path.abspath(__file__)
-        try:
-            os.execvp("unshare", ["unshare", "--mount", "--propagation", "private", "--",
-                                  sys.executable, script] + argv)
-        except OSError as e:
-            log(f"unshare failed ({e}); running without a private mount namespace")
-    for tool, path in (("docker-registry", DISTRIBUTION_BIN), ("wrk", shutil.which("wrk"))):
-        if not path or not os.access(path, os.X_OK):
-            log(f"{tool} not found; cannot run")
-            return 2
+    reexec_in_mount_ns(os.path.abspath(__file__), argv)
+    if not have_tools((("docker-registry", DISTRIBUTION_BIN), ("wrk", shutil.which("wrk")))):
+        return 2
     if a.regmesh_bin is None:
         log(f"regmesh binary not found at {a.regmesh_missing}: measuring the distribution side only")
     if a.no_distribution and a.regmesh_bin is None:
         log("nothing to measure")
         return 2
 
-    signal.signal(signal.SIGINT, on_signal)  # also when started with SIGINT ignored (cmd &)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-    tmp = tempfile.mkdtemp(prefix="regmesh-bench-")
-    mnt = None
-    rc = 0
-    t0 = time.monotonic()
-    try:
-        if os.environ.get(NS_MARK) == "1":
-            mnt = setup_mount_ns(tmp)
-            if not mnt:
-                log("warning: could not cover /var/lib/containers; skopeo may leave its cache there")
+    def body(tmp):
         if a.regmesh_bin:
-            # a private copy: a rebuild during the run must not mix two versions
-            src = a.regmesh_bin
-            a.regmesh_bin = os.path.join(tmp, "regmesh")
-            shutil.copy2(src, a.regmesh_bin)
-            with open(a.regmesh_bin, "rb") as f:
-                a.regmesh_desc = (f"{src} (mtime {time.strftime('%Y-%m-%d %H:%M', time.localtime(os.path.getmtime(src)))}"
-                                  f", sha256 {hashlib.sha256(f.read()).hexdigest()[:12]})")
+            a.regmesh_bin, a.regmesh_desc = copy_binary(a.regmesh_bin, tmp, "regmesh")
         b = Bench(a, tmp)
         if not b.skopeo:
             log("skopeo not found (or --python-puller): pulling with the Python puller")
@@ -1241,23 +1345,8 @@ def main(argv):
         b.wrks()
         b.finish_main()
         b.report()
-        log(f"done in {time.monotonic() - t0:.0f}s")
-        rc = 2 if b.errors else 0
-    except KeyboardInterrupt:
-        log("interrupted; cleaning up")
-        rc = 130
-    except BenchError as e:
-        log(f"ERROR: {e}")
-        rc = 2
-    finally:
-        stop_all()
-        if mnt:
-            subprocess.run(["umount", "-l", mnt], stderr=subprocess.DEVNULL)
-        if a.keep_tmp:
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return rc
+        return 2 if b.errors else 0
+    return run_bench(body, "regmesh-bench-", a.keep_tmp)
 
 
 if __name__ == "__main__":

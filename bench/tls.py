@@ -32,17 +32,14 @@ measured, 2 when something could not run, 130 on Ctrl-C.
 """
 
 import argparse
-import hashlib
 import http.client
 import os
 import re
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -168,27 +165,18 @@ def wrk(url, threads, conns, secs, pid):
 # --------------------------------------------------------------------------
 # the run
 
-class TLSBench:
+class TLSBench(rb.WorkDirs):
+    width = 2
+
     def __init__(self, a, tmp):
         self.a, self.tmp = a, tmp
         self.res = {}          # (metric, side) -> [values]
         self.errors = []
-        self.n = 0
-
-    def _dir(self, tag):
-        self.n += 1
-        d = os.path.join(self.tmp, f"{self.n:02d}-{tag}")
-        os.makedirs(d)
-        return d
 
     # -- content and certificates ------------------------------------------
     def upstream_and_blobs(self):
-        d = self._dir("upstream")
-        port = rb.free_port()
-        cfg = os.path.join(d, "config.yml")
-        rb.write_distribution_config(cfg, port, os.path.join(d, "storage"))
-        self.upstream = rb.Server("upstream", "direct", [rb.DISTRIBUTION_BIN, "serve", cfg],
-                                  port, d, rb.registry_env()).start()
+        self.upstream = rb.start_upstream_registry(self._dir("upstream"))
+        port = self.upstream.port
         self.www = self._dir("www")
         up = rb.Pusher(port)
         self.blobs = {}
@@ -206,14 +194,7 @@ class TLSBench:
             f"{rb.human(self.blobs['small'][2])} blob; same bytes under {self.www}")
 
     def certificates(self):
-        pki = self._dir("pki")
-        ca = os.path.join(pki, "ca")
-        subprocess.run([self.a.regmesh_bin, "ca", "init", ca], check=True,
-                       stdout=subprocess.DEVNULL)
-        subprocess.run([self.a.regmesh_bin, "ca", "issue", ca, "bench", "--ip", "127.0.0.1"],
-                       check=True, stdout=subprocess.DEVNULL)
-        self.ca = os.path.join(ca, "ca.crt")
-        self.crt, self.key = os.path.join(ca, "bench.crt"), os.path.join(ca, "bench.key")
+        self.ca, _, self.crt, self.key = rb.make_certs(self.a.regmesh_bin, self._dir("pki"))
 
     # -- servers -------------------------------------------------------------
     def regmesh(self, label, tls=False, allow=None, binary=None):
@@ -322,14 +303,10 @@ http {{
     def report(self):
         a = self.a
 
+        ratio, rx = rb.ratio, rb.rx
+
         def st(metric, side):
             return rb.Stats(self.res.get((metric, side), []))
-
-        def ratio(x, y):
-            return None if x is None or not y else x / y
-
-        def rx(v):
-            return "-" if v is None else f"{v:.2f}x"
 
         big, small = rb.human(self.blobs["big"][2]), rb.human(self.blobs["small"][2])
         rows = []
@@ -363,10 +340,7 @@ http {{
         out.append("CPU s per GiB: server utime+stime over the wrk run / GiB wrk read "
                    "(lower is better); ratios are regmesh/nginx, allow/no-allow and "
                    "this build/baseline.")
-        if self.errors:
-            out.append("")
-            out.append("errors:")
-            out += ["  " + e.splitlines()[0][:300] for e in self.errors]
+        out += rb.errors_section(self.errors, "errors:")
         print("\n".join(out), flush=True)
 
 
@@ -390,39 +364,20 @@ def parse_args(argv):
     a.reps = a.reps or (3 if a.quick else 5)
     a.secs = a.secs or (3 if a.quick else 10)
     if a.regmesh_bin is None:
-        a.regmesh_bin = os.environ.get("REGMESH_BIN") or os.path.join(
-            os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "regmesh")
+        a.regmesh_bin = rb.default_regmesh_bin()
     return a
-
-
-def describe_bin(src, dest):
-    shutil.copy2(src, dest)
-    with open(dest, "rb") as f:
-        return (f"{src} (mtime {time.strftime('%Y-%m-%d %H:%M', time.localtime(os.path.getmtime(src)))}"
-                f", sha256 {hashlib.sha256(f.read()).hexdigest()[:12]})")
 
 
 def main(argv):
     a = parse_args(argv)
-    for tool, path in (("docker-registry", rb.DISTRIBUTION_BIN), ("wrk", shutil.which("wrk")),
-                       ("nginx", NGINX), ("regmesh", a.regmesh_bin)):
-        if not path or not os.access(path, os.X_OK):
-            log(f"{tool} not found; cannot run")
-            return 2
-    signal.signal(signal.SIGINT, rb.on_signal)
-    signal.signal(signal.SIGTERM, rb.on_signal)
-    signal.signal(signal.SIGHUP, rb.on_signal)
-    tmp = tempfile.mkdtemp(prefix="regmesh-tls-bench-")
-    t0 = time.monotonic()
-    rc = 0
-    try:
-        src = a.regmesh_bin
-        a.regmesh_bin = os.path.join(tmp, "regmesh")
-        a.regmesh_desc = describe_bin(src, a.regmesh_bin)
+    if not rb.have_tools((("docker-registry", rb.DISTRIBUTION_BIN), ("wrk", shutil.which("wrk")),
+                          ("nginx", NGINX), ("regmesh", a.regmesh_bin))):
+        return 2
+
+    def body(tmp):
+        a.regmesh_bin, a.regmesh_desc = rb.copy_binary(a.regmesh_bin, tmp, "regmesh")
         if a.baseline_bin:
-            src = a.baseline_bin
-            a.baseline_bin = os.path.join(tmp, "regmesh-baseline")
-            a.baseline_desc = describe_bin(src, a.baseline_bin)
+            a.baseline_bin, a.baseline_desc = rb.copy_binary(a.baseline_bin, tmp, "regmesh-baseline")
         b = TLSBench(a, tmp)
         b.nginx_version = subprocess.run([NGINX, "-v"], capture_output=True).stderr.decode().strip()
         b.upstream_and_blobs()
@@ -442,21 +397,10 @@ def main(argv):
             pairs.append(("base", [("regmesh-new", new), ("regmesh-old", old)]))
         b.measure(pairs)
         b.report()
-        log(f"done in {time.monotonic() - t0:.0f}s")
-        rc = 2 if b.errors else 0
-    except KeyboardInterrupt:
-        log("interrupted; cleaning up")
-        rc = 130
-    except (rb.BenchError, subprocess.CalledProcessError, OSError) as e:
-        log(f"ERROR: {e}")
-        rc = 2
-    finally:
-        rb.stop_all()
-        if a.keep_tmp:
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return rc
+        return 2 if b.errors else 0
+    # no private mount namespace: nothing here writes outside the temp dir
+    return rb.run_bench(body, "regmesh-tls-bench-", a.keep_tmp,
+                        (rb.BenchError, subprocess.CalledProcessError, OSError), mark=None)
 
 
 if __name__ == "__main__":
