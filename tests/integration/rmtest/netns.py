@@ -297,7 +297,7 @@ class NsSkopeo(clients.Skopeo):
         self.ns = ns
         self.no_proxy = ",".join(no_proxy)
 
-    def _run(self, args, timeout=300, check=True):
+    def _run(self, args, timeout=300, check=True, env_extra=None):
         import tempfile
         self._n += 1
         scratch = tempfile.mkdtemp(prefix="skopeo-%d-" % self._n, dir=self.dir)
@@ -307,6 +307,7 @@ class NsSkopeo(clients.Skopeo):
             env = clients.no_egress_env({"HOME": home, "XDG_RUNTIME_DIR": home,
                                          "CONTAINERS_REGISTRIES_CONF": self.registries_conf})
             env["NO_PROXY"] = env["no_proxy"] = self.no_proxy
+            env.update(env_extra or {})
             tmp = os.path.join(scratch, "tmp")
             os.makedirs(tmp)
             argv = [clients.SKOPEO, "--policy", self.policy, "--tmpdir", tmp] + list(args)
