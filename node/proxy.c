@@ -169,6 +169,10 @@ static int in_prefix(const uint8_t *a, const uint8_t *net, unsigned bits) {
   return !rem || ((a[bits / 8] ^ net[bits / 8]) & (0xff << (8 - rem))) == 0;
 }
 
+/* the answers is_own tells apart, by pointer */
+static const char addr_loopback[] = "loopback";
+static const char addr_unspec[] = "an unspecified address";
+
 const char *proxy_addr_refused(const struct sockaddr *sa) {
   uint8_t v4[4];
   if (sa->sa_family == AF_INET6) {
@@ -178,9 +182,9 @@ const char *proxy_addr_refused(const struct sockaddr *sa) {
       static const uint8_t zero[16], ll[2] = {0xfe, 0x80}, mc[1] = {0xff};
       static const uint8_t one[16] = {[15] = 1};
       if (memcmp(a, zero, 16) == 0)
-        return "an unspecified address";
+        return addr_unspec;
       if (memcmp(a, one, 16) == 0)
-        return "loopback";
+        return addr_loopback;
       if (in_prefix(a, ll, 10))
         return "link-local";
       if (in_prefix(a, mc, 8))
@@ -194,9 +198,9 @@ const char *proxy_addr_refused(const struct sockaddr *sa) {
     return "not an IP address";
   }
   if (v4[0] == 127)
-    return "loopback";
+    return addr_loopback;
   if (v4[0] == 0)
-    return "an unspecified address";
+    return addr_unspec;
   if (v4[0] == 169 && v4[1] == 254)
     return "link-local";
   if (v4[0] >= 224)
@@ -252,7 +256,7 @@ static int is_own(const struct proxy *p, const struct sockaddr *sa) {
   if (!addr_parts(sa, x, &port))
     return 0;
   const char *kind = proxy_addr_refused(sa);
-  int local = kind && (strcmp(kind, "loopback") == 0 || strcmp(kind, "an unspecified address") == 0);
+  int local = kind == addr_loopback || kind == addr_unspec;
   for (int k = 0; !local && k < p->n_ifs; k++)
     local = addr_eq((const struct sockaddr *)&p->ifs[k].address, sa);
   for (size_t i = 0; i < p->n_own; i++) {
